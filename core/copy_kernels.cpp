@@ -1,0 +1,85 @@
+// SPDX-License-Identifier: AGPL-3.0-or-later
+//
+// Copies between the CPU and a machine, within one machine, and .item().
+// Uploads are queued like ops (the bytes are copied once, so the source may
+// change right after); downloads are sync points. Only the bytes a view
+// covers travel, as the contiguous image of the view.
+#include <ATen/ATen.h>
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <torch/library.h>
+
+#include "core/op_encoding.h"
+#include "core/remote_tensor.h"
+
+namespace mycelya {
+namespace {
+
+// The contiguous image of a mycelya tensor, as a CPU tensor.
+at::Tensor download(const at::Tensor& source) {
+  DeviceEntry entry = device_entry(source);
+  wire::Request request;
+  encode_tensor_ref(source, entry.slot, request.mutable_download()->mutable_source());
+  std::string bytes;
+  entry.machine->request(std::move(request), &bytes);
+  at::Tensor host = at::empty(source.sizes(), source.options().device(c10::kCPU));
+  TORCH_CHECK(bytes.size() == host.nbytes(), "mycelya: download of ", source.sizes(),
+              " returned ", bytes.size(), " bytes, expected ", host.nbytes());
+  std::memcpy(host.data_ptr(), bytes.data(), bytes.size());
+  return host;
+}
+
+void upload(const at::Tensor& host, const at::Tensor& target) {
+  DeviceEntry entry = device_entry(target);
+  at::Tensor image =
+      host.to(target.scalar_type()).expand(target.sizes()).contiguous();
+  wire::Upload upload;
+  encode_tensor_ref(target, entry.slot, upload.mutable_target());
+  entry.machine->enqueue_upload(
+      std::move(upload),
+      std::string(static_cast<const char*>(image.const_data_ptr()), image.nbytes()));
+}
+
+void copy_on_machine(const at::Tensor& source, const at::Tensor& target) {
+  static const auto copy_op =
+      c10::Dispatcher::singleton().findSchemaOrThrow("aten::copy_", "");
+  std::vector<c10::IValue> args{target, source, false};
+  OpPlacement placement = place_op(copy_op, args);
+  wire::Command command;
+  *command.mutable_op() = encode_op(copy_op, args, placement);
+  placement.entry.machine->enqueue(std::move(command));
+}
+
+at::Tensor copy_from(const at::Tensor& self, const at::Tensor& dst, bool /*non_blocking*/) {
+  if (self.numel() == 0 && dst.numel() == 0) return dst;
+  if (self.is_privateuseone() && dst.is_privateuseone()) {
+    copy_on_machine(self, dst);
+  } else if (self.is_privateuseone()) {
+    TORCH_CHECK(dst.is_cpu(), "mycelya can copy only to the CPU or another mycelya tensor, not ",
+                dst.device());
+    dst.copy_(download(self));
+  } else {
+    TORCH_CHECK(self.is_cpu(), "mycelya can copy only from the CPU or another mycelya tensor, not ",
+                self.device());
+    upload(self, dst);
+  }
+  return dst;
+}
+
+at::Tensor copy_from_and_resize(const at::Tensor& self, const at::Tensor& dst) {
+  dst.resize_(self.sizes());
+  return copy_from(self, dst, false);
+}
+
+c10::Scalar local_scalar_dense(const at::Tensor& self) {
+  return at::_local_scalar_dense(download(self));
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(aten, PrivateUse1, m) {
+  m.impl("_copy_from", TORCH_FN(copy_from));
+  m.impl("_copy_from_and_resize", TORCH_FN(copy_from_and_resize));
+  m.impl("_local_scalar_dense", TORCH_FN(local_scalar_dense));
+}
+
+}  // namespace mycelya

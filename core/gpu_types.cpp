@@ -1,0 +1,24 @@
+// SPDX-License-Identifier: AGPL-3.0-or-later
+#include "core/gpu_types.h"
+
+#include <algorithm>
+#include <stdexcept>
+
+namespace mycelya {
+
+const std::vector<std::string>& supported_gpu_types() {
+  static const std::vector<std::string> types = {"T4",        "L4",   "A10G", "A100-40GB", "A100-80GB",
+                                                 "L40S",      "H100", "H200", "B200"};
+  return types;
+}
+
+void validate_gpu_type(const std::string& gpu_type) {
+  const auto& types = supported_gpu_types();
+  if (gpu_type.empty() || std::find(types.begin(), types.end(), gpu_type) != types.end()) return;
+  std::string valid;
+  for (const auto& t : types) valid += (valid.empty() ? "" : ", ") + t;
+  throw std::invalid_argument("Unknown GPU type '" + gpu_type + "'. Valid GPU types: " + valid +
+                              ".");
+}
+
+}  // namespace mycelya

@@ -1,0 +1,16 @@
+// SPDX-License-Identifier: AGPL-3.0-or-later
+#pragma once
+
+#include <string>
+#include <vector>
+
+namespace mycelya {
+
+// The GPU types a RemoteMachine may ask for, in the original project's order.
+const std::vector<std::string>& supported_gpu_types();
+
+// Throws std::invalid_argument listing the valid types for an unknown one.
+// An empty gpu_type (a CPU-only machine) is valid.
+void validate_gpu_type(const std::string& gpu_type);
+
+}  // namespace mycelya

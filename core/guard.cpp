@@ -1,0 +1,50 @@
+// SPDX-License-Identifier: AGPL-3.0-or-later
+//
+// Device guard for PrivateUse1. There are no streams or events on the client:
+// ordering is the order ops enter the machine's queue.
+#include <c10/core/impl/DeviceGuardImplInterface.h>
+
+#include "core/device_table.h"
+
+namespace mycelya {
+namespace {
+
+thread_local c10::DeviceIndex current_device = 0;
+
+struct RemoteGuardImpl final : public c10::impl::DeviceGuardImplInterface {
+  static constexpr c10::DeviceType kType = c10::DeviceType::PrivateUse1;
+
+  c10::DeviceType type() const override { return kType; }
+
+  c10::Device exchangeDevice(c10::Device device) const override {
+    auto old = getDevice();
+    if (device.index() != current_device) setDevice(device);
+    return old;
+  }
+
+  c10::Device getDevice() const override { return c10::Device(kType, current_device); }
+
+  void setDevice(c10::Device device) const override {
+    TORCH_CHECK(device.type() == kType, "expected a mycelya device, got ", device);
+    if (device.index() >= 0) current_device = device.index();
+  }
+
+  void uncheckedSetDevice(c10::Device device) const noexcept override {
+    if (device.index() >= 0) current_device = device.index();
+  }
+
+  c10::Stream getStream(c10::Device device) const override {
+    return c10::Stream(c10::Stream::DEFAULT, device);
+  }
+
+  c10::Stream exchangeStream(c10::Stream stream) const override {
+    return c10::Stream(c10::Stream::DEFAULT, stream.device());
+  }
+
+  c10::DeviceIndex deviceCount() const noexcept override { return kMaxDevices; }
+};
+
+C10_REGISTER_GUARD_IMPL(PrivateUse1, RemoteGuardImpl);
+
+}  // namespace
+}  // namespace mycelya

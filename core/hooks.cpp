@@ -1,0 +1,53 @@
+// SPDX-License-Identifier: AGPL-3.0-or-later
+//
+// PrivateUse1 hooks and the backend's name. Registered when the core library
+// is loaded (the Python module loads it on import).
+#include <ATen/detail/PrivateUse1HooksInterface.h>
+#include <c10/core/impl/DeviceGuardImplInterface.h>
+#include <c10/core/impl/alloc_cpu.h>
+
+#include "core/allocator.h"
+#include "core/device_table.h"
+
+namespace mycelya {
+namespace {
+
+struct RemoteHooks final : public at::PrivateUse1HooksInterface {
+  bool isBuilt() const override { return true; }
+  bool isAvailable() const override { return true; }
+  bool hasPrimaryContext(c10::DeviceIndex) const override { return true; }
+  void init() const override {}
+
+  c10::DeviceIndex deviceCount() const override { return kMaxDevices; }
+
+  c10::Device getDeviceFromPtr(void*) const override {
+    return c10::impl::getDeviceGuardImpl(c10::DeviceType::PrivateUse1)->getDevice();
+  }
+
+  // Pinned host memory is ordinary memory here: uploads copy it anyway.
+  bool isPinnedPtr(const void*) const override { return false; }
+  c10::Allocator* getPinnedMemoryAllocator() const override { return c10::GetAllocator(c10::DeviceType::CPU); }
+
+  const at::Generator& getDefaultGenerator(c10::DeviceIndex) const override {
+    TORCH_CHECK_NOT_IMPLEMENTED(false,
+                                "mycelya devices have no local generator: random ops run "
+                                "remotely; seed them with torch.manual_seed or "
+                                "torch.mycelya.manual_seed.");
+  }
+
+  void resizePrivateUse1Bytes(const c10::Storage&, size_t) const override {
+    TORCH_CHECK_NOT_IMPLEMENTED(false, "resize mycelya tensors with Tensor.resize_().");
+  }
+};
+
+struct Registration {
+  Registration() {
+    c10::register_privateuse1_backend("mycelya");
+    static RemoteHooks hooks;
+    at::RegisterPrivateUse1HooksInterface(&hooks);
+  }
+};
+const Registration registration;
+
+}  // namespace
+}  // namespace mycelya

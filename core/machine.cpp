@@ -1,0 +1,252 @@
+// SPDX-License-Identifier: AGPL-3.0-or-later
+#include "core/machine.h"
+
+#include <unistd.h>
+
+#include <atomic>
+#include <cstdio>
+#include <stdexcept>
+
+#include "core/logging.h"
+#include "core/plugin_loader.h"
+
+namespace mycelya {
+namespace {
+
+std::string make_machine_id(const std::string& provider) {
+  static std::atomic<uint64_t> counter{0};
+  char suffix[32];
+  std::snprintf(suffix, sizeof(suffix), "-%d-%llu", static_cast<int>(getpid()),
+                static_cast<unsigned long long>(++counter));
+  return provider + suffix;
+}
+
+std::string describe(const wire::Error& error) {
+  if (error.op_name().empty()) return error.message();
+  return "Remote op " + error.op_name() + " failed: " + error.message();
+}
+
+}  // namespace
+
+Machine::Machine(std::string provider, MachineSpec spec)
+    : provider_(std::move(provider)), spec_(std::move(spec)), id_(make_machine_id(provider_)) {}
+
+Machine::~Machine() {
+  try {
+    stop();
+  } catch (...) {
+    // Destructors must not throw; a lost machine has nothing left to stop.
+  }
+}
+
+void Machine::start() {
+  std::lock_guard<std::mutex> submit(submit_mu_);
+  {
+    std::lock_guard<std::mutex> lock(queue_mu_);
+    if (running_) return;
+  }
+  Provider& provider = load_provider(provider_);
+  log_info("starting machine " + id_ + " on provider " + provider_);
+  auto session = provider.start(spec_);
+  auto devices = session->devices();
+  {
+    std::lock_guard<std::mutex> lock(queue_mu_);
+    session_ = std::move(session);
+    devices_ = std::move(devices);
+    running_ = true;
+    stopping_ = false;
+    lost_.clear();
+    // A new session knows no op names yet.
+    op_ids_.clear();
+  }
+  sender_ = std::thread([this] { sender_loop(); });
+}
+
+void Machine::stop() {
+  {
+    std::lock_guard<std::mutex> lock(queue_mu_);
+    if (!running_) return;
+    stopping_ = true;
+  }
+  queue_cv_.notify_all();
+  if (sender_.joinable()) sender_.join();
+  std::lock_guard<std::mutex> submit(submit_mu_);
+  std::unique_ptr<Session> session;
+  {
+    std::lock_guard<std::mutex> lock(queue_mu_);
+    running_ = false;
+    queued_.clear();
+    payloads_.clear();
+    frees_.clear();
+    session = std::move(session_);
+  }
+  log_info("stopping machine " + id_);
+  if (session) session->stop();
+}
+
+bool Machine::running() const {
+  std::lock_guard<std::mutex> lock(queue_mu_);
+  return running_ && lost_.empty();
+}
+
+std::vector<std::string> Machine::devices() const {
+  std::lock_guard<std::mutex> lock(queue_mu_);
+  return devices_;
+}
+
+int Machine::slot_of(const std::string& type, int index) const {
+  const std::string wanted = type + ":" + std::to_string(index);
+  std::lock_guard<std::mutex> lock(queue_mu_);
+  std::string offered;
+  for (size_t i = 0; i < devices_.size(); ++i) {
+    // "cpu" is served as "cpu" and also answers to "cpu:0".
+    if (devices_[i] == wanted || (devices_[i] == type && index == 0)) return static_cast<int>(i);
+    offered += (offered.empty() ? "" : ", ") + devices_[i];
+  }
+  throw std::invalid_argument("Machine " + id_ + " has no device " + wanted +
+                              "; it offers: " + (offered.empty() ? "(none)" : offered) + ".");
+}
+
+uint32_t Machine::intern_op(const void* key, bool* first_use) {
+  std::lock_guard<std::mutex> lock(queue_mu_);
+  auto it = op_ids_.find(key);
+  if (it != op_ids_.end()) {
+    *first_use = false;
+    return it->second;
+  }
+  const uint32_t id = static_cast<uint32_t>(op_ids_.size() + 1);
+  op_ids_.emplace(key, id);
+  *first_use = true;
+  return id;
+}
+
+void Machine::check_usable_locked() const {
+  if (!lost_.empty()) throw std::runtime_error(lost_);
+  if (!running_ || stopping_) {
+    throw std::runtime_error("Machine " + id_ +
+                             " is not running; call machine.start() before using its tensors.");
+  }
+}
+
+void Machine::enqueue(wire::Command command) {
+  {
+    std::lock_guard<std::mutex> lock(queue_mu_);
+    check_usable_locked();
+    queued_.push_back(std::move(command));
+  }
+  queue_cv_.notify_one();
+}
+
+void Machine::enqueue_upload(wire::Upload upload, std::string payload) {
+  {
+    std::lock_guard<std::mutex> lock(queue_mu_);
+    check_usable_locked();
+    upload.set_payload_index(static_cast<uint32_t>(payloads_.size()));
+    payloads_.push_back(std::move(payload));
+    wire::Command command;
+    *command.mutable_upload() = std::move(upload);
+    queued_.push_back(std::move(command));
+  }
+  queue_cv_.notify_one();
+}
+
+void Machine::free_storage(uint64_t storage_id) {
+  std::lock_guard<std::mutex> lock(queue_mu_);
+  if (!running_ || !lost_.empty()) return;
+  // Frees ride along with the next batch; they never wake the sender alone.
+  frees_.push_back(storage_id);
+}
+
+void Machine::flush_locked() {
+  EncodedBatch encoded;
+  {
+    std::lock_guard<std::mutex> lock(queue_mu_);
+    if (queued_.empty() && frees_.empty()) return;
+    if (!lost_.empty()) throw std::runtime_error(lost_);
+    wire::Batch batch;
+    batch.set_version(wire::PROTOCOL_VERSION_CURRENT);
+    batch.set_sequence(next_sequence_++);
+    auto* commands = batch.mutable_commands();
+    commands->Reserve(static_cast<int>(queued_.size() + 1));
+    for (auto& command : queued_) commands->Add(std::move(command));
+    if (!frees_.empty()) {
+      auto* ids = batch.add_commands()->mutable_free()->mutable_storage_ids();
+      ids->Add(frees_.begin(), frees_.end());
+    }
+    queued_.clear();
+    frees_.clear();
+    encoded.payloads = std::move(payloads_);
+    payloads_.clear();
+    batch.SerializeToString(&encoded.batch);
+    ++batches_sent_;
+  }
+  try {
+    session_->submit(std::move(encoded));
+  } catch (const std::exception& e) {
+    std::lock_guard<std::mutex> lock(queue_mu_);
+    lost_ = "Machine " + id_ + " was lost: " + e.what();
+    throw std::runtime_error(lost_);
+  }
+}
+
+void Machine::sender_loop() {
+  while (true) {
+    {
+      std::unique_lock<std::mutex> lock(queue_mu_);
+      queue_cv_.wait(lock, [this] { return stopping_ || !queued_.empty(); });
+    }
+    try {
+      std::lock_guard<std::mutex> submit(submit_mu_);
+      flush_locked();
+    } catch (const std::exception& e) {
+      // lost_ is set; callers see it at their next call.
+      log_info(std::string("sender stopped: ") + e.what());
+      return;
+    }
+    std::lock_guard<std::mutex> lock(queue_mu_);
+    if (stopping_ && queued_.empty()) return;
+  }
+}
+
+wire::Response Machine::request(wire::Request request, std::string* payload) {
+  std::string encoded_response;
+  {
+    std::lock_guard<std::mutex> submit(submit_mu_);
+    {
+      std::lock_guard<std::mutex> lock(queue_mu_);
+      check_usable_locked();
+      request.set_version(wire::PROTOCOL_VERSION_CURRENT);
+      request.set_sequence(next_sequence_++);
+    }
+    flush_locked();
+    std::string encoded_request;
+    request.SerializeToString(&encoded_request);
+    try {
+      encoded_response = session_->request(encoded_request, payload);
+    } catch (const std::exception& e) {
+      std::lock_guard<std::mutex> lock(queue_mu_);
+      lost_ = "Machine " + id_ + " was lost: " + e.what();
+      throw std::runtime_error(lost_);
+    }
+  }
+  wire::Response response;
+  if (!response.ParseFromString(encoded_response)) {
+    throw std::runtime_error("Machine " + id_ + " sent a response that could not be decoded.");
+  }
+  if (response.has_pending_error()) throw std::runtime_error(describe(response.pending_error()));
+  if (response.has_error()) throw std::runtime_error(describe(response.error()));
+  return response;
+}
+
+void Machine::synchronize() {
+  wire::Request sync;
+  sync.mutable_sync();
+  request(std::move(sync));
+}
+
+uint64_t Machine::batches_sent() const {
+  std::lock_guard<std::mutex> lock(queue_mu_);
+  return batches_sent_;
+}
+
+}  // namespace mycelya

@@ -1,0 +1,101 @@
+// SPDX-License-Identifier: AGPL-3.0-or-later
+//
+// One remote machine as the client sees it: a provider session, the queue of
+// commands not yet sent, and the background thread that sends them.
+//
+// Commands are appended without waiting; the sender thread ships whatever has
+// accumulated as one batch, so a flood of small ops coalesces while a batch is
+// in flight. Sync points (request) first hand every queued command to the
+// session, so a request always observes the effects of all earlier ops.
+#pragma once
+
+#include <condition_variable>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <unordered_map>
+#include <vector>
+
+#include "core/provider.h"
+#include "proto/mycelya.pb.h"
+
+namespace mycelya {
+
+class Machine {
+ public:
+  Machine(std::string provider, MachineSpec spec);
+  ~Machine();
+  Machine(const Machine&) = delete;
+  Machine& operator=(const Machine&) = delete;
+
+  const std::string& id() const { return id_; }
+  const std::string& provider() const { return provider_; }
+  const MachineSpec& spec() const { return spec_; }
+
+  // Starts the provider session (no-op when running).
+  void start();
+  // Flushes, stops the session and the sender; later ops on it raise.
+  void stop();
+  bool running() const;
+
+  // Remote device names by slot, e.g. {"cuda:0", "cpu"}.
+  std::vector<std::string> devices() const;
+  // The slot of "type:index"; throws std::invalid_argument naming the devices offered.
+  int slot_of(const std::string& type, int index) const;
+
+  // Op names are interned per session: returns the id, and whether this is its
+  // first use (the record must then carry the name).
+  uint32_t intern_op(const void* key, bool* first_use);
+
+  // Queues a command. Throws if the machine is stopped or lost.
+  void enqueue(wire::Command command);
+  void enqueue_upload(wire::Upload upload, std::string payload);
+  // Queues a free; silently dropped once the machine is stopped.
+  void free_storage(uint64_t storage_id);
+
+  // Sends everything queued, then the request, and waits for its response.
+  // Raises std::runtime_error for a pending error of earlier ops or an error
+  // of this request.
+  wire::Response request(wire::Request request, std::string* payload = nullptr);
+
+  // Flushes and waits until every queued op has run; raises pending errors.
+  void synchronize();
+
+  // Batches handed to the session so far (for tests and benchmarks).
+  uint64_t batches_sent() const;
+
+ private:
+  void sender_loop();
+  // Hands everything queued to the session. Caller holds submit_mu_.
+  void flush_locked();
+  void check_usable_locked() const;
+
+  const std::string provider_;
+  const MachineSpec spec_;
+  const std::string id_;
+
+  std::unique_ptr<Session> session_;
+  std::vector<std::string> devices_;
+
+  // Guards the queue and the state below.
+  mutable std::mutex queue_mu_;
+  std::condition_variable queue_cv_;
+  std::vector<wire::Command> queued_;
+  std::vector<std::string> payloads_;
+  std::vector<uint64_t> frees_;
+  bool running_ = false;
+  bool stopping_ = false;
+  std::string lost_;  // set once the session failed; every later call raises it
+  uint64_t batches_sent_ = 0;
+  uint64_t next_sequence_ = 1;
+
+  std::unordered_map<const void*, uint32_t> op_ids_;
+
+  // Serializes everything that talks to the session, keeping order.
+  std::mutex submit_mu_;
+  std::thread sender_;
+};
+
+}  // namespace mycelya

@@ -1,0 +1,73 @@
+// SPDX-License-Identifier: AGPL-3.0-or-later
+//
+// The contract between core and a provider plugin (libmycelya_provider_<name>.so).
+//
+// Only this header crosses the boundary. Messages cross it already encoded
+// (proto/mycelya.proto), so a provider needs no knowledge of core's internals
+// and core none of the provider's transport.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace mycelya {
+
+// Bumped whenever this header changes incompatibly; the loader refuses a plugin
+// built against another version.
+constexpr int kProviderAbiVersion = 1;
+
+// What the user asked for in RemoteMachine(provider, gpu_type, ...).
+struct MachineSpec {
+  std::string gpu_type;  // empty: no GPU
+  int gpu_count = 1;
+  std::vector<std::string> packages;
+  double idle_timeout_s = 0;  // 0: never
+};
+
+// An encoded Batch plus the raw payloads its Upload commands point at.
+struct EncodedBatch {
+  std::string batch;
+  std::vector<std::string> payloads;
+};
+
+// One running machine. Calls come from core's sender thread and from sync
+// points, never concurrently (core serializes them), in the order they must
+// take effect.
+class Session {
+ public:
+  virtual ~Session() = default;
+
+  // Devices the machine serves, e.g. {"cuda:0", "cpu"}; slot i is devices()[i].
+  virtual std::vector<std::string> devices() const = 0;
+
+  // Fire-and-forget: queue the batch behind everything sent before. Must not
+  // wait for execution. Throws std::runtime_error if the machine is lost.
+  virtual void submit(EncodedBatch batch) = 0;
+
+  // Waits for everything submitted before, then answers an encoded Request
+  // with an encoded Response; a download's bytes go to *payload.
+  virtual std::string request(const std::string& request, std::string* payload) = 0;
+
+  virtual void stop() = 0;
+};
+
+class Provider {
+ public:
+  virtual ~Provider() = default;
+
+  virtual std::string name() const = 0;
+
+  // Starts a machine. Throws std::invalid_argument for a spec the provider
+  // cannot serve and std::runtime_error when starting fails.
+  virtual std::unique_ptr<Session> start(const MachineSpec& spec) = 0;
+};
+
+}  // namespace mycelya
+
+// Every plugin exports these two symbols with C linkage.
+extern "C" {
+int mycelya_provider_abi_version();
+mycelya::Provider* mycelya_provider_create();
+}

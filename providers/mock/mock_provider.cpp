@@ -1,0 +1,69 @@
+// SPDX-License-Identifier: AGPL-3.0-or-later
+//
+// The mock provider: the executor in this process, on the CPU. Every batch and
+// request is still encoded and decoded, so the wire protocol is exercised
+// everywhere the mock runs. With a gpu_type, it also presents that many
+// "cuda" devices, emulated on the CPU, so GPU code paths run unchanged.
+#include <c10/core/Device.h>
+
+#include <mutex>
+
+#include "core/provider.h"
+#include "server/executor.h"
+
+namespace mycelya {
+namespace {
+
+class MockSession final : public Session {
+ public:
+  explicit MockSession(ExecutorOptions options) : executor_(std::move(options)) {}
+
+  std::vector<std::string> devices() const override { return executor_.options().device_names; }
+
+  void submit(EncodedBatch batch) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    executor_.run_batch(batch.batch, batch.payloads);
+  }
+
+  std::string request(const std::string& request, std::string* payload) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    std::string ignored;
+    return executor_.handle_request(request, payload ? payload : &ignored);
+  }
+
+  void stop() override {}
+
+ private:
+  std::mutex mu_;
+  Executor executor_;
+};
+
+class MockProvider final : public Provider {
+ public:
+  std::string name() const override { return "mock"; }
+
+  std::unique_ptr<Session> start(const MachineSpec& spec) override {
+    ExecutorOptions options;
+    if (!spec.gpu_type.empty()) {
+      for (int i = 0; i < spec.gpu_count; ++i) {
+        options.devices.emplace_back(c10::kCPU);
+        options.device_names.push_back("cuda:" + std::to_string(i));
+      }
+    }
+    options.devices.emplace_back(c10::kCPU);
+    options.device_names.push_back("cpu");
+    return std::make_unique<MockSession>(std::move(options));
+  }
+};
+
+}  // namespace
+}  // namespace mycelya
+
+extern "C" {
+__attribute__((visibility("default"))) int mycelya_provider_abi_version() {
+  return mycelya::kProviderAbiVersion;
+}
+__attribute__((visibility("default"))) mycelya::Provider* mycelya_provider_create() {
+  return new mycelya::MockProvider();
+}
+}

@@ -1,0 +1,49 @@
+# SPDX-License-Identifier: AGPL-3.0-or-later
+"""mycelya-torch: run PyTorch on a remote GPU as if it were a local device.
+
+    machine = mycelya_torch.RemoteMachine("mock")
+    x = torch.randn(1000, 1000, device=machine.device())
+    print((x @ x).sum().item())
+"""
+
+import os
+
+import torch
+
+from . import _C  # registers the "mycelya" PrivateUse1 backend (C++)
+from ._device_module import register_device_module
+from ._logging import (
+    disable_logging,
+    enable_debug_logging,
+    enable_info_logging,
+    get_logging_level,
+    set_logging_level,
+)
+from ._machine import RemoteMachine, get_all_machines
+
+# Providers are looked up beside the package too (after $MYCELYA_PROVIDER_PATH).
+_C.add_plugin_dir(os.path.dirname(os.path.abspath(__file__)))
+
+torch.utils.generate_methods_for_privateuse1_backend(
+    for_tensor=True, for_module=True, for_packed_sequence=True, for_storage=True
+)
+register_device_module()
+
+GPU_TYPES = tuple(_C.supported_gpu_types())
+
+__all__ = [
+    "GPU_TYPES",
+    "RemoteMachine",
+    "available_providers",
+    "disable_logging",
+    "enable_debug_logging",
+    "enable_info_logging",
+    "get_all_machines",
+    "get_logging_level",
+    "set_logging_level",
+]
+
+
+def available_providers():
+    """Names of the provider plugins this installation can load."""
+    return list(_C.available_providers())

@@ -1,0 +1,69 @@
+# SPDX-License-Identifier: AGPL-3.0-or-later
+"""torch.mycelya: the device module PyTorch looks up for the "mycelya" backend."""
+
+import types
+
+import torch
+
+from . import _C
+
+_current_device = 0
+
+
+def is_available():
+    return True
+
+
+def device_count():
+    """Number of mycelya devices handed out so far (one per machine device used)."""
+    return _C.registered_device_count()
+
+
+def current_device():
+    return _current_device
+
+
+def set_device(device):
+    global _current_device
+    _current_device = torch.device(device).index if not isinstance(device, int) else device
+
+
+def manual_seed(seed):
+    """Seeds the random generators of every running machine (queued, no round trip)."""
+    _C.seed_all(int(seed) & 0xFFFF_FFFF_FFFF_FFFF)
+
+
+def manual_seed_all(seed):
+    manual_seed(seed)
+
+
+def synchronize(device=None):
+    """Waits for every queued op of the machine behind ``device`` (default: all)."""
+    from ._machine import get_all_machines, machine_for_device
+
+    if device is not None:
+        machine_for_device(device).synchronize()
+        return
+    for machine in get_all_machines():
+        if machine.running:
+            machine.synchronize()
+
+
+def _is_in_bad_fork():
+    return False
+
+
+def register_device_module():
+    module = types.ModuleType("torch.mycelya")
+    for fn in (
+        is_available,
+        device_count,
+        current_device,
+        set_device,
+        manual_seed,
+        manual_seed_all,
+        synchronize,
+        _is_in_bad_fork,
+    ):
+        setattr(module, fn.__name__, fn)
+    torch._register_device_module("mycelya", module)

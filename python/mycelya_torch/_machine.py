@@ -1,0 +1,148 @@
+# SPDX-License-Identifier: AGPL-3.0-or-later
+"""RemoteMachine: one machine of a provider, and the devices it offers."""
+
+import atexit
+import threading
+
+import torch
+
+from . import _C
+from ._logging import logger
+
+_machines = []
+_machines_lock = threading.Lock()
+
+
+class RemoteMachine:
+    """A remote machine whose devices behave like local PyTorch devices.
+
+    Args:
+        provider: "mock" (in-process, CPU), or another installed provider
+            (see ``mycelya_torch.available_providers()``).
+        gpu_type: one of ``mycelya_torch.GPU_TYPES``, or None for a CPU-only machine.
+        gpu_count: GPUs on the machine.
+        packages: pip packages the machine should have (providers that build images).
+        idle_timeout: seconds of inactivity after which the provider may pause it.
+        start: start the machine now (default) or leave it to ``start()``.
+    """
+
+    def __init__(
+        self,
+        provider,
+        gpu_type=None,
+        *,
+        gpu_count=1,
+        packages=None,
+        idle_timeout=None,
+        start=True,
+    ):
+        if not isinstance(provider, str) or not provider:
+            raise ValueError(f"provider must be a provider name such as 'mock', got {provider!r}.")
+        if gpu_type is not None and not isinstance(gpu_type, str):
+            raise ValueError(f"gpu_type must be a string or None, got {gpu_type!r}.")
+        if isinstance(gpu_count, bool) or not isinstance(gpu_count, int) or gpu_count < 1:
+            raise ValueError(f"gpu_count must be a positive integer, got {gpu_count!r}.")
+        if idle_timeout is not None and (
+            isinstance(idle_timeout, bool)
+            or not isinstance(idle_timeout, (int, float))
+            or idle_timeout <= 0
+        ):
+            raise ValueError(f"idle_timeout must be a positive number of seconds, got {idle_timeout!r}.")
+        packages = list(packages or [])
+        if not all(isinstance(p, str) for p in packages):
+            raise ValueError("packages must be a list of pip requirement strings.")
+        # Validated before anything starts; unknown providers list what exists.
+        _C.validate_gpu_type(gpu_type or "")
+        self._machine = _C.Machine(provider, gpu_type or "", gpu_count, packages, float(idle_timeout or 0))
+        self.provider = provider
+        self.gpu_type = gpu_type
+        self.gpu_count = gpu_count
+        self.packages = packages
+        self.idle_timeout = idle_timeout
+        with _machines_lock:
+            _machines.append(self)
+        if start:
+            self.start()
+
+    @property
+    def machine_id(self):
+        return self._machine.machine_id
+
+    @property
+    def running(self):
+        return self._machine.running
+
+    def start(self):
+        """Starts the machine (no-op if it is running)."""
+        self._machine.start()
+        logger.info("machine %s started with devices %s", self.machine_id, self._machine.devices)
+        return self
+
+    def stop(self):
+        """Stops the machine; its tensors can no longer be used."""
+        self._machine.stop()
+
+    def devices(self):
+        """The remote devices this machine offers, e.g. ['cuda:0', 'cpu']."""
+        return list(self._machine.devices)
+
+    def device(self, type=None, index=0):
+        """A torch.device for one of the machine's devices.
+
+        ``type`` defaults to "cuda" when the machine has GPUs, else "cpu".
+        """
+        if not self._machine.running:
+            raise RuntimeError(f"Machine {self.machine_id} is not running; call start() first.")
+        if type is None:
+            type = "cuda" if any(d.startswith("cuda") for d in self._machine.devices) else "cpu"
+        if type not in ("cuda", "cpu"):
+            raise ValueError(f"device type must be 'cuda' or 'cpu', got {type!r}.")
+        if isinstance(index, bool) or not isinstance(index, int) or index < 0:
+            raise ValueError(f"device index must be a non-negative integer, got {index!r}.")
+        return torch.device("mycelya", self._machine.device_index(type, index))
+
+    def synchronize(self):
+        """Waits until every queued op has run; raises errors of earlier ops."""
+        self._machine.synchronize()
+
+    @property
+    def batches_sent(self):
+        return self._machine.batches_sent
+
+    def __enter__(self):
+        self.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()
+        return False
+
+    def __repr__(self):
+        state = "running" if self.running else "stopped"
+        gpu = f", gpu_type={self.gpu_type!r}" if self.gpu_type else ""
+        return f"RemoteMachine(provider={self.provider!r}{gpu}, machine_id={self.machine_id!r}, {state})"
+
+
+def get_all_machines():
+    """Every RemoteMachine created in this process, in creation order."""
+    with _machines_lock:
+        return list(_machines)
+
+
+def machine_for_device(device):
+    """The RemoteMachine behind a mycelya torch.device."""
+    device = torch.device(device)
+    core_machine = _C.machine_of(device.index if device.index is not None else 0)
+    for machine in get_all_machines():
+        if machine._machine is core_machine:
+            return machine
+    raise ValueError(f"{device} belongs to no RemoteMachine of this process.")
+
+
+@atexit.register
+def _stop_all():
+    for machine in get_all_machines():
+        try:
+            machine.stop()
+        except Exception:  # noqa: BLE001 - best effort at exit
+            pass

@@ -1,0 +1,502 @@
+// SPDX-License-Identifier: AGPL-3.0-or-later
+#include "server/executor.h"
+
+#include <ATen/ATen.h>
+#include <ATen/core/stack.h>
+#include <c10/core/DeviceGuard.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+
+namespace mycelya {
+namespace {
+
+std::string error_text(const std::exception& e) {
+  if (auto* c10_error = dynamic_cast<const c10::Error*>(&e)) return c10_error->what_without_backtrace();
+  return e.what();
+}
+
+std::string format_bytes(uint64_t n) {
+  char text[64];
+  std::snprintf(text, sizeof(text), "%.2f GiB", static_cast<double>(n) / (1ull << 30));
+  return text;
+}
+
+uint64_t cgroup_limit() {
+  std::ifstream file("/sys/fs/cgroup/memory.max");
+  std::string value;
+  if (file >> value && value != "max") return std::strtoull(value.c_str(), nullptr, 10);
+  return 0;
+}
+
+std::vector<int64_t> to_vector(const google::protobuf::RepeatedField<int64_t>& field) {
+  return {field.begin(), field.end()};
+}
+
+// Bytes a view needs from the start of its storage.
+uint64_t required_bytes(const wire::TensorRef& ref) {
+  int64_t last = ref.storage_offset();
+  for (int d = 0; d < ref.sizes_size(); ++d) {
+    if (ref.sizes(d) == 0) return 0;
+    last += (ref.sizes(d) - 1) * ref.strides(d);
+  }
+  return static_cast<uint64_t>(last + 1) *
+         c10::elementSize(static_cast<c10::ScalarType>(ref.dtype()));
+}
+
+// Storage IDs of every TensorRef inside a value.
+void collect_storage_ids(const wire::Value& value, std::vector<uint64_t>* ids) {
+  if (value.has_tensor()) ids->push_back(value.tensor().storage_id());
+  if (value.has_list()) {
+    for (const auto& item : value.list().values()) collect_storage_ids(item, ids);
+  }
+}
+
+// Returned tensors in order, lists flattened (as the client numbers outputs).
+std::vector<at::Tensor> flatten_tensors(const torch::jit::Stack& results) {
+  std::vector<at::Tensor> tensors;
+  for (const auto& result : results) {
+    if (result.isTensor()) {
+      tensors.push_back(result.toTensor());
+    } else if (result.isTensorList()) {
+      for (const at::Tensor& t : result.toTensorVector()) tensors.push_back(t);
+    }
+  }
+  return tensors;
+}
+
+void describe(const at::Tensor& tensor, uint64_t id, int slot, wire::TensorRef* ref) {
+  ref->set_storage_id(id);
+  ref->set_storage_nbytes(tensor.storage().nbytes());
+  ref->mutable_sizes()->Add(tensor.sizes().begin(), tensor.sizes().end());
+  ref->mutable_strides()->Add(tensor.strides().begin(), tensor.strides().end());
+  ref->set_storage_offset(tensor.storage_offset());
+  ref->set_dtype(static_cast<int32_t>(tensor.scalar_type()));
+  ref->set_device(slot);
+}
+
+}  // namespace
+
+uint64_t default_memory_limit() {
+  if (const char* env = std::getenv("MYCELYA_MEMORY_LIMIT")) {
+    return std::strtoull(env, nullptr, 10);
+  }
+  uint64_t physical =
+      static_cast<uint64_t>(sysconf(_SC_PHYS_PAGES)) * static_cast<uint64_t>(sysconf(_SC_PAGESIZE));
+  const uint64_t cgroup = cgroup_limit();
+  if (cgroup > 0 && cgroup < physical) physical = cgroup;
+  return physical / 2;
+}
+
+Executor::Executor(ExecutorOptions options) : options_(std::move(options)) {
+  if (options_.memory_limit_bytes == 0) options_.memory_limit_bytes = default_memory_limit();
+}
+
+void Executor::run_batch(const std::string& encoded, const std::vector<std::string>& payloads) {
+  wire::Batch batch;
+  if (!batch.ParseFromString(encoded)) {
+    if (!pending_error_) {
+      pending_error_.emplace();
+      pending_error_->set_message("the executor received a batch it could not decode");
+    }
+    return;
+  }
+  for (const auto& command : batch.commands()) run_command(command, payloads);
+}
+
+void Executor::run_command(const wire::Command& command,
+                           const std::vector<std::string>& payloads) {
+  try {
+    switch (command.kind_case()) {
+      case wire::Command::kOp:
+        run_op(command.op(), /*dynamic=*/false, nullptr);
+        break;
+      case wire::Command::kFree:
+        for (uint64_t id : command.free().storage_ids()) free(id);
+        break;
+      case wire::Command::kResize:
+        resize(command.resize());
+        break;
+      case wire::Command::kUpload:
+        upload(command.upload(), payloads);
+        break;
+      case wire::Command::kSeed:
+        at::manual_seed(command.seed().seed());
+        break;
+      default:
+        break;
+    }
+  } catch (const std::exception& e) {
+    // Ops report their own errors; this catches uploads, resizes and the like.
+    if (!pending_error_) {
+      pending_error_.emplace();
+      pending_error_->set_message(error_text(e));
+    }
+  }
+}
+
+const c10::OperatorHandle& Executor::op_for(const wire::OpRecord& record) {
+  const uint32_t id = record.op_id();
+  if (id >= ops_.size()) ops_.resize(id + 1);
+  if (!ops_[id]) {
+    TORCH_CHECK(!record.op_name().empty(), "op id ", id, " was used before it was named");
+    const std::string& name = record.op_name();
+    const auto dot = name.find('.');
+    const std::string base = name.substr(0, dot);
+    const std::string overload = dot == std::string::npos ? "" : name.substr(dot + 1);
+    ops_[id] = c10::Dispatcher::singleton().findSchemaOrThrow(base.c_str(), overload.c_str());
+  }
+  return *ops_[id];
+}
+
+c10::Device Executor::device_for(int slot) const {
+  TORCH_CHECK(slot >= 0 && slot < static_cast<int>(options_.devices.size()), "device slot ", slot,
+              " does not exist on this machine");
+  return options_.devices[slot];
+}
+
+void Executor::reserve_bytes(uint64_t nbytes) const {
+  if (bytes_in_use_ + nbytes <= options_.memory_limit_bytes) return;
+  TORCH_CHECK(false, "out of memory on the remote machine: ", format_bytes(nbytes),
+              " requested, ", format_bytes(bytes_in_use_), " in use, limit ",
+              format_bytes(options_.memory_limit_bytes),
+              ". Free tensors you no longer need or use a bigger machine.");
+}
+
+c10::Storage Executor::new_storage(uint64_t nbytes, c10::Device device) {
+  reserve_bytes(nbytes);
+  c10::DeviceGuard guard(device);
+  return c10::Storage(c10::Storage::use_byte_size_t(), nbytes, c10::GetAllocator(device.type()),
+                      /*resizable=*/true);
+}
+
+void Executor::keep(uint64_t id, c10::Storage storage) {
+  auto it = storages_.find(id);
+  if (it != storages_.end()) bytes_in_use_ -= it->second.storage.nbytes();
+  bytes_in_use_ += storage.nbytes();
+  storages_[id] = Stored{std::move(storage), ""};
+}
+
+void Executor::free(uint64_t id) {
+  auto it = storages_.find(id);
+  if (it == storages_.end()) return;
+  bytes_in_use_ -= it->second.storage.nbytes();
+  storages_.erase(it);
+}
+
+at::Tensor Executor::tensor_for(const wire::TensorRef& ref) {
+  const c10::Device device = device_for(ref.device());
+  auto it = storages_.find(ref.storage_id());
+  if (it == storages_.end()) {
+    // First use: the storage is created now, as the client's allocation promised.
+    keep(ref.storage_id(), new_storage(ref.storage_nbytes(), device));
+    it = storages_.find(ref.storage_id());
+  }
+  const c10::Storage& storage = it->second.storage;
+  TORCH_CHECK(required_bytes(ref) <= storage.nbytes(), "storage ", ref.storage_id(), " holds ",
+              storage.nbytes(), " bytes, too few for a view that needs ", required_bytes(ref));
+  const auto dtype = static_cast<c10::ScalarType>(ref.dtype());
+  at::Tensor tensor = at::empty({0}, at::TensorOptions().dtype(dtype).device(storage.device()));
+  tensor.set_(storage, ref.storage_offset(), to_vector(ref.sizes()), to_vector(ref.strides()));
+  return tensor;
+}
+
+c10::IValue Executor::decode(const wire::Value& value, const c10::TypePtr& type) {
+  switch (value.kind_case()) {
+    case wire::Value::kNone:
+    case wire::Value::KIND_NOT_SET:
+      return c10::IValue();
+    case wire::Value::kTensor:
+      return tensor_for(value.tensor());
+    case wire::Value::kIntValue:
+      return value.int_value();
+    case wire::Value::kDoubleValue:
+      return value.double_value();
+    case wire::Value::kBoolValue:
+      return value.bool_value();
+    case wire::Value::kComplexValue:
+      return c10::complex<double>(value.complex_value().real(), value.complex_value().imag());
+    case wire::Value::kStringValue:
+      return value.string_value();
+    case wire::Value::kIntList:
+      return c10::List<int64_t>(to_vector(value.int_list().values()));
+    case wire::Value::kDoubleList:
+      return c10::List<double>(
+          std::vector<double>(value.double_list().values().begin(), value.double_list().values().end()));
+    case wire::Value::kBoolList: {
+      c10::List<bool> list;
+      for (bool b : value.bool_list().values()) list.push_back(b);
+      return list;
+    }
+    case wire::Value::kDevice:
+      return device_for(value.device());
+    case wire::Value::kCpuScalar: {
+      const auto& scalar = value.cpu_scalar();
+      at::Tensor tensor = at::empty({}, at::TensorOptions().dtype(
+                                            static_cast<c10::ScalarType>(scalar.dtype())));
+      TORCH_CHECK(scalar.data().size() == tensor.nbytes(), "malformed CPU scalar");
+      std::memcpy(tensor.data_ptr(), scalar.data().data(), scalar.data().size());
+      tensor.unsafeGetTensorImpl()->set_wrapped_number(scalar.wrapped_number());
+      return tensor;
+    }
+    case wire::Value::kList: {
+      // The schema says which list type the kernel expects.
+      c10::TypePtr element = type;
+      if (auto optional = type->cast<c10::OptionalType>()) element = optional->getElementType();
+      auto list_type = element->cast<c10::ListType>();
+      const bool optional_tensors =
+          list_type && list_type->getElementType()->kind() == c10::TypeKind::OptionalType;
+      if (optional_tensors) {
+        c10::List<std::optional<at::Tensor>> list;
+        for (const auto& item : value.list().values()) {
+          if (item.has_tensor()) {
+            list.push_back(tensor_for(item.tensor()));
+          } else if (item.has_cpu_scalar()) {
+            list.push_back(decode(item, c10::TensorType::get()).toTensor());
+          } else {
+            list.push_back(std::nullopt);
+          }
+        }
+        return list;
+      }
+      if (list_type && list_type->getElementType()->kind() == c10::TypeKind::TensorType) {
+        c10::List<at::Tensor> list;
+        for (const auto& item : value.list().values()) {
+          list.push_back(decode(item, c10::TensorType::get()).toTensor());
+        }
+        return list;
+      }
+      // Lists of scalars arrive as typed lists; an empty generic list is an empty int list.
+      TORCH_CHECK(value.list().values_size() == 0, "unsupported list argument of type ",
+                  type->str());
+      return c10::List<int64_t>();
+    }
+  }
+  return c10::IValue();
+}
+
+void Executor::run_op(const wire::OpRecord& record, bool dynamic, wire::Response* response) {
+  std::string op_name = record.op_name();
+  std::vector<uint64_t> written;  // storages the op writes: outputs and mutated arguments
+  try {
+    const c10::OperatorHandle& op = op_for(record);
+    const auto& schema = op.schema();
+    op_name = schema.operator_name().name +
+              (schema.overload_name().empty() ? "" : "." + schema.overload_name());
+    const auto& arguments = schema.arguments();
+    TORCH_CHECK(static_cast<size_t>(record.args_size()) == arguments.size(), op_name, " expects ",
+                arguments.size(), " arguments, the record has ", record.args_size());
+
+    std::vector<uint64_t> read;
+    for (size_t i = 0; i < arguments.size(); ++i) {
+      const auto& info = arguments[i].alias_info();
+      collect_storage_ids(record.args(static_cast<int>(i)),
+                          info && info->isWrite() ? &written : &read);
+    }
+    if (!dynamic) {
+      for (const auto& out : record.outputs()) {
+        if (out.storage_id() != 0) written.push_back(out.storage_id());
+      }
+    }
+    // Inputs that a failed op produced poison what is computed from them.
+    for (uint64_t id : read) {
+      auto it = storages_.find(id);
+      if (it != storages_.end() && !it->second.poison.empty()) throw std::runtime_error(it->second.poison);
+    }
+    for (uint64_t id : written) {
+      auto it = storages_.find(id);
+      if (it != storages_.end() && !it->second.poison.empty()) throw std::runtime_error(it->second.poison);
+    }
+    // Refuse outputs beyond the memory limit before the kernel allocates them.
+    uint64_t output_bytes = 0;
+    for (const auto& out : record.outputs()) {
+      if (out.storage_id() != 0 && !storages_.count(out.storage_id())) output_bytes += out.storage_nbytes();
+    }
+    reserve_bytes(output_bytes);
+
+    torch::jit::Stack stack;
+    stack.reserve(arguments.size());
+    for (size_t i = 0; i < arguments.size(); ++i) {
+      stack.push_back(decode(record.args(static_cast<int>(i)), arguments[i].type()));
+    }
+    std::vector<const c10::StorageImpl*> input_storages;
+    for (const auto& value : stack) {
+      input_storages.push_back(value.isTensor() && value.toTensor().defined()
+                                   ? value.toTensor().storage().unsafeGetStorageImpl()
+                                   : nullptr);
+    }
+    {
+      at::AutoDispatchBelowADInplaceOrView below_autograd;
+      op.callBoxed(&stack);
+    }
+    auto aliases_input = [&](const at::Tensor& t) -> int {
+      for (size_t i = 0; i < input_storages.size(); ++i) {
+        if (input_storages[i] && input_storages[i] == t.storage().unsafeGetStorageImpl()) {
+          return static_cast<int>(i);
+        }
+      }
+      return -1;
+    };
+
+    if (dynamic) {
+      // Results go under the IDs the client reserved, in order.
+      int next_id = 0;
+      auto register_output = [&](const at::Tensor& t, wire::OutputInfo* info) {
+        const int input = t.defined() ? aliases_input(t) : -1;
+        if (input >= 0) {
+          info->set_input_index(input);
+          describe(t, 0, 0, info->mutable_view());
+          return;
+        }
+        TORCH_CHECK(next_id < record.outputs_size(), op_name, " returned more tensors than reserved");
+        const auto& reserved = record.outputs(next_id++);
+        if (!t.defined()) return;
+        reserve_bytes(t.storage().nbytes());
+        int slot = 0;
+        for (size_t s = 0; s < options_.devices.size(); ++s) {
+          if (options_.devices[s] == t.device()) slot = static_cast<int>(s);
+        }
+        keep(reserved.storage_id(), t.storage());
+        describe(t, reserved.storage_id(), slot, info->mutable_tensor());
+      };
+      for (const auto& result : stack) {
+        auto* info = response->add_outputs();
+        if (result.isTensor()) {
+          register_output(result.toTensor(), info);
+        } else if (result.isTensorList()) {
+          for (const at::Tensor& t : result.toTensorVector()) register_output(t, info->mutable_list()->add_items());
+        } else if (result.isBool()) {
+          info->mutable_value()->set_bool_value(result.toBool());
+        } else if (result.isInt()) {
+          info->mutable_value()->set_int_value(result.toInt());
+        } else if (result.isDouble()) {
+          info->mutable_value()->set_double_value(result.toDouble());
+        }
+      }
+      return;
+    }
+
+    // Queued op: the client already decided each output's geometry; check rather than trust.
+    std::vector<at::Tensor> results = flatten_tensors(stack);
+    TORCH_CHECK(results.size() == static_cast<size_t>(record.outputs_size()), op_name, " returned ",
+                results.size(), " tensors, the client expected ", record.outputs_size());
+    for (size_t i = 0; i < results.size(); ++i) {
+      const auto& ref = record.outputs(static_cast<int>(i));
+      if (ref.storage_id() == 0) continue;
+      const at::Tensor& result = results[i];
+      const bool exact = result.defined() && aliases_input(result) < 0 &&
+                         result.storage_offset() == ref.storage_offset() &&
+                         result.storage().nbytes() == ref.storage_nbytes() &&
+                         static_cast<int32_t>(result.scalar_type()) == ref.dtype() &&
+                         result.sizes().equals(to_vector(ref.sizes())) &&
+                         result.strides().equals(to_vector(ref.strides())) &&
+                         result.device() == device_for(ref.device());
+      if (exact) {
+        keep(ref.storage_id(), result.storage());
+      } else {
+        at::Tensor target = tensor_for(ref);
+        target.copy_(result);
+      }
+    }
+  } catch (const std::exception& e) {
+    std::string message = error_text(e);
+    if (dynamic) {
+      response->mutable_error()->set_op_name(op_name);
+      response->mutable_error()->set_message(message);
+      return;
+    }
+    const std::string poison = "Remote op " + op_name + " failed: " + message;
+    for (uint64_t id : written) {
+      auto it = storages_.find(id);
+      if (it == storages_.end()) {
+        // Keep a zero-byte placeholder so the poison has somewhere to live.
+        storages_[id] = Stored{c10::Storage(c10::Storage::use_byte_size_t(), 0,
+                                            c10::GetAllocator(c10::kCPU), true),
+                               poison};
+      } else if (it->second.poison.empty()) {
+        it->second.poison = poison;
+      }
+    }
+    if (!pending_error_ && message.rfind("Remote op ", 0) != 0) {
+      pending_error_.emplace();
+      pending_error_->set_op_name(op_name);
+      pending_error_->set_message(message);
+    }
+  }
+}
+
+void Executor::upload(const wire::Upload& upload, const std::vector<std::string>& payloads) {
+  TORCH_CHECK(upload.payload_index() < payloads.size(), "upload names a missing payload");
+  const std::string& bytes = payloads[upload.payload_index()];
+  at::Tensor target = tensor_for(upload.target());
+  at::Tensor source = at::from_blob(const_cast<char*>(bytes.data()), target.sizes(),
+                                    at::TensorOptions().dtype(target.scalar_type()));
+  TORCH_CHECK(static_cast<size_t>(source.nbytes()) == bytes.size(), "upload of ", target.sizes(),
+              " carries ", bytes.size(), " bytes, expected ", source.nbytes());
+  target.copy_(source);
+  // A tensor written whole from the client is valid again.
+  auto& stored = storages_[upload.target().storage_id()];
+  if (static_cast<uint64_t>(source.nbytes()) == stored.storage.nbytes()) stored.poison.clear();
+}
+
+void Executor::resize(const wire::ResizeStorage& resize) {
+  auto it = storages_.find(resize.storage_id());
+  if (it == storages_.end()) return;  // not created yet: later refs carry the new size
+  c10::Storage grown = new_storage(resize.nbytes(), device_for(resize.device()));
+  const int64_t keep_bytes =
+      static_cast<int64_t>(std::min<uint64_t>(resize.nbytes(), it->second.storage.nbytes()));
+  if (keep_bytes > 0) {
+    auto bytes_of = [&](const c10::Storage& storage) {
+      at::Tensor t = at::empty({0}, at::TensorOptions().dtype(at::kByte).device(storage.device()));
+      t.set_(storage, 0, {keep_bytes}, {1});
+      return t;
+    };
+    bytes_of(grown).copy_(bytes_of(it->second.storage));
+  }
+  std::string poison = it->second.poison;
+  keep(resize.storage_id(), std::move(grown));
+  storages_[resize.storage_id()].poison = poison;
+}
+
+void Executor::download(const wire::TensorRef& ref, std::string* payload) {
+  auto it = storages_.find(ref.storage_id());
+  if (it != storages_.end() && !it->second.poison.empty()) throw std::runtime_error(it->second.poison);
+  at::Tensor host = tensor_for(ref).contiguous().cpu();
+  payload->assign(static_cast<const char*>(host.const_data_ptr()), host.nbytes());
+}
+
+std::string Executor::handle_request(const std::string& encoded, std::string* payload) {
+  wire::Request request;
+  wire::Response response;
+  response.set_version(wire::PROTOCOL_VERSION_CURRENT);
+  if (!request.ParseFromString(encoded)) {
+    response.mutable_error()->set_message("the executor received a request it could not decode");
+  } else {
+    response.set_sequence(request.sequence());
+    try {
+      switch (request.kind_case()) {
+        case wire::Request::kDownload:
+          download(request.download().source(), payload);
+          break;
+        case wire::Request::kExecute:
+          run_op(request.execute().op(), /*dynamic=*/true, &response);
+          break;
+        default:
+          break;
+      }
+    } catch (const std::exception& e) {
+      response.mutable_error()->set_message(error_text(e));
+    }
+  }
+  if (pending_error_) {
+    *response.mutable_pending_error() = std::move(*pending_error_);
+    pending_error_.reset();
+  }
+  std::string out;
+  response.SerializeToString(&out);
+  return out;
+}
+
+}  // namespace mycelya

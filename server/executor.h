@@ -1,0 +1,83 @@
+// SPDX-License-Identifier: AGPL-3.0-or-later
+//
+// The executor: keeps remote storages by client-assigned ID, rebuilds tensors
+// from TensorRefs and runs op records through c10::Dispatcher.
+//
+// Errors follow CUDA's model: a failed op in a batch is remembered and
+// reported by the next response. Its outputs are poisoned, and so is anything
+// later computed from them, so a failure can never turn into silently wrong
+// numbers: reading a poisoned tensor raises the original error again.
+#pragma once
+
+#include <ATen/Tensor.h>
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <c10/core/Storage.h>
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "proto/mycelya.pb.h"
+
+namespace mycelya {
+
+struct ExecutorOptions {
+  // Slot i of the wire protocol is devices[i]; names are what the client sees.
+  std::vector<c10::Device> devices;
+  std::vector<std::string> device_names;
+  // Storages beyond this many bytes are refused (an error, not the OOM killer).
+  uint64_t memory_limit_bytes = 0;
+};
+
+// Half of this machine's memory (or of its cgroup limit), unless
+// MYCELYA_MEMORY_LIMIT gives a number of bytes.
+uint64_t default_memory_limit();
+
+class Executor {
+ public:
+  explicit Executor(ExecutorOptions options);
+
+  const ExecutorOptions& options() const { return options_; }
+
+  // Runs an encoded Batch. Never throws: failures become the pending error.
+  void run_batch(const std::string& encoded, const std::vector<std::string>& payloads);
+
+  // Answers an encoded Request with an encoded Response; a download's bytes go
+  // to *payload.
+  std::string handle_request(const std::string& encoded, std::string* payload);
+
+  uint64_t bytes_in_use() const { return bytes_in_use_; }
+  size_t storage_count() const { return storages_.size(); }
+
+ private:
+  struct Stored {
+    c10::Storage storage;
+    std::string poison;  // non-empty: the error that left this storage invalid
+  };
+
+  void run_command(const wire::Command& command, const std::vector<std::string>& payloads);
+  // Runs one op; fills `outputs` with what it produced when `dynamic`.
+  void run_op(const wire::OpRecord& record, bool dynamic, wire::Response* response);
+  void upload(const wire::Upload& upload, const std::vector<std::string>& payloads);
+  void resize(const wire::ResizeStorage& resize);
+  void download(const wire::TensorRef& ref, std::string* payload);
+
+  const c10::OperatorHandle& op_for(const wire::OpRecord& record);
+  c10::Device device_for(int slot) const;
+  at::Tensor tensor_for(const wire::TensorRef& ref);
+  c10::IValue decode(const wire::Value& value, const c10::TypePtr& type);
+  c10::Storage new_storage(uint64_t nbytes, c10::Device device);
+  void keep(uint64_t id, c10::Storage storage);
+  void free(uint64_t id);
+  void reserve_bytes(uint64_t nbytes) const;
+
+  ExecutorOptions options_;
+  std::unordered_map<uint64_t, Stored> storages_;
+  std::vector<std::optional<c10::OperatorHandle>> ops_;  // by op_id
+  uint64_t bytes_in_use_ = 0;
+  std::optional<wire::Error> pending_error_;
+};
+
+}  // namespace mycelya

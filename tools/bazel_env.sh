@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# SPDX-License-Identifier: AGPL-3.0-or-later
+# Sourced by the entry points: runs setup, then puts its virtual environment
+# first on PATH so that Bazel, its repository rules and its tests all see the
+# python3 that has torch. Bazel's disk cache lives outside the clone so that a
+# fresh clone (as CI uses) reuses what earlier builds compiled.
+VENV="$(bash "$(dirname "${BASH_SOURCE[0]}")/setup.sh" | tail -n 1)"
+export PATH="$VENV/bin:$PATH"
+export MYCELYA_PYTHON="$VENV/bin/python3"
+BAZEL_CACHE_FLAGS=(--disk_cache="${MYCELYA_HOME:-$HOME/.cache/mycelya}/bazel-disk-cache")
