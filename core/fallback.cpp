@@ -255,4 +255,41 @@ TORCH_LIBRARY_IMPL(_, PrivateUse1, m) {
   m.fallback(torch::CppFunction::makeFromBoxedFunction<&remote_fallback>());
 }
 
+namespace {
+
+// Functional ops generated from their out= variants (add.Tensor from add.out)
+// carry a CompositeExplicitAutogradNonFunctional kernel, which would otherwise
+// win over the fallback and run shape and device checks on mycelya tensors
+// themselves, then call the out= op. Routing them to the fallback directly
+// keeps one meta pass per op and lets the fallback's own device checks (with
+// their cross-machine message) speak first.
+bool route_to_fallback(const c10::OperatorName& name) {
+  if (name.name.rfind("aten::", 0) != 0) return false;
+  // Allocation and copies have kernels of their own (tensor_kernels.cpp, copy_kernels.cpp).
+  if (name.name.find("empty") != std::string::npos || name.name == "aten::copy") return false;
+  auto op = c10::Dispatcher::singleton().findOp(name);
+  return op && op->hasKernelForDispatchKey(c10::DispatchKey::CompositeExplicitAutogradNonFunctional);
+}
+
+torch::Library& functional_ops_library() {
+  static torch::Library library(torch::Library::IMPL, "aten", c10::DispatchKey::PrivateUse1,
+                                __FILE__, __LINE__);
+  return library;
+}
+
+const bool functional_ops_routed = [] {
+  for (const auto& name : c10::Dispatcher::singleton().getAllOpNames()) {
+    if (!route_to_fallback(name)) continue;
+    const std::string qualified = name.overload_name.empty()
+                                      ? name.name
+                                      : name.name + "." + name.overload_name;
+    functional_ops_library().impl(
+        qualified.c_str() + 6,  // without "aten::"
+        torch::CppFunction::makeFromBoxedFunction<&remote_fallback>());
+  }
+  return true;
+}();
+
+}  // namespace
+
 }  // namespace mycelya

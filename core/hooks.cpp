@@ -8,6 +8,7 @@
 
 #include "core/allocator.h"
 #include "core/device_table.h"
+#include "core/generator.h"
 
 namespace mycelya {
 namespace {
@@ -28,11 +29,12 @@ struct RemoteHooks final : public at::PrivateUse1HooksInterface {
   bool isPinnedPtr(const void*) const override { return false; }
   c10::Allocator* getPinnedMemoryAllocator() const override { return c10::GetAllocator(c10::DeviceType::CPU); }
 
-  const at::Generator& getDefaultGenerator(c10::DeviceIndex) const override {
-    TORCH_CHECK_NOT_IMPLEMENTED(false,
-                                "mycelya devices have no local generator: random ops run "
-                                "remotely; seed them with torch.manual_seed or "
-                                "torch.mycelya.manual_seed.");
+  const at::Generator& getDefaultGenerator(c10::DeviceIndex device) const override {
+    return default_generator(device);
+  }
+
+  at::Generator getNewGenerator(c10::DeviceIndex device) const override {
+    return default_generator(device).clone();
   }
 
   void resizePrivateUse1Bytes(const c10::Storage&, size_t) const override {

@@ -9,6 +9,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
+#include <mutex>
 
 namespace mycelya {
 namespace {
@@ -123,7 +124,7 @@ void Executor::run_command(const wire::Command& command,
         upload(command.upload(), payloads);
         break;
       case wire::Command::kSeed:
-        at::manual_seed(command.seed().seed());
+        seed(command.seed().seed());
         break;
       default:
         break;
@@ -424,6 +425,16 @@ void Executor::run_op(const wire::OpRecord& record, bool dynamic, wire::Response
       pending_error_->set_op_name(op_name);
       pending_error_->set_message(message);
     }
+  }
+}
+
+void Executor::seed(uint64_t seed) {
+  // Only the generators of the devices served here: at::manual_seed would also
+  // reach a mycelya client's generators when the executor runs in-process.
+  for (const c10::Device& device : options_.devices) {
+    at::Generator generator = at::globalContext().defaultGenerator(device);
+    std::lock_guard<std::mutex> lock(generator.mutex());
+    generator.set_current_seed(seed);
   }
 }
 

@@ -62,6 +62,7 @@ class Executor {
   void run_op(const wire::OpRecord& record, bool dynamic, wire::Response* response);
   void upload(const wire::Upload& upload, const std::vector<std::string>& payloads);
   void resize(const wire::ResizeStorage& resize);
+  void seed(uint64_t seed);
   void download(const wire::TensorRef& ref, std::string* payload);
 
   const c10::OperatorHandle& op_for(const wire::OpRecord& record);
