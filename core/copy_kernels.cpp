@@ -46,6 +46,8 @@ void copy_on_machine(const at::Tensor& source, const at::Tensor& target) {
   OpPlacement placement = place_op(copy_op, args);
   wire::Command command;
   *command.mutable_op() = encode_op(copy_op, args, placement);
+  command.mutable_op()->add_outputs();  // copy_ returns its target: nothing new
+
   placement.entry.machine->enqueue(std::move(command));
 }
 

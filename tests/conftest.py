@@ -1,0 +1,28 @@
+# SPDX-License-Identifier: AGPL-3.0-or-later
+"""Shared fixtures. MYCELYA_TEST_PROVIDER picks the provider (default: mock)."""
+
+import os
+
+import pytest
+import torch
+
+import mycelya_torch
+
+PROVIDER = os.environ.get("MYCELYA_TEST_PROVIDER", "mock")
+
+
+@pytest.fixture(scope="module")
+def machine():
+    machine = mycelya_torch.RemoteMachine(PROVIDER)
+    yield machine
+    machine.stop()
+
+
+@pytest.fixture(scope="module")
+def device(machine):
+    return machine.device()
+
+
+@pytest.fixture(autouse=True)
+def _seeded():
+    torch.manual_seed(1234)

@@ -1,0 +1,14 @@
+# SPDX-License-Identifier: AGPL-3.0-or-later
+"""Runs pytest on the test files named in argv (paths relative to this folder).
+
+Bazel's py_test runs this as the main program; pytest's exit code is the test's.
+"""
+
+import os
+import sys
+
+import pytest
+
+here = os.path.dirname(os.path.abspath(__file__))
+files = [os.path.join(here, name) for name in sys.argv[1:]]
+sys.exit(pytest.main(["-q", "-p", "no:cacheprovider", "-rs", *files]))
