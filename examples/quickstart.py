@@ -1,8 +1,8 @@
 # SPDX-License-Identifier: AGPL-3.0-or-later
 """The README's quick start: a matrix product on a remote machine.
 
-    tools/demo.sh                 # the default provider, mock
-    tools/demo.sh --provider mock --gpu-type H100
+tools/demo.sh                 # the default provider, mock
+tools/demo.sh --provider mock --gpu-type H100
 """
 
 import argparse

@@ -11,4 +11,8 @@ import pytest
 
 here = os.path.dirname(os.path.abspath(__file__))
 files = [os.path.join(here, name) for name in sys.argv[1:]]
-sys.exit(pytest.main(["-q", "-p", "no:cacheprovider", "-rs", *files]))
+args = ["-q", "-p", "no:cacheprovider", "-rs", *files]
+# Under Bazel, per-test-case results go where Bazel collects them (test.xml).
+if os.environ.get("XML_OUTPUT_FILE"):
+    args.append("--junitxml=" + os.environ["XML_OUTPUT_FILE"])
+sys.exit(pytest.main(args))

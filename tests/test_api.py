@@ -35,7 +35,15 @@ def test_bad_arguments_are_value_errors(kwargs):
 
 def test_gpu_types_constant_matches_the_seed_list():
     assert mycelya_torch.GPU_TYPES == (
-        "T4", "L4", "A10G", "A100-40GB", "A100-80GB", "L40S", "H100", "H200", "B200",
+        "T4",
+        "L4",
+        "A10G",
+        "A100-40GB",
+        "A100-80GB",
+        "L40S",
+        "H100",
+        "H200",
+        "B200",
     )
 
 

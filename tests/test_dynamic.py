@@ -9,7 +9,9 @@ def test_data_dependent_shapes(device):
     remote = cpu.to(device)
     torch.testing.assert_close(torch.nonzero(remote).cpu(), torch.nonzero(cpu))
     torch.testing.assert_close(remote[remote > 0].cpu(), cpu[cpu > 0])
-    torch.testing.assert_close(torch.masked_select(remote, remote < 1).cpu(), torch.masked_select(cpu, cpu < 1))
+    torch.testing.assert_close(
+        torch.masked_select(remote, remote < 1).cpu(), torch.masked_select(cpu, cpu < 1)
+    )
     values, counts = torch.unique(remote, return_counts=True)
     expected_values, expected_counts = torch.unique(cpu, return_counts=True)
     torch.testing.assert_close(values.cpu(), expected_values)

@@ -24,8 +24,10 @@ def test_quick_start():
 def _synthetic_dataloader(batches=4, batch_size=16):
     generator = torch.Generator().manual_seed(0)
     return [
-        (torch.randn(batch_size, 784, generator=generator),
-         torch.randint(0, 10, (batch_size,), generator=generator))
+        (
+            torch.randn(batch_size, 784, generator=generator),
+            torch.randint(0, 10, (batch_size,), generator=generator),
+        )
         for _ in range(batches)
     ]
 
@@ -42,7 +44,7 @@ def test_neural_network_training_matches_cpu():
     optimizer = torch.optim.Adam(model.parameters())
     reference_optimizer = torch.optim.Adam(reference.parameters())
 
-    for batch_idx, (data, target) in enumerate(_synthetic_dataloader()):
+    for data, target in _synthetic_dataloader():
         remote_data, remote_target = data.to(device), target.to(device)
         assert remote_data.shape == (16, 784) and remote_target.shape == (16,)
 

@@ -1,9 +1,9 @@
 # SPDX-License-Identifier: AGPL-3.0-or-later
 """mycelya-torch: run PyTorch on a remote GPU as if it were a local device.
 
-    machine = mycelya_torch.RemoteMachine("mock")
-    x = torch.randn(1000, 1000, device=machine.device())
-    print((x @ x).sum().item())
+machine = mycelya_torch.RemoteMachine("mock")
+x = torch.randn(1000, 1000, device=machine.device())
+print((x @ x).sum().item())
 """
 
 import os

@@ -13,9 +13,7 @@ def set_logging_level(level):
     if isinstance(level, str):
         name = level.upper()
         if not isinstance(logging.getLevelName(name), int):
-            raise ValueError(
-                f"Unknown logging level {level!r}; use DEBUG, INFO, WARNING, ERROR or CRITICAL."
-            )
+            raise ValueError(f"Unknown logging level {level!r}; use DEBUG, INFO, WARNING, ERROR or CRITICAL.")
         level = logging.getLevelName(name)
     if not isinstance(level, int) or isinstance(level, bool):
         raise ValueError(f"Logging level must be an int or a level name, got {level!r}.")

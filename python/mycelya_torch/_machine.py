@@ -43,9 +43,7 @@ class RemoteMachine:
         if isinstance(gpu_count, bool) or not isinstance(gpu_count, int) or gpu_count < 1:
             raise ValueError(f"gpu_count must be a positive integer, got {gpu_count!r}.")
         if idle_timeout is not None and (
-            isinstance(idle_timeout, bool)
-            or not isinstance(idle_timeout, (int, float))
-            or idle_timeout <= 0
+            isinstance(idle_timeout, bool) or not isinstance(idle_timeout, (int, float)) or idle_timeout <= 0
         ):
             raise ValueError(f"idle_timeout must be a positive number of seconds, got {idle_timeout!r}.")
         packages = list(packages or [])

@@ -1,0 +1,639 @@
+// SPDX-License-Identifier: AGPL-3.0-or-later
+//
+// Executor tests: every batch and request is built by hand as the client would
+// build it, encoded, fed to the executor, and every response decoded, so the
+// wire protocol is exercised exactly as it travels.
+#include "server/executor.h"
+
+#include <ATen/ATen.h>
+#include <gtest/gtest.h>
+
+#include <cstdint>
+#include <cstring>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "proto/mycelya.pb.h"
+
+namespace mycelya {
+namespace {
+
+constexpr uint64_t kMiB = 1ull << 20;
+
+::testing::AssertionResult Contains(const std::string& haystack, const std::string& needle) {
+  if (haystack.find(needle) != std::string::npos) return ::testing::AssertionSuccess();
+  return ::testing::AssertionFailure()
+         << "\"" << haystack << "\" does not contain \"" << needle << "\"";
+}
+
+std::vector<int64_t> contiguous_strides(const std::vector<int64_t>& sizes) {
+  std::vector<int64_t> strides(sizes.size());
+  int64_t stride = 1;
+  for (size_t d = sizes.size(); d-- > 0;) {
+    strides[d] = stride;
+    stride *= std::max<int64_t>(sizes[d], 1);
+  }
+  return strides;
+}
+
+int64_t numel(const std::vector<int64_t>& sizes) {
+  int64_t n = 1;
+  for (int64_t s : sizes) n *= s;
+  return n;
+}
+
+wire::TensorRef make_ref(uint64_t storage_id, uint64_t storage_nbytes,
+                         const std::vector<int64_t>& sizes, const std::vector<int64_t>& strides,
+                         int64_t storage_offset, at::ScalarType dtype, int device = 0) {
+  wire::TensorRef ref;
+  ref.set_storage_id(storage_id);
+  ref.set_storage_nbytes(storage_nbytes);
+  ref.mutable_sizes()->Add(sizes.begin(), sizes.end());
+  ref.mutable_strides()->Add(strides.begin(), strides.end());
+  ref.set_storage_offset(storage_offset);
+  ref.set_dtype(static_cast<int32_t>(dtype));
+  ref.set_device(device);
+  return ref;
+}
+
+// A contiguous tensor that fills its whole storage.
+wire::TensorRef contiguous_ref(uint64_t storage_id, const std::vector<int64_t>& sizes,
+                               at::ScalarType dtype) {
+  const uint64_t nbytes = static_cast<uint64_t>(numel(sizes)) * c10::elementSize(dtype);
+  return make_ref(storage_id, nbytes, sizes, contiguous_strides(sizes), 0, dtype);
+}
+
+wire::TensorRef ref_for(uint64_t storage_id, const at::Tensor& tensor) {
+  return contiguous_ref(storage_id, tensor.sizes().vec(), tensor.scalar_type());
+}
+
+wire::Value tensor_value(const wire::TensorRef& ref) {
+  wire::Value value;
+  *value.mutable_tensor() = ref;
+  return value;
+}
+
+wire::Value double_value(double d) {
+  wire::Value value;
+  value.set_double_value(d);
+  return value;
+}
+
+wire::Value int_list_value(const std::vector<int64_t>& values) {
+  wire::Value value;
+  value.mutable_int_list()->mutable_values()->Add(values.begin(), values.end());
+  return value;
+}
+
+wire::OpRecord op_record(uint32_t op_id, const std::string& name, std::vector<wire::Value> args,
+                         std::vector<wire::TensorRef> outputs) {
+  wire::OpRecord record;
+  record.set_op_id(op_id);
+  if (!name.empty()) record.set_op_name(name);
+  for (auto& arg : args) *record.add_args() = std::move(arg);
+  for (auto& out : outputs) *record.add_outputs() = std::move(out);
+  return record;
+}
+
+std::string bytes_of(const at::Tensor& tensor) {
+  at::Tensor contiguous = tensor.contiguous();
+  return std::string(static_cast<const char*>(contiguous.const_data_ptr()), contiguous.nbytes());
+}
+
+at::Tensor tensor_from(const std::string& bytes, const wire::TensorRef& ref) {
+  std::vector<int64_t> sizes(ref.sizes().begin(), ref.sizes().end());
+  at::Tensor tensor =
+      at::empty(sizes, at::TensorOptions().dtype(static_cast<at::ScalarType>(ref.dtype())));
+  EXPECT_EQ(bytes.size(), tensor.nbytes());
+  if (bytes.size() == tensor.nbytes()) std::memcpy(tensor.data_ptr(), bytes.data(), bytes.size());
+  return tensor;
+}
+
+// Builds a batch command by command, then runs it.
+class BatchBuilder {
+ public:
+  BatchBuilder& upload(const wire::TensorRef& target, std::string payload) {
+    auto* upload = batch_.add_commands()->mutable_upload();
+    *upload->mutable_target() = target;
+    upload->set_payload_index(static_cast<uint32_t>(payloads_.size()));
+    payloads_.push_back(std::move(payload));
+    return *this;
+  }
+  BatchBuilder& op(wire::OpRecord record) {
+    *batch_.add_commands()->mutable_op() = std::move(record);
+    return *this;
+  }
+  BatchBuilder& free(const std::vector<uint64_t>& ids) {
+    batch_.add_commands()->mutable_free()->mutable_storage_ids()->Add(ids.begin(), ids.end());
+    return *this;
+  }
+  BatchBuilder& resize(uint64_t storage_id, uint64_t nbytes, int device = 0) {
+    auto* resize = batch_.add_commands()->mutable_resize();
+    resize->set_storage_id(storage_id);
+    resize->set_nbytes(nbytes);
+    resize->set_device(device);
+    return *this;
+  }
+  BatchBuilder& seed(uint64_t seed) {
+    batch_.add_commands()->mutable_seed()->set_seed(seed);
+    return *this;
+  }
+
+  void run(Executor& executor) {
+    batch_.set_version(wire::PROTOCOL_VERSION_CURRENT);
+    batch_.set_sequence(1);
+    std::string encoded;
+    ASSERT_TRUE(batch_.SerializeToString(&encoded));
+    executor.run_batch(encoded, payloads_);
+  }
+
+ private:
+  wire::Batch batch_;
+  std::vector<std::string> payloads_;
+};
+
+class ExecutorTest : public ::testing::Test {
+ protected:
+  explicit ExecutorTest(uint64_t memory_limit_bytes = 256 * kMiB)
+      : executor_(ExecutorOptions{{c10::Device(c10::kCPU)}, {"cpu"}, memory_limit_bytes}) {}
+
+  wire::Response request(const wire::Request& request, std::string* payload = nullptr) {
+    std::string encoded;
+    EXPECT_TRUE(request.SerializeToString(&encoded));
+    std::string ignored;
+    const std::string answer = executor_.handle_request(encoded, payload ? payload : &ignored);
+    wire::Response response;
+    EXPECT_TRUE(response.ParseFromString(answer));
+    EXPECT_EQ(response.version(), static_cast<uint32_t>(wire::PROTOCOL_VERSION_CURRENT));
+    EXPECT_EQ(response.sequence(), request.sequence());
+    return response;
+  }
+
+  wire::Response sync() {
+    wire::Request req;
+    req.set_version(wire::PROTOCOL_VERSION_CURRENT);
+    req.set_sequence(++sequence_);
+    req.mutable_sync();
+    return request(req);
+  }
+
+  wire::Response download_response(const wire::TensorRef& ref, std::string* payload) {
+    wire::Request req;
+    req.set_version(wire::PROTOCOL_VERSION_CURRENT);
+    req.set_sequence(++sequence_);
+    *req.mutable_download()->mutable_source() = ref;
+    return request(req, payload);
+  }
+
+  // Downloads `ref`, expecting success and no pending error.
+  at::Tensor download(const wire::TensorRef& ref) {
+    std::string payload;
+    wire::Response response = download_response(ref, &payload);
+    EXPECT_FALSE(response.has_error()) << response.error().message();
+    EXPECT_FALSE(response.has_pending_error()) << response.pending_error().message();
+    return tensor_from(payload, ref);
+  }
+
+  wire::Response execute(wire::OpRecord record) {
+    wire::Request req;
+    req.set_version(wire::PROTOCOL_VERSION_CURRENT);
+    req.set_sequence(++sequence_);
+    *req.mutable_execute()->mutable_op() = std::move(record);
+    return request(req);
+  }
+
+  void upload(uint64_t storage_id, const at::Tensor& tensor) {
+    BatchBuilder().upload(ref_for(storage_id, tensor), bytes_of(tensor)).run(executor_);
+  }
+
+  Executor executor_;
+  uint64_t sequence_ = 100;
+};
+
+class SmallExecutorTest : public ExecutorTest {
+ protected:
+  SmallExecutorTest() : ExecutorTest(1 * kMiB) {}
+};
+
+TEST_F(ExecutorTest, ZeroMemoryLimitMeansTheDefault) {
+  EXPECT_EQ(executor_.options().memory_limit_bytes, 256 * kMiB);
+  Executor defaulted(ExecutorOptions{{c10::Device(c10::kCPU)}, {"cpu"}, 0});
+  EXPECT_GT(defaulted.options().memory_limit_bytes, 0u);
+}
+
+TEST_F(ExecutorTest, UploadThenDownloadReturnsTheSameBytes) {
+  at::Tensor source = at::arange(24, at::kDouble).reshape({2, 3, 4}) * 1.5;
+  const std::string bytes = bytes_of(source);
+  BatchBuilder().upload(ref_for(1, source), bytes).run(executor_);
+  EXPECT_EQ(executor_.storage_count(), 1u);
+  EXPECT_EQ(executor_.bytes_in_use(), bytes.size());
+
+  std::string payload;
+  wire::Response response = download_response(ref_for(1, source), &payload);
+  EXPECT_FALSE(response.has_error()) << response.error().message();
+  EXPECT_FALSE(response.has_pending_error()) << response.pending_error().message();
+  EXPECT_EQ(payload, bytes);
+}
+
+TEST_F(ExecutorTest, UploadOfIntegersRoundTrips) {
+  at::Tensor source = at::tensor({int64_t{-3}, int64_t{1} << 40, int64_t{7}}, at::kLong);
+  upload(2, source);
+  EXPECT_TRUE(at::equal(download(ref_for(2, source)), source));
+}
+
+TEST_F(ExecutorTest, UploadWithTheWrongByteCountIsAPendingError) {
+  at::Tensor source = at::ones({4}, at::kFloat);
+  BatchBuilder().upload(ref_for(3, source), std::string(5, '\0')).run(executor_);
+  wire::Response response = sync();
+  ASSERT_TRUE(response.has_pending_error());
+  EXPECT_TRUE(Contains(response.pending_error().message(), "carries 5 bytes"));
+  EXPECT_FALSE(sync().has_pending_error());
+}
+
+TEST_F(ExecutorTest, AddWritesItsOutputStorage) {
+  at::Tensor a = at::randn({3, 4});
+  at::Tensor b = at::randn({3, 4});
+  upload(1, a);
+  upload(2, b);
+  BatchBuilder()
+      .op(op_record(1, "aten::add.Tensor",
+                    {tensor_value(ref_for(1, a)), tensor_value(ref_for(2, b)), double_value(2.5)},
+                    {contiguous_ref(3, {3, 4}, at::kFloat)}))
+      .run(executor_);
+
+  at::Tensor result = download(contiguous_ref(3, {3, 4}, at::kFloat));
+  EXPECT_TRUE(at::allclose(result, at::add(a, b, 2.5)));
+  EXPECT_EQ(executor_.storage_count(), 3u);
+  EXPECT_EQ(executor_.bytes_in_use(), 3u * 12 * sizeof(float));
+}
+
+TEST_F(ExecutorTest, InternedOpIdNeedsNoName) {
+  at::Tensor a = at::randn({5});
+  at::Tensor b = at::randn({5});
+  upload(1, a);
+  upload(2, b);
+  const wire::TensorRef ra = ref_for(1, a), rb = ref_for(2, b);
+  const wire::TensorRef r3 = contiguous_ref(3, {5}, at::kFloat);
+  const wire::TensorRef r4 = contiguous_ref(4, {5}, at::kFloat);
+  BatchBuilder()
+      .op(op_record(7, "aten::add.Tensor", {tensor_value(ra), tensor_value(rb), double_value(1.0)},
+                    {r3}))
+      .run(executor_);
+  // The second use carries only the id, in a later batch.
+  BatchBuilder()
+      .op(op_record(7, "", {tensor_value(r3), tensor_value(ra), double_value(-2.0)}, {r4}))
+      .run(executor_);
+  EXPECT_FALSE(sync().has_pending_error());
+  EXPECT_TRUE(at::allclose(download(r4), at::add(at::add(a, b), a, -2.0)));
+}
+
+TEST_F(ExecutorTest, UnnamedOpIdIsAPendingError) {
+  at::Tensor a = at::randn({2});
+  upload(1, a);
+  BatchBuilder()
+      .op(op_record(9, "", {tensor_value(ref_for(1, a))}, {contiguous_ref(2, {2}, at::kFloat)}))
+      .run(executor_);
+  wire::Response response = sync();
+  ASSERT_TRUE(response.has_pending_error());
+  EXPECT_TRUE(Contains(response.pending_error().message(), "before it was named"));
+}
+
+TEST_F(ExecutorTest, ViewRefsAddressTheRightElements) {
+  at::Tensor base = at::arange(24, at::kFloat).reshape({4, 6});
+  upload(1, base);
+  const uint64_t nbytes = 24 * sizeof(float);
+  // A transposed, offset view: 3 rows by 2 columns starting at element 7.
+  const wire::TensorRef view = make_ref(1, nbytes, {3, 2}, {1, 6}, 7, at::kFloat);
+  at::Tensor expected = base.as_strided({3, 2}, {1, 6}, 7);
+  EXPECT_TRUE(at::equal(download(view), expected));
+
+  // Ops read views through the same geometry.
+  BatchBuilder()
+      .op(op_record(1, "aten::neg", {tensor_value(view)}, {contiguous_ref(2, {3, 2}, at::kFloat)}))
+      .run(executor_);
+  EXPECT_TRUE(at::equal(download(contiguous_ref(2, {3, 2}, at::kFloat)), -expected));
+
+  // ... and write them: an output that is a strided view of a bigger storage.
+  const wire::TensorRef out_view = make_ref(3, nbytes, {3, 2}, {1, 6}, 7, at::kFloat);
+  upload(3, at::zeros({4, 6}));
+  BatchBuilder().op(op_record(1, "", {tensor_value(view)}, {out_view})).run(executor_);
+  at::Tensor written = download(contiguous_ref(3, {4, 6}, at::kFloat));
+  at::Tensor expected_written = at::zeros({4, 6});
+  expected_written.as_strided({3, 2}, {1, 6}, 7).copy_(-expected);
+  EXPECT_TRUE(at::equal(written, expected_written));
+}
+
+TEST_F(ExecutorTest, FailedOpReportsOncePoisonsItsOutputAndSparesOthers) {
+  at::Tensor a = at::randn({2, 3});
+  at::Tensor b = at::randn({4, 5});
+  upload(1, a);
+  upload(2, b);
+  const wire::TensorRef out = contiguous_ref(3, {2, 5}, at::kFloat);
+  BatchBuilder()
+      .op(op_record(1, "aten::mm", {tensor_value(ref_for(1, a)), tensor_value(ref_for(2, b))},
+                    {out}))
+      .run(executor_);
+
+  wire::Response first = sync();
+  ASSERT_TRUE(first.has_pending_error());
+  EXPECT_EQ(first.pending_error().op_name(), "aten::mm");
+  EXPECT_FALSE(first.pending_error().message().empty());
+  EXPECT_FALSE(first.has_error());
+
+  wire::Response second = sync();
+  EXPECT_FALSE(second.has_pending_error());
+  EXPECT_FALSE(second.has_error());
+
+  std::string payload;
+  wire::Response poisoned = download_response(out, &payload);
+  ASSERT_TRUE(poisoned.has_error());
+  EXPECT_TRUE(Contains(poisoned.error().message(), "aten::mm"));
+  EXPECT_FALSE(poisoned.has_pending_error());
+
+  EXPECT_TRUE(at::equal(download(ref_for(1, a)), a));
+  EXPECT_TRUE(at::equal(download(ref_for(2, b)), b));
+}
+
+TEST_F(ExecutorTest, PoisonSpreadsWithoutANewPendingError) {
+  at::Tensor a = at::randn({2, 3});
+  at::Tensor b = at::randn({4, 5});
+  upload(1, a);
+  upload(2, b);
+  const wire::TensorRef bad = contiguous_ref(3, {2, 5}, at::kFloat);
+  const wire::TensorRef derived = contiguous_ref(4, {2, 5}, at::kFloat);
+  BatchBuilder()
+      .op(op_record(1, "aten::mm", {tensor_value(ref_for(1, a)), tensor_value(ref_for(2, b))},
+                    {bad}))
+      .op(op_record(2, "aten::neg", {tensor_value(bad)}, {derived}))
+      .run(executor_);
+  wire::Response first = sync();
+  ASSERT_TRUE(first.has_pending_error());
+  EXPECT_EQ(first.pending_error().op_name(), "aten::mm");
+  EXPECT_FALSE(sync().has_pending_error());
+
+  std::string payload;
+  wire::Response response = download_response(derived, &payload);
+  ASSERT_TRUE(response.has_error());
+  EXPECT_TRUE(Contains(response.error().message(), "aten::mm"));
+}
+
+TEST_F(ExecutorTest, OnlyTheFirstErrorIsPending) {
+  at::Tensor a = at::randn({2, 3});
+  upload(1, a);
+  const wire::TensorRef ra = ref_for(1, a);
+  BatchBuilder()
+      .op(op_record(1, "aten::mm", {tensor_value(ra), tensor_value(ra)},
+                    {contiguous_ref(2, {2, 3}, at::kFloat)}))
+      .op(op_record(2, "aten::no_such_op", {}, {}))
+      .run(executor_);
+  wire::Response response = sync();
+  ASSERT_TRUE(response.has_pending_error());
+  EXPECT_EQ(response.pending_error().op_name(), "aten::mm");
+  EXPECT_FALSE(sync().has_pending_error());
+}
+
+TEST_F(ExecutorTest, ExecuteNonzeroReturnsTheRealShape) {
+  at::Tensor source = at::tensor({0.0f, 1.0f, 0.0f, 2.0f, 3.0f});
+  upload(1, source);
+  wire::TensorRef reserved;
+  reserved.set_storage_id(2);
+  const uint64_t before = executor_.bytes_in_use();
+  wire::Response response =
+      execute(op_record(1, "aten::nonzero", {tensor_value(ref_for(1, source))}, {reserved}));
+  ASSERT_FALSE(response.has_error()) << response.error().message();
+  ASSERT_EQ(response.outputs_size(), 1);
+  ASSERT_EQ(response.outputs(0).kind_case(), wire::OutputInfo::kTensor);
+  const wire::TensorRef& info = response.outputs(0).tensor();
+  EXPECT_EQ(info.storage_id(), 2u);
+  EXPECT_EQ(std::vector<int64_t>(info.sizes().begin(), info.sizes().end()),
+            (std::vector<int64_t>{3, 1}));
+  EXPECT_EQ(info.dtype(), static_cast<int32_t>(at::kLong));
+  EXPECT_EQ(info.device(), 0);
+  EXPECT_EQ(executor_.bytes_in_use(), before + info.storage_nbytes());
+
+  at::Tensor indices = download(info);
+  EXPECT_TRUE(at::equal(indices, at::nonzero(source)));
+}
+
+TEST_F(ExecutorTest, ExecuteReturnsScalarsAndInputViews) {
+  at::Tensor source = at::tensor({1.0f, 2.0f, 3.0f});
+  upload(1, source);
+  // aten::equal returns a bool.
+  wire::Response equal = execute(op_record(
+      1, "aten::equal", {tensor_value(ref_for(1, source)), tensor_value(ref_for(1, source))}, {}));
+  ASSERT_FALSE(equal.has_error()) << equal.error().message();
+  ASSERT_EQ(equal.outputs_size(), 1);
+  ASSERT_EQ(equal.outputs(0).kind_case(), wire::OutputInfo::kValue);
+  EXPECT_TRUE(equal.outputs(0).value().bool_value());
+
+  // A view of the input comes back as that input plus a geometry.
+  wire::Value dim1;
+  dim1.set_int_value(1);
+  wire::Response unsqueezed =
+      execute(op_record(2, "aten::unsqueeze", {tensor_value(ref_for(1, source)), dim1}, {}));
+  ASSERT_FALSE(unsqueezed.has_error()) << unsqueezed.error().message();
+  ASSERT_EQ(unsqueezed.outputs_size(), 1);
+  EXPECT_EQ(unsqueezed.outputs(0).kind_case(), wire::OutputInfo::kInputIndex);
+  EXPECT_EQ(unsqueezed.outputs(0).input_index(), 0);
+  EXPECT_EQ(std::vector<int64_t>(unsqueezed.outputs(0).view().sizes().begin(),
+                                 unsqueezed.outputs(0).view().sizes().end()),
+            (std::vector<int64_t>{3, 1}));
+}
+
+TEST_F(ExecutorTest, FailedExecuteIsThisRequestsError) {
+  at::Tensor a = at::randn({2, 3});
+  upload(1, a);
+  wire::TensorRef reserved;
+  reserved.set_storage_id(2);
+  wire::Response response = execute(op_record(
+      1, "aten::mm", {tensor_value(ref_for(1, a)), tensor_value(ref_for(1, a))}, {reserved}));
+  ASSERT_TRUE(response.has_error());
+  EXPECT_EQ(response.error().op_name(), "aten::mm");
+  EXPECT_FALSE(response.has_pending_error());
+  EXPECT_FALSE(sync().has_pending_error());
+}
+
+TEST_F(ExecutorTest, FreeDropsBytesInUse) {
+  at::Tensor a = at::randn({1000});
+  at::Tensor b = at::randn({10});
+  upload(1, a);
+  upload(2, b);
+  EXPECT_EQ(executor_.bytes_in_use(), 1010 * sizeof(float));
+  EXPECT_EQ(executor_.storage_count(), 2u);
+
+  BatchBuilder().free({1, 12345}).run(executor_);  // unknown IDs are ignored
+  EXPECT_EQ(executor_.bytes_in_use(), 10 * sizeof(float));
+  EXPECT_EQ(executor_.storage_count(), 1u);
+  EXPECT_FALSE(sync().has_pending_error());
+  EXPECT_TRUE(at::equal(download(ref_for(2, b)), b));
+}
+
+TEST_F(SmallExecutorTest, OpOutputBeyondTheLimitIsRefused) {
+  EXPECT_EQ(executor_.options().memory_limit_bytes, kMiB);
+  at::Tensor small = at::arange(4, at::kFloat);
+  upload(1, small);
+  const uint64_t before = executor_.bytes_in_use();
+  EXPECT_EQ(before, 16u);
+
+  // repeat to 1024 x 4096 floats: 16 MiB, far beyond the limit.
+  const wire::TensorRef out = contiguous_ref(2, {1024, 4096}, at::kFloat);
+  BatchBuilder()
+      .op(op_record(1, "aten::repeat",
+                    {tensor_value(ref_for(1, small)), int_list_value({1024, 1024})}, {out}))
+      .run(executor_);
+  EXPECT_EQ(executor_.bytes_in_use(), before);
+
+  wire::Response response = sync();
+  ASSERT_TRUE(response.has_pending_error());
+  EXPECT_EQ(response.pending_error().op_name(), "aten::repeat");
+  EXPECT_TRUE(Contains(response.pending_error().message(), "out of memory"));
+  EXPECT_EQ(executor_.bytes_in_use(), before);
+
+  std::string payload;
+  EXPECT_TRUE(download_response(out, &payload).has_error());
+  EXPECT_EQ(executor_.bytes_in_use(), before);
+
+  // What fits still runs.
+  const wire::TensorRef fits = contiguous_ref(3, {2, 4}, at::kFloat);
+  BatchBuilder()
+      .op(op_record(1, "", {tensor_value(ref_for(1, small)), int_list_value({2, 1})}, {fits}))
+      .run(executor_);
+  EXPECT_TRUE(at::equal(download(fits), small.repeat({2, 1})));
+  EXPECT_EQ(executor_.bytes_in_use(), before + 32);
+}
+
+TEST_F(SmallExecutorTest, UploadBeyondTheLimitIsRefused) {
+  at::Tensor big = at::zeros({2 * static_cast<int64_t>(kMiB)}, at::kByte);
+  upload(1, big);
+  EXPECT_EQ(executor_.bytes_in_use(), 0u);
+  wire::Response response = sync();
+  ASSERT_TRUE(response.has_pending_error());
+  EXPECT_TRUE(Contains(response.pending_error().message(), "out of memory"));
+}
+
+TEST_F(ExecutorTest, ResizeStorageKeepsTheLeadingBytes) {
+  at::Tensor source = at::tensor({1.0f, 2.0f, 3.0f, 4.0f});
+  upload(1, source);
+  EXPECT_EQ(executor_.bytes_in_use(), 16u);
+
+  BatchBuilder().resize(1, 32).run(executor_);
+  EXPECT_FALSE(sync().has_pending_error());
+  EXPECT_EQ(executor_.bytes_in_use(), 32u);
+  EXPECT_TRUE(at::equal(download(make_ref(1, 32, {4}, {1}, 0, at::kFloat)), source));
+  // The grown storage takes views that reach into the new bytes.
+  BatchBuilder()
+      .upload(make_ref(1, 32, {4}, {1}, 4, at::kFloat), bytes_of(source * 10))
+      .run(executor_);
+  EXPECT_TRUE(at::equal(download(make_ref(1, 32, {8}, {1}, 0, at::kFloat)),
+                        at::cat({source, source * 10})));
+
+  BatchBuilder().resize(1, 8).run(executor_);
+  EXPECT_FALSE(sync().has_pending_error());
+  EXPECT_EQ(executor_.bytes_in_use(), 8u);
+  EXPECT_TRUE(at::equal(download(make_ref(1, 8, {2}, {1}, 0, at::kFloat)), source.slice(0, 0, 2)));
+
+  // A view beyond the shrunk storage is refused.
+  std::string payload;
+  wire::Response response = download_response(make_ref(1, 8, {4}, {1}, 0, at::kFloat), &payload);
+  ASSERT_TRUE(response.has_error());
+  EXPECT_TRUE(Contains(response.error().message(), "too few"));
+}
+
+TEST_F(ExecutorTest, ResizeOfAnUnknownStorageIsIgnored) {
+  BatchBuilder().resize(77, 64).run(executor_);
+  EXPECT_FALSE(sync().has_pending_error());
+  EXPECT_EQ(executor_.storage_count(), 0u);
+  EXPECT_EQ(executor_.bytes_in_use(), 0u);
+}
+
+TEST_F(ExecutorTest, SeedSeedsTheServedDevices) {
+  BatchBuilder().seed(1234).run(executor_);
+  at::Tensor first = at::rand({6});
+  BatchBuilder().seed(1234).run(executor_);
+  at::Tensor second = at::rand({6});
+  EXPECT_TRUE(at::equal(first, second));
+}
+
+TEST_F(ExecutorTest, RemoteRandomOpsFollowTheSeed) {
+  const wire::TensorRef out = contiguous_ref(1, {8}, at::kFloat);
+  // aten::uniform_(Tensor(a!) self, float from=0, float to=1, *, Generator? generator=None)
+  auto uniform = [&](const std::string& name) {
+    wire::Value none;
+    none.set_none(true);
+    // The in-place return is the argument itself, which the client answers (storage_id 0).
+    return op_record(1, name, {tensor_value(out), double_value(0.0), double_value(1.0), none},
+                     {wire::TensorRef()});
+  };
+  BatchBuilder().seed(99).op(uniform("aten::uniform_")).run(executor_);
+  at::Tensor first = download(out);
+  BatchBuilder().seed(99).op(uniform("")).run(executor_);
+  at::Tensor second = download(out);
+  EXPECT_TRUE(at::equal(first, second));
+  EXPECT_TRUE(at::all(first >= 0).item<bool>());
+  EXPECT_TRUE(at::all(first < 1).item<bool>());
+}
+
+TEST_F(ExecutorTest, UndecodableBatchIsAPendingError) {
+  executor_.run_batch("\xff\xff\xff not a batch", {});
+  wire::Response response = sync();
+  ASSERT_TRUE(response.has_pending_error());
+  EXPECT_TRUE(Contains(response.pending_error().message(), "could not decode"));
+}
+
+TEST_F(ExecutorTest, UndecodableRequestIsAnError) {
+  std::string payload;
+  const std::string answer = executor_.handle_request("\xff\xff\xff not a request", &payload);
+  wire::Response response;
+  ASSERT_TRUE(response.ParseFromString(answer));
+  ASSERT_TRUE(response.has_error());
+  EXPECT_TRUE(Contains(response.error().message(), "could not decode"));
+}
+
+TEST_F(ExecutorTest, UnknownDeviceSlotIsAnError) {
+  std::string payload;
+  wire::Response response =
+      download_response(make_ref(1, 16, {4}, {1}, 0, at::kFloat, /*device=*/3), &payload);
+  ASSERT_TRUE(response.has_error());
+  EXPECT_TRUE(Contains(response.error().message(), "device slot 3"));
+}
+
+TEST(ExecutorProcessTest, ProtobufAndTorchInOneProcess) {
+  // Debian's libprotobuf (through libmycelya_wire.so) ...
+  wire::Batch batch;
+  batch.set_version(wire::PROTOCOL_VERSION_CURRENT);
+  batch.set_sequence(42);
+  auto* upload = batch.add_commands()->mutable_upload();
+  *upload->mutable_target() = contiguous_ref(5, {2, 2}, at::kFloat);
+  upload->set_payload_index(0);
+  std::string encoded;
+  ASSERT_TRUE(batch.SerializeToString(&encoded));
+  wire::Batch parsed;
+  ASSERT_TRUE(parsed.ParseFromString(encoded));
+  EXPECT_EQ(parsed.sequence(), 42u);
+  ASSERT_EQ(parsed.commands_size(), 1);
+  EXPECT_EQ(parsed.commands(0).upload().target().storage_id(), 5u);
+  EXPECT_EQ(parsed.commands(0).upload().target().storage_nbytes(), 16u);
+
+  // ... and the torch wheel's libraries, in the same test.
+  at::Tensor a = at::tensor({1.0f, 2.0f, 3.0f, 4.0f}).reshape({2, 2});
+  at::Tensor product = at::matmul(a, a);
+  EXPECT_TRUE(at::allclose(product, at::tensor({7.0f, 10.0f, 15.0f, 22.0f}).reshape({2, 2})));
+
+  // And both together: the executor decoding what protobuf encoded.
+  Executor executor(ExecutorOptions{{c10::Device(c10::kCPU)}, {"cpu"}, 64 * kMiB});
+  executor.run_batch(encoded, {bytes_of(a)});
+  wire::Request request;
+  *request.mutable_download()->mutable_source() = contiguous_ref(5, {2, 2}, at::kFloat);
+  std::string encoded_request;
+  ASSERT_TRUE(request.SerializeToString(&encoded_request));
+  std::string payload;
+  wire::Response response;
+  ASSERT_TRUE(response.ParseFromString(executor.handle_request(encoded_request, &payload)));
+  EXPECT_FALSE(response.has_error());
+  EXPECT_FALSE(response.has_pending_error());
+  EXPECT_EQ(payload, bytes_of(a));
+}
+
+}  // namespace
+}  // namespace mycelya
