@@ -22,16 +22,15 @@ at::Tensor download(const at::Tensor& source) {
   std::string bytes;
   entry.machine->request(std::move(request), &bytes);
   at::Tensor host = at::empty(source.sizes(), source.options().device(c10::kCPU));
-  TORCH_CHECK(bytes.size() == host.nbytes(), "mycelya: download of ", source.sizes(),
-              " returned ", bytes.size(), " bytes, expected ", host.nbytes());
+  TORCH_CHECK(bytes.size() == host.nbytes(), "mycelya: download of ", source.sizes(), " returned ",
+              bytes.size(), " bytes, expected ", host.nbytes());
   std::memcpy(host.data_ptr(), bytes.data(), bytes.size());
   return host;
 }
 
 void upload(const at::Tensor& host, const at::Tensor& target) {
   DeviceEntry entry = device_entry(target);
-  at::Tensor image =
-      host.to(target.scalar_type()).expand(target.sizes()).contiguous();
+  at::Tensor image = host.to(target.scalar_type()).expand(target.sizes()).contiguous();
   wire::Upload upload;
   encode_tensor_ref(target, entry.slot, upload.mutable_target());
   entry.machine->enqueue_upload(
@@ -40,8 +39,7 @@ void upload(const at::Tensor& host, const at::Tensor& target) {
 }
 
 void copy_on_machine(const at::Tensor& source, const at::Tensor& target) {
-  static const auto copy_op =
-      c10::Dispatcher::singleton().findSchemaOrThrow("aten::copy_", "");
+  static const auto copy_op = c10::Dispatcher::singleton().findSchemaOrThrow("aten::copy_", "");
   std::vector<c10::IValue> args{target, source, false};
   OpPlacement placement = place_op(copy_op, args);
   wire::Command command;

@@ -268,7 +268,8 @@ bool route_to_fallback(const c10::OperatorName& name) {
   // Allocation and copies have kernels of their own (tensor_kernels.cpp, copy_kernels.cpp).
   if (name.name.find("empty") != std::string::npos || name.name == "aten::copy") return false;
   auto op = c10::Dispatcher::singleton().findOp(name);
-  return op && op->hasKernelForDispatchKey(c10::DispatchKey::CompositeExplicitAutogradNonFunctional);
+  return op &&
+         op->hasKernelForDispatchKey(c10::DispatchKey::CompositeExplicitAutogradNonFunctional);
 }
 
 torch::Library& functional_ops_library() {
@@ -280,12 +281,10 @@ torch::Library& functional_ops_library() {
 const bool functional_ops_routed = [] {
   for (const auto& name : c10::Dispatcher::singleton().getAllOpNames()) {
     if (!route_to_fallback(name)) continue;
-    const std::string qualified = name.overload_name.empty()
-                                      ? name.name
-                                      : name.name + "." + name.overload_name;
-    functional_ops_library().impl(
-        qualified.c_str() + 6,  // without "aten::"
-        torch::CppFunction::makeFromBoxedFunction<&remote_fallback>());
+    const std::string qualified =
+        name.overload_name.empty() ? name.name : name.name + "." + name.overload_name;
+    functional_ops_library().impl(qualified.c_str() + 6,  // without "aten::"
+                                  torch::CppFunction::makeFromBoxedFunction<&remote_fallback>());
   }
   return true;
 }();

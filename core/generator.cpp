@@ -1,8 +1,8 @@
 // SPDX-License-Identifier: AGPL-3.0-or-later
 #include "core/generator.h"
 
-#include <ATen/core/GeneratorForPrivateuseone.h>
 #include <ATen/ATen.h>
+#include <ATen/core/GeneratorForPrivateuseone.h>
 #include <c10/core/GeneratorImpl.h>
 
 #include <array>

@@ -7,8 +7,8 @@
 namespace mycelya {
 
 const std::vector<std::string>& supported_gpu_types() {
-  static const std::vector<std::string> types = {"T4",        "L4",   "A10G", "A100-40GB", "A100-80GB",
-                                                 "L40S",      "H100", "H200", "B200"};
+  static const std::vector<std::string> types = {"T4",   "L4",   "A10G", "A100-40GB", "A100-80GB",
+                                                 "L40S", "H100", "H200", "B200"};
   return types;
 }
 

@@ -15,9 +15,10 @@ int log_level() { return g_level.load(); }
 bool log_enabled(int level) { return level >= g_level.load(std::memory_order_relaxed); }
 
 void log_message(int level, const std::string& message) {
-  const char* name = level >= kError ? "ERROR" : level >= kWarning ? "WARNING"
-                     : level >= kInfo  ? "INFO"
-                                       : "DEBUG";
+  const char* name = level >= kError     ? "ERROR"
+                     : level >= kWarning ? "WARNING"
+                     : level >= kInfo    ? "INFO"
+                                         : "DEBUG";
   std::fprintf(stderr, "mycelya_torch %s: %s\n", name, message.c_str());
 }
 

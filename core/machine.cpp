@@ -107,17 +107,22 @@ int Machine::slot_of(const std::string& type, int index) const {
                               "; it offers: " + (offered.empty() ? "(none)" : offered) + ".");
 }
 
-uint32_t Machine::intern_op(const void* key, bool* first_use) {
+uint32_t Machine::intern_op(const std::string& name, bool* first_use) {
   std::lock_guard<std::mutex> lock(queue_mu_);
-  auto it = op_ids_.find(key);
-  if (it != op_ids_.end()) {
-    *first_use = false;
-    return it->second;
-  }
-  const uint32_t id = static_cast<uint32_t>(op_ids_.size() + 1);
-  op_ids_.emplace(key, id);
-  *first_use = true;
-  return id;
+  return intern_locked(name, first_use);
+}
+
+uint32_t Machine::intern_locked(const std::string& name, bool* first_use) {
+  auto inserted = op_ids_.emplace(name, static_cast<uint32_t>(op_ids_.size() + 1));
+  *first_use = inserted.second;
+  return inserted.first->second;
+}
+
+void Machine::intern_record_locked(wire::OpRecord* record) {
+  if (record->op_name().empty()) return;
+  bool first_use = false;
+  record->set_op_id(intern_locked(record->op_name(), &first_use));
+  if (!first_use) record->clear_op_name();
 }
 
 void Machine::check_usable_locked() const {
@@ -132,6 +137,7 @@ void Machine::enqueue(wire::Command command) {
   {
     std::lock_guard<std::mutex> lock(queue_mu_);
     check_usable_locked();
+    if (command.has_op()) intern_record_locked(command.mutable_op());
     queued_.push_back(std::move(command));
   }
   queue_cv_.notify_one();
@@ -215,10 +221,15 @@ wire::Response Machine::request(wire::Request request, std::string* payload) {
     {
       std::lock_guard<std::mutex> lock(queue_mu_);
       check_usable_locked();
-      request.set_version(wire::PROTOCOL_VERSION_CURRENT);
-      request.set_sequence(next_sequence_++);
     }
     flush_locked();
+    {
+      // Numbered after the batch it must follow.
+      std::lock_guard<std::mutex> lock(queue_mu_);
+      request.set_version(wire::PROTOCOL_VERSION_CURRENT);
+      request.set_sequence(next_sequence_++);
+      if (request.has_execute()) intern_record_locked(request.mutable_execute()->mutable_op());
+    }
     std::string encoded_request;
     request.SerializeToString(&encoded_request);
     try {

@@ -46,8 +46,10 @@ class Machine {
   int slot_of(const std::string& type, int index) const;
 
   // Op names are interned per session: returns the id, and whether this is its
-  // first use (the record must then carry the name).
-  uint32_t intern_op(const void* key, bool* first_use);
+  // first use (the record must then carry the name). enqueue() and request()
+  // intern every record's op_name themselves, under the queue's lock, so the
+  // record that names an op is always the first one sent.
+  uint32_t intern_op(const std::string& name, bool* first_use);
 
   // Queues a command. Throws if the machine is stopped or lost.
   void enqueue(wire::Command command);
@@ -71,6 +73,9 @@ class Machine {
   // Hands everything queued to the session. Caller holds submit_mu_.
   void flush_locked();
   void check_usable_locked() const;
+  uint32_t intern_locked(const std::string& name, bool* first_use);
+  // Replaces a record's op_name by its id, keeping the name on first use.
+  void intern_record_locked(wire::OpRecord* record);
 
   const std::string provider_;
   const MachineSpec spec_;
@@ -91,7 +96,7 @@ class Machine {
   uint64_t batches_sent_ = 0;
   uint64_t next_sequence_ = 1;
 
-  std::unordered_map<const void*, uint32_t> op_ids_;
+  std::unordered_map<std::string, uint32_t> op_ids_;
 
   // Serializes everything that talks to the session, keeping order.
   std::mutex submit_mu_;

@@ -274,13 +274,9 @@ TEST_F(MachineTest, OpsRunRemotelyInOrder) {
   machine.start();
   machine.enqueue_upload(upload_of(float_ref(1, 3)), float_bytes({1.0f, 2.0f, 3.0f}));
   machine.enqueue_upload(upload_of(float_ref(2, 3)), float_bytes({10.0f, 20.0f, 30.0f}));
-  int key = 0;
-  bool first_use = false;
   wire::Command command;
   auto* record = command.mutable_op();
-  record->set_op_id(machine.intern_op(&key, &first_use));
-  ASSERT_TRUE(first_use);
-  record->set_op_name("aten::add.Tensor");
+  record->set_op_name("aten::add.Tensor");  // enqueue() interns it
   *record->add_args()->mutable_tensor() = float_ref(1, 3);
   *record->add_args()->mutable_tensor() = float_ref(2, 3);
   record->add_args()->set_double_value(2.0);
@@ -299,7 +295,6 @@ TEST_F(MachineTest, PendingErrorSurfacesAtTheNextSyncPointOnce) {
   machine.enqueue_upload(upload_of(matrix_ref(2, 4, 5)), float_bytes(std::vector<float>(20, 1.0f)));
   wire::Command command;
   auto* record = command.mutable_op();
-  record->set_op_id(1);
   record->set_op_name("aten::mm");
   *record->add_args()->mutable_tensor() = matrix_ref(1, 2, 3);
   *record->add_args()->mutable_tensor() = matrix_ref(2, 4, 5);
@@ -340,13 +335,13 @@ TEST_F(MachineTest, FreesRideAlongWithTheNextBatch) {
 TEST_F(MachineTest, OpNamesAreInternedPerSession) {
   Machine machine("mock", MachineSpec{});
   machine.start();
-  int add = 0, mul = 0;
+  const std::string add = "aten::add.Tensor", mul = "aten::mul.Tensor";
   bool first_use = false;
-  const uint32_t add_id = machine.intern_op(&add, &first_use);
+  const uint32_t add_id = machine.intern_op(add, &first_use);
   EXPECT_TRUE(first_use);
-  EXPECT_EQ(machine.intern_op(&add, &first_use), add_id);
+  EXPECT_EQ(machine.intern_op(add, &first_use), add_id);
   EXPECT_FALSE(first_use);
-  const uint32_t mul_id = machine.intern_op(&mul, &first_use);
+  const uint32_t mul_id = machine.intern_op(mul, &first_use);
   EXPECT_TRUE(first_use);
   EXPECT_NE(mul_id, add_id);
   EXPECT_NE(add_id, 0u);
@@ -355,7 +350,7 @@ TEST_F(MachineTest, OpNamesAreInternedPerSession) {
   // A new session knows no names yet.
   machine.stop();
   machine.start();
-  machine.intern_op(&add, &first_use);
+  machine.intern_op(add, &first_use);
   EXPECT_TRUE(first_use);
 }
 

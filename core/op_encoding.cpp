@@ -37,12 +37,12 @@ void OpPlacement::add(c10::DeviceIndex index) {
   }
   DeviceEntry other = lookup_device(index);
   TORCH_CHECK(other.machine == entry.machine,
-              "Cross-machine remote transfers are not supported: an op mixes ",
-              device_name(device), " (machine ", entry.machine->id(), ") and ",
-              device_name(index), " (machine ", other.machine->id(),
-              "). Copy through the CPU with .cpu() first.");
-  TORCH_CHECK(false, "Expected all tensors to be on the same device, but found at least two "
-                     "devices, ",
+              "Cross-machine remote transfers are not supported: an op mixes ", device_name(device),
+              " (machine ", entry.machine->id(), ") and ", device_name(index), " (machine ",
+              other.machine->id(), "). Copy through the CPU with .cpu() first.");
+  TORCH_CHECK(false,
+              "Expected all tensors to be on the same device, but found at least two "
+              "devices, ",
               device_name(device), " and ", device_name(index), "!");
 }
 
@@ -78,8 +78,7 @@ void encode_value(const c10::IValue& value, const OpPlacement& placement, wire::
     if (!tensor.defined()) {
       out->set_none(true);
     } else if (tensor.is_privateuseone()) {
-      encode_tensor_ref(tensor, lookup_device(tensor.device().index()).slot,
-                        out->mutable_tensor());
+      encode_tensor_ref(tensor, lookup_device(tensor.device().index()).slot, out->mutable_tensor());
     } else {
       auto contiguous = tensor.contiguous();
       auto* scalar = out->mutable_cpu_scalar();
@@ -126,11 +125,12 @@ void encode_value(const c10::IValue& value, const OpPlacement& placement, wire::
     out->set_device(lookup_device(device.index()).slot);
   } else if (value.isGenerator()) {
     TORCH_CHECK_NOT_IMPLEMENTED(
-        false, "mycelya: explicit torch.Generator arguments are not supported; seed the remote "
-               "generator with torch.manual_seed instead.");
+        false,
+        "mycelya: explicit torch.Generator arguments are not supported; seed the remote "
+        "generator with torch.manual_seed instead.");
   } else {
-    TORCH_CHECK_NOT_IMPLEMENTED(false, "mycelya: cannot send an argument of type ",
-                                value.tagKind(), " to a remote machine.");
+    TORCH_CHECK_NOT_IMPLEMENTED(false, "mycelya: cannot send an argument of type ", value.tagKind(),
+                                " to a remote machine.");
   }
 }
 
@@ -145,11 +145,8 @@ wire::OpRecord encode_op(const c10::OperatorHandle& op, c10::ArrayRef<c10::IValu
   auto* values = record.mutable_args();
   values->Reserve(static_cast<int>(args.size()));
   for (const auto& arg : args) encode_value(arg, placement, values->Add());
-  // Interned last: a record that failed to encode must not claim the name's first use.
-  // The schema's address is stable for as long as the op is registered.
-  bool first_use = false;
-  record.set_op_id(placement.entry.machine->intern_op(&op.schema(), &first_use));
-  if (first_use) record.set_op_name(op_display_name(op));
+  // The machine swaps the name for its interned id when the record is queued.
+  record.set_op_name(op_display_name(op));
   return record;
 }
 

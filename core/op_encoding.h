@@ -30,8 +30,8 @@ OpPlacement place_op(const c10::OperatorHandle& op, c10::ArrayRef<c10::IValue> a
 // Encodes one argument.
 void encode_value(const c10::IValue& value, const OpPlacement& placement, wire::Value* out);
 
-// Starts a record for `op` on `placement`'s machine: the interned id (with the
-// name on first use) and the encoded arguments.
+// A record for `op` on `placement`'s machine: its name (the machine interns it
+// when the record is queued) and the encoded arguments.
 wire::OpRecord encode_op(const c10::OperatorHandle& op, c10::ArrayRef<c10::IValue> args,
                          const OpPlacement& placement);
 

@@ -7,7 +7,9 @@
 
 namespace mycelya {
 
-DeviceEntry device_entry(const at::Tensor& tensor) { return lookup_device(tensor.device().index()); }
+DeviceEntry device_entry(const at::Tensor& tensor) {
+  return lookup_device(tensor.device().index());
+}
 
 void encode_tensor_ref(const at::Tensor& tensor, int slot, wire::TensorRef* ref) {
   const auto& storage = tensor.storage();
@@ -54,9 +56,8 @@ at::Tensor remote_from_ref(const wire::TensorRef& ref, c10::DeviceIndex device) 
 
 at::Tensor alias_remote(const at::Tensor& base, c10::IntArrayRef sizes, c10::IntArrayRef strides,
                         int64_t storage_offset, caffe2::TypeMeta dtype) {
-  auto view = at::detail::make_tensor<c10::TensorImpl>(c10::TensorImpl::VIEW,
-                                                       c10::Storage(base.storage()),
-                                                       base.key_set(), dtype);
+  auto view = at::detail::make_tensor<c10::TensorImpl>(
+      c10::TensorImpl::VIEW, c10::Storage(base.storage()), base.key_set(), dtype);
   view.unsafeGetTensorImpl()->set_sizes_and_strides(sizes, strides, storage_offset);
   return view;
 }

@@ -8,9 +8,9 @@
 #include <ATen/ops/_reshape_alias_native.h>
 #include <ATen/ops/as_strided_native.h>
 #include <ATen/ops/view_native.h>
+#include <c10/core/Contiguity.h>
 #include <c10/core/DeviceGuard.h>
 #include <c10/core/MemoryFormat.h>
-#include <c10/core/Contiguity.h>
 #include <c10/core/impl/DeviceGuardImplInterface.h>
 #include <torch/library.h>
 
@@ -33,14 +33,14 @@ c10::Device target_device(std::optional<c10::Device> device) {
 }
 
 at::Tensor empty_memory_format(c10::IntArrayRef size, std::optional<c10::ScalarType> dtype,
-                               std::optional<c10::Layout> layout,
-                               std::optional<c10::Device> device, std::optional<bool> pin_memory,
+                               std::optional<c10::Layout> layout, std::optional<c10::Device> device,
+                               std::optional<bool> pin_memory,
                                std::optional<c10::MemoryFormat> memory_format) {
   TORCH_CHECK(!layout || *layout == c10::Layout::Strided,
               "mycelya supports only strided tensors, not ", *layout);
   c10::DeviceGuard guard(target_device(device));
-  return at::detail::empty_generic(size, remote_allocator(), kKeySet,
-                                   c10::dtype_or_default(dtype), memory_format);
+  return at::detail::empty_generic(size, remote_allocator(), kKeySet, c10::dtype_or_default(dtype),
+                                   memory_format);
 }
 
 at::Tensor empty_strided(c10::IntArrayRef size, c10::IntArrayRef stride,
@@ -100,8 +100,7 @@ at::Tensor& set_storage_offset(at::Tensor& self, c10::Storage source, int64_t st
                                c10::IntArrayRef size, c10::IntArrayRef stride) {
   check_storage(source);
   self.unsafeGetTensorImpl()->set_storage_keep_dtype(std::move(source));
-  std::vector<int64_t> strides =
-      stride.empty() ? row_major_strides(size) : stride.vec();
+  std::vector<int64_t> strides = stride.empty() ? row_major_strides(size) : stride.vec();
   set_geometry(self, size, strides, storage_offset);
   return self;
 }

@@ -72,7 +72,9 @@ PYBIND11_MODULE(_C, m) {
   m.def("seed_all", &seed_all, py::call_guard<py::gil_scoped_release>());
   m.def(
       "machine_of",
-      [](int device_index) { return lookup_device(static_cast<c10::DeviceIndex>(device_index)).machine; },
+      [](int device_index) {
+        return lookup_device(static_cast<c10::DeviceIndex>(device_index)).machine;
+      },
       py::arg("device_index"));
   m.def(
       "storage_id",

@@ -15,20 +15,32 @@ namespace mycelya {
 namespace {
 
 std::string error_text(const std::exception& e) {
-  if (auto* c10_error = dynamic_cast<const c10::Error*>(&e)) return c10_error->what_without_backtrace();
+  if (auto* c10_error = dynamic_cast<const c10::Error*>(&e))
+    return c10_error->what_without_backtrace();
   return e.what();
 }
 
 std::string format_bytes(uint64_t n) {
+  const char* units[] = {"bytes", "KiB", "MiB", "GiB", "TiB"};
+  double value = static_cast<double>(n);
+  int unit = 0;
+  while (value >= 1024 && unit < 4) {
+    value /= 1024;
+    ++unit;
+  }
   char text[64];
-  std::snprintf(text, sizeof(text), "%.2f GiB", static_cast<double>(n) / (1ull << 30));
+  std::snprintf(text, sizeof(text), unit == 0 ? "%.0f %s" : "%.2f %s", value, units[unit]);
   return text;
 }
 
+// The container's memory limit (cgroup v2, else v1), or 0 when there is none.
 uint64_t cgroup_limit() {
-  std::ifstream file("/sys/fs/cgroup/memory.max");
-  std::string value;
-  if (file >> value && value != "max") return std::strtoull(value.c_str(), nullptr, 10);
+  for (const char* path :
+       {"/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"}) {
+    std::ifstream file(path);
+    std::string value;
+    if (file >> value && value != "max") return std::strtoull(value.c_str(), nullptr, 10);
+  }
   return 0;
 }
 
@@ -107,8 +119,7 @@ void Executor::run_batch(const std::string& encoded, const std::vector<std::stri
   for (const auto& command : batch.commands()) run_command(command, payloads);
 }
 
-void Executor::run_command(const wire::Command& command,
-                           const std::vector<std::string>& payloads) {
+void Executor::run_command(const wire::Command& command, const std::vector<std::string>& payloads) {
   try {
     switch (command.kind_case()) {
       case wire::Command::kOp:
@@ -160,8 +171,8 @@ c10::Device Executor::device_for(int slot) const {
 
 void Executor::reserve_bytes(uint64_t nbytes) const {
   if (bytes_in_use_ + nbytes <= options_.memory_limit_bytes) return;
-  TORCH_CHECK(false, "out of memory on the remote machine: ", format_bytes(nbytes),
-              " requested, ", format_bytes(bytes_in_use_), " in use, limit ",
+  TORCH_CHECK(false, "out of memory on the remote machine: ", format_bytes(nbytes), " requested, ",
+              format_bytes(bytes_in_use_), " in use, limit ",
               format_bytes(options_.memory_limit_bytes),
               ". Free tensors you no longer need or use a bigger machine.");
 }
@@ -175,16 +186,22 @@ c10::Storage Executor::new_storage(uint64_t nbytes, c10::Device device) {
 
 void Executor::keep(uint64_t id, c10::Storage storage) {
   auto it = storages_.find(id);
-  if (it != storages_.end()) bytes_in_use_ -= it->second.storage.nbytes();
+  if (it != storages_.end()) bytes_in_use_ -= it->second.nbytes();
   bytes_in_use_ += storage.nbytes();
-  storages_[id] = Stored{std::move(storage), ""};
+  storages_[id] = std::move(storage);
 }
 
 void Executor::free(uint64_t id) {
+  poison_.erase(id);
   auto it = storages_.find(id);
   if (it == storages_.end()) return;
-  bytes_in_use_ -= it->second.storage.nbytes();
+  bytes_in_use_ -= it->second.nbytes();
   storages_.erase(it);
+}
+
+void Executor::check_not_poisoned(uint64_t id) const {
+  auto it = poison_.find(id);
+  if (it != poison_.end()) throw std::runtime_error(it->second);
 }
 
 at::Tensor Executor::tensor_for(const wire::TensorRef& ref) {
@@ -195,7 +212,7 @@ at::Tensor Executor::tensor_for(const wire::TensorRef& ref) {
     keep(ref.storage_id(), new_storage(ref.storage_nbytes(), device));
     it = storages_.find(ref.storage_id());
   }
-  const c10::Storage& storage = it->second.storage;
+  const c10::Storage& storage = it->second;
   TORCH_CHECK(required_bytes(ref) <= storage.nbytes(), "storage ", ref.storage_id(), " holds ",
               storage.nbytes(), " bytes, too few for a view that needs ", required_bytes(ref));
   const auto dtype = static_cast<c10::ScalarType>(ref.dtype());
@@ -224,8 +241,8 @@ c10::IValue Executor::decode(const wire::Value& value, const c10::TypePtr& type)
     case wire::Value::kIntList:
       return c10::List<int64_t>(to_vector(value.int_list().values()));
     case wire::Value::kDoubleList:
-      return c10::List<double>(
-          std::vector<double>(value.double_list().values().begin(), value.double_list().values().end()));
+      return c10::List<double>(std::vector<double>(value.double_list().values().begin(),
+                                                   value.double_list().values().end()));
     case wire::Value::kBoolList: {
       c10::List<bool> list;
       for (bool b : value.bool_list().values()) list.push_back(b);
@@ -235,8 +252,8 @@ c10::IValue Executor::decode(const wire::Value& value, const c10::TypePtr& type)
       return device_for(value.device());
     case wire::Value::kCpuScalar: {
       const auto& scalar = value.cpu_scalar();
-      at::Tensor tensor = at::empty({}, at::TensorOptions().dtype(
-                                            static_cast<c10::ScalarType>(scalar.dtype())));
+      at::Tensor tensor =
+          at::empty({}, at::TensorOptions().dtype(static_cast<c10::ScalarType>(scalar.dtype())));
       TORCH_CHECK(scalar.data().size() == tensor.nbytes(), "malformed CPU scalar");
       std::memcpy(tensor.data_ptr(), scalar.data().data(), scalar.data().size());
       tensor.unsafeGetTensorImpl()->set_wrapped_number(scalar.wrapped_number());
@@ -302,18 +319,15 @@ void Executor::run_op(const wire::OpRecord& record, bool dynamic, wire::Response
       }
     }
     // Inputs that a failed op produced poison what is computed from them.
-    for (uint64_t id : read) {
-      auto it = storages_.find(id);
-      if (it != storages_.end() && !it->second.poison.empty()) throw std::runtime_error(it->second.poison);
-    }
-    for (uint64_t id : written) {
-      auto it = storages_.find(id);
-      if (it != storages_.end() && !it->second.poison.empty()) throw std::runtime_error(it->second.poison);
+    if (!poison_.empty()) {
+      for (uint64_t id : read) check_not_poisoned(id);
+      for (uint64_t id : written) check_not_poisoned(id);
     }
     // Refuse outputs beyond the memory limit before the kernel allocates them.
     uint64_t output_bytes = 0;
     for (const auto& out : record.outputs()) {
-      if (out.storage_id() != 0 && !storages_.count(out.storage_id())) output_bytes += out.storage_nbytes();
+      if (out.storage_id() != 0 && !storages_.count(out.storage_id()))
+        output_bytes += out.storage_nbytes();
     }
     reserve_bytes(output_bytes);
 
@@ -351,7 +365,8 @@ void Executor::run_op(const wire::OpRecord& record, bool dynamic, wire::Response
           describe(t, 0, 0, info->mutable_view());
           return;
         }
-        TORCH_CHECK(next_id < record.outputs_size(), op_name, " returned more tensors than reserved");
+        TORCH_CHECK(next_id < record.outputs_size(), op_name,
+                    " returned more tensors than reserved");
         const auto& reserved = record.outputs(next_id++);
         if (!t.defined()) return;
         reserve_bytes(t.storage().nbytes());
@@ -367,7 +382,8 @@ void Executor::run_op(const wire::OpRecord& record, bool dynamic, wire::Response
         if (result.isTensor()) {
           register_output(result.toTensor(), info);
         } else if (result.isTensorList()) {
-          for (const at::Tensor& t : result.toTensorVector()) register_output(t, info->mutable_list()->add_items());
+          for (const at::Tensor& t : result.toTensorVector())
+            register_output(t, info->mutable_list()->add_items());
         } else if (result.isBool()) {
           info->mutable_value()->set_bool_value(result.toBool());
         } else if (result.isInt()) {
@@ -409,17 +425,7 @@ void Executor::run_op(const wire::OpRecord& record, bool dynamic, wire::Response
       return;
     }
     const std::string poison = "Remote op " + op_name + " failed: " + message;
-    for (uint64_t id : written) {
-      auto it = storages_.find(id);
-      if (it == storages_.end()) {
-        // Keep a zero-byte placeholder so the poison has somewhere to live.
-        storages_[id] = Stored{c10::Storage(c10::Storage::use_byte_size_t(), 0,
-                                            c10::GetAllocator(c10::kCPU), true),
-                               poison};
-      } else if (it->second.poison.empty()) {
-        it->second.poison = poison;
-      }
-    }
+    for (uint64_t id : written) poison_.emplace(id, poison);  // the first error stays
     if (!pending_error_ && message.rfind("Remote op ", 0) != 0) {
       pending_error_.emplace();
       pending_error_->set_op_name(op_name);
@@ -447,33 +453,36 @@ void Executor::upload(const wire::Upload& upload, const std::vector<std::string>
   TORCH_CHECK(static_cast<size_t>(source.nbytes()) == bytes.size(), "upload of ", target.sizes(),
               " carries ", bytes.size(), " bytes, expected ", source.nbytes());
   target.copy_(source);
-  // A tensor written whole from the client is valid again.
-  auto& stored = storages_[upload.target().storage_id()];
-  if (static_cast<uint64_t>(source.nbytes()) == stored.storage.nbytes()) stored.poison.clear();
+  // A storage written whole from the client is valid again.
+  if (static_cast<uint64_t>(source.nbytes()) == target.storage().nbytes()) {
+    poison_.erase(upload.target().storage_id());
+  }
 }
 
 void Executor::resize(const wire::ResizeStorage& resize) {
   auto it = storages_.find(resize.storage_id());
   if (it == storages_.end()) return;  // not created yet: later refs carry the new size
-  c10::Storage grown = new_storage(resize.nbytes(), device_for(resize.device()));
-  const int64_t keep_bytes =
-      static_cast<int64_t>(std::min<uint64_t>(resize.nbytes(), it->second.storage.nbytes()));
+  const uint64_t old_nbytes = it->second.nbytes();
+  // The old storage is still counted: only growth needs room.
+  reserve_bytes(resize.nbytes() > old_nbytes ? resize.nbytes() - old_nbytes : 0);
+  const c10::Device device = device_for(resize.device());
+  c10::DeviceGuard guard(device);
+  c10::Storage grown(c10::Storage::use_byte_size_t(), resize.nbytes(),
+                     c10::GetAllocator(device.type()), /*resizable=*/true);
+  const int64_t keep_bytes = static_cast<int64_t>(std::min<uint64_t>(resize.nbytes(), old_nbytes));
   if (keep_bytes > 0) {
     auto bytes_of = [&](const c10::Storage& storage) {
       at::Tensor t = at::empty({0}, at::TensorOptions().dtype(at::kByte).device(storage.device()));
       t.set_(storage, 0, {keep_bytes}, {1});
       return t;
     };
-    bytes_of(grown).copy_(bytes_of(it->second.storage));
+    bytes_of(grown).copy_(bytes_of(it->second));
   }
-  std::string poison = it->second.poison;
   keep(resize.storage_id(), std::move(grown));
-  storages_[resize.storage_id()].poison = poison;
 }
 
 void Executor::download(const wire::TensorRef& ref, std::string* payload) {
-  auto it = storages_.find(ref.storage_id());
-  if (it != storages_.end() && !it->second.poison.empty()) throw std::runtime_error(it->second.poison);
+  check_not_poisoned(ref.storage_id());
   at::Tensor host = tensor_for(ref).contiguous().cpu();
   payload->assign(static_cast<const char*>(host.const_data_ptr()), host.nbytes());
 }

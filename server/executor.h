@@ -52,11 +52,6 @@ class Executor {
   size_t storage_count() const { return storages_.size(); }
 
  private:
-  struct Stored {
-    c10::Storage storage;
-    std::string poison;  // non-empty: the error that left this storage invalid
-  };
-
   void run_command(const wire::Command& command, const std::vector<std::string>& payloads);
   // Runs one op; fills `outputs` with what it produced when `dynamic`.
   void run_op(const wire::OpRecord& record, bool dynamic, wire::Response* response);
@@ -70,12 +65,17 @@ class Executor {
   at::Tensor tensor_for(const wire::TensorRef& ref);
   c10::IValue decode(const wire::Value& value, const c10::TypePtr& type);
   c10::Storage new_storage(uint64_t nbytes, c10::Device device);
+  // Throws the error that left a storage invalid, if any.
+  void check_not_poisoned(uint64_t id) const;
   void keep(uint64_t id, c10::Storage storage);
   void free(uint64_t id);
   void reserve_bytes(uint64_t nbytes) const;
 
   ExecutorOptions options_;
-  std::unordered_map<uint64_t, Stored> storages_;
+  std::unordered_map<uint64_t, c10::Storage> storages_;
+  // Storage ID -> the error of the failed op that should have written it. Kept
+  // apart from storages_: a failed op's output may never have been created.
+  std::unordered_map<uint64_t, std::string> poison_;
   std::vector<std::optional<c10::OperatorHandle>> ops_;  // by op_id
   uint64_t bytes_in_use_ = 0;
   std::optional<wire::Error> pending_error_;

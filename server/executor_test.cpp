@@ -540,6 +540,44 @@ TEST_F(ExecutorTest, ResizeStorageKeepsTheLeadingBytes) {
   EXPECT_TRUE(Contains(response.error().message(), "too few"));
 }
 
+TEST_F(ExecutorTest, UploadingAWholePoisonedTensorMakesItValidAgain) {
+  at::Tensor a = at::randn({2, 3});
+  at::Tensor b = at::randn({4, 5});
+  upload(1, a);
+  upload(2, b);
+  // The failed op's output storage was never created.
+  const wire::TensorRef out = contiguous_ref(3, {2, 5}, at::kFloat);
+  BatchBuilder()
+      .op(op_record(1, "aten::mm", {tensor_value(ref_for(1, a)), tensor_value(ref_for(2, b))},
+                    {out}))
+      .run(executor_);
+  ASSERT_TRUE(sync().has_pending_error());
+
+  at::Tensor fresh = at::randn({2, 5});
+  upload(3, fresh);
+  EXPECT_FALSE(sync().has_pending_error());
+  EXPECT_TRUE(at::equal(download(out), fresh));
+}
+
+TEST_F(SmallExecutorTest, ShrinkingNearTheLimitNeedsNoRoom) {
+  at::Tensor big = at::zeros({600 * 1024}, at::kByte);
+  upload(1, big);
+  BatchBuilder().resize(1, 500 * 1024).run(executor_);
+  wire::Response response = sync();
+  EXPECT_FALSE(response.has_pending_error()) << response.pending_error().message();
+  EXPECT_EQ(executor_.bytes_in_use(), 500u * 1024);
+}
+
+TEST_F(SmallExecutorTest, OutOfMemoryMessageUsesReadableUnits) {
+  at::Tensor big = at::zeros({2 * static_cast<int64_t>(kMiB)}, at::kByte);
+  upload(1, big);
+  wire::Response response = sync();
+  ASSERT_TRUE(response.has_pending_error());
+  EXPECT_TRUE(Contains(response.pending_error().message(), "2.00 MiB requested"))
+      << response.pending_error().message();
+  EXPECT_TRUE(Contains(response.pending_error().message(), "limit 1.00 MiB"));
+}
+
 TEST_F(ExecutorTest, ResizeOfAnUnknownStorageIsIgnored) {
   BatchBuilder().resize(77, 64).run(executor_);
   EXPECT_FALSE(sync().has_pending_error());
