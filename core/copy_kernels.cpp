@@ -41,7 +41,11 @@ void upload(const at::Tensor& host, const at::Tensor& target) {
 void copy_on_machine(const at::Tensor& source, const at::Tensor& target) {
   static const auto copy_op = c10::Dispatcher::singleton().findSchemaOrThrow("aten::copy_", "");
   std::vector<c10::IValue> args{target, source, false};
-  OpPlacement placement = place_op(copy_op, args);
+  // Copies may cross devices of one machine (its cuda and its cpu), never machines.
+  OpPlacement placement;
+  placement.add(target.device().index());
+  check_same_machine(placement.device, placement.entry, source.device().index(),
+                     device_entry(source));
   wire::Command command;
   *command.mutable_op() = encode_op(copy_op, args, placement);
   command.mutable_op()->add_outputs();  // copy_ returns its target: nothing new

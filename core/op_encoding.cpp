@@ -28,6 +28,14 @@ void add_tensor(const at::Tensor& tensor, OpPlacement& placement, bool& saw_cpu_
 
 }  // namespace
 
+void check_same_machine(c10::DeviceIndex a, const DeviceEntry& a_entry, c10::DeviceIndex b,
+                        const DeviceEntry& b_entry) {
+  TORCH_CHECK(a_entry.machine == b_entry.machine,
+              "Cross-machine remote transfers are not supported: an op mixes ", device_name(a),
+              " (machine ", a_entry.machine->id(), ") and ", device_name(b), " (machine ",
+              b_entry.machine->id(), "). Copy through the CPU with .cpu() first.");
+}
+
 void OpPlacement::add(c10::DeviceIndex index) {
   if (device == index) return;
   if (device < 0) {
@@ -35,11 +43,7 @@ void OpPlacement::add(c10::DeviceIndex index) {
     entry = lookup_device(index);
     return;
   }
-  DeviceEntry other = lookup_device(index);
-  TORCH_CHECK(other.machine == entry.machine,
-              "Cross-machine remote transfers are not supported: an op mixes ", device_name(device),
-              " (machine ", entry.machine->id(), ") and ", device_name(index), " (machine ",
-              other.machine->id(), "). Copy through the CPU with .cpu() first.");
+  check_same_machine(device, entry, index, lookup_device(index));
   TORCH_CHECK(false,
               "Expected all tensors to be on the same device, but found at least two "
               "devices, ",

@@ -23,6 +23,11 @@ struct OpPlacement {
   void add(c10::DeviceIndex index);
 };
 
+// Throws c10::Error ("Cross-machine remote transfers are not supported")
+// unless both devices belong to one machine.
+void check_same_machine(c10::DeviceIndex a, const DeviceEntry& a_entry, c10::DeviceIndex b,
+                        const DeviceEntry& b_entry);
+
 // Finds the placement of a call from its arguments; also refuses CPU tensors
 // that are not zero-dimensional scalars, as PyTorch does for cuda.
 OpPlacement place_op(const c10::OperatorHandle& op, c10::ArrayRef<c10::IValue> args);

@@ -4,6 +4,8 @@
 import pytest
 import torch
 
+import mycelya_torch
+
 
 def _pair(device, *shape):
     cpu = torch.randn(*shape)
@@ -124,3 +126,14 @@ def test_resize_and_set(device):
     target.set_(remote)
     assert target.shape == (4, 4)
     assert target.untyped_storage().data_ptr() == remote.untyped_storage().data_ptr()
+
+
+def test_copies_between_devices_of_one_machine():
+    with mycelya_torch.RemoteMachine("mock", "T4") as machine:
+        on_gpu = torch.randn(3, 5, device=machine.device("cuda"))
+        on_cpu = on_gpu.t().to(machine.device("cpu"))
+        assert on_cpu.device == machine.device("cpu")
+        torch.testing.assert_close(on_cpu.cpu(), on_gpu.cpu().t())
+        back = torch.empty(5, 3, device=machine.device("cuda"))
+        back.copy_(on_cpu * 2)
+        torch.testing.assert_close(back.cpu(), on_gpu.cpu().t() * 2)
