@@ -265,6 +265,10 @@ namespace {
 // their cross-machine message) speak first.
 bool route_to_fallback(const c10::OperatorName& name) {
   if (name.name.rfind("aten::", 0) != 0) return false;
+  // For backends it does not know, convolution lowers to convolution_overrideable,
+  // which no remote kernel implements: send the op itself, so the remote side
+  // picks its own CPU or cuDNN kernel.
+  if (name.name == "aten::convolution" || name.name == "aten::convolution_backward") return true;
   // Allocation and copies have kernels of their own (tensor_kernels.cpp, copy_kernels.cpp).
   if (name.name.find("empty") != std::string::npos || name.name == "aten::copy") return false;
   auto op = c10::Dispatcher::singleton().findOp(name);
