@@ -19,74 +19,12 @@
 
 #include "core/allocator.h"
 #include "core/logging.h"
+#include "core/meta_inference.h"
 #include "core/op_encoding.h"
 #include "core/remote_tensor.h"
 
 namespace mycelya {
 namespace {
-
-// Mirrors the mycelya arguments of one call as meta tensors, remembering which
-// meta tensor and which meta storage stand for which mycelya ones.
-class MetaMirror {
- public:
-  c10::IValue to_meta(const c10::IValue& value) {
-    if (value.isTensor()) return to_meta(value.toTensor());
-    if (value.isTensorList()) {
-      c10::List<at::Tensor> list;
-      for (const at::Tensor& t : value.toTensorVector()) list.push_back(to_meta(t));
-      return list;
-    }
-    if (value.isList()) {
-      // Tensor?[] (e.g. index.Tensor) and other generic lists.
-      auto in = value.toList();
-      c10::impl::GenericList out(in.elementType());
-      for (const c10::IValue& item : in) out.push_back(to_meta(item));
-      return out;
-    }
-    if (value.isDevice() && value.toDevice().is_privateuseone()) return c10::Device(c10::kMeta);
-    return value;
-  }
-
-  // The mycelya tensor a meta tensor mirrors, or nullptr.
-  const at::Tensor* input_for(const at::Tensor& meta) const {
-    auto it = inputs_.find(meta.unsafeGetTensorImpl());
-    return it == inputs_.end() ? nullptr : &it->second;
-  }
-
-  // A mycelya tensor whose storage the meta tensor's storage mirrors, or nullptr.
-  const at::Tensor* storage_owner_for(const at::Tensor& meta) const {
-    auto it = owners_.find(meta.storage().unsafeGetStorageImpl());
-    return it == owners_.end() ? nullptr : &it->second;
-  }
-
- private:
-  at::Tensor to_meta(const at::Tensor& tensor) {
-    if (!tensor.defined() || !tensor.is_privateuseone()) return tensor;
-    auto* key = tensor.storage().unsafeGetStorageImpl();
-    auto it = storages_.find(key);
-    if (it == storages_.end()) {
-      c10::Storage storage(c10::Storage::use_byte_size_t(), tensor.storage().nbytes(),
-                           c10::GetAllocator(c10::kMeta), /*resizable=*/true);
-      owners_.emplace(storage.unsafeGetStorageImpl(), tensor);
-      it = storages_.emplace(key, std::move(storage)).first;
-    }
-    auto meta = at::detail::make_tensor<c10::TensorImpl>(
-        c10::Storage(it->second), c10::DispatchKeySet(c10::DispatchKey::Meta), tensor.dtype());
-    meta.unsafeGetTensorImpl()->set_sizes_and_strides(tensor.sizes(), tensor.strides(),
-                                                      tensor.storage_offset());
-    inputs_.emplace(meta.unsafeGetTensorImpl(), tensor);
-    return meta;
-  }
-
-  std::unordered_map<c10::StorageImpl*, c10::Storage> storages_;
-  std::unordered_map<c10::StorageImpl*, at::Tensor> owners_;
-  std::unordered_map<c10::TensorImpl*, at::Tensor> inputs_;
-};
-
-bool same_geometry(const at::Tensor& a, const at::Tensor& b) {
-  return a.sizes() == b.sizes() && a.strides() == b.strides() &&
-         a.storage_offset() == b.storage_offset();
-}
 
 // Whether the schema says the op writes any argument.
 bool mutates_arguments(const c10::FunctionSchema& schema) {
@@ -96,47 +34,57 @@ bool mutates_arguments(const c10::FunctionSchema& schema) {
   return false;
 }
 
-struct OutputBuilder {
-  const MetaMirror& mirror;
+// Makes the local outputs a plan describes; new ones get a ref in `record`.
+struct OutputMaker {
+  const std::vector<at::Tensor>& inputs;
   const OpPlacement& placement;
   wire::OpRecord& record;
   bool has_new_output = false;
 
-  // The local mycelya value for one meta output.
-  at::Tensor make(const at::Tensor& meta) {
+  at::Tensor make(const PlannedTensor& planned) {
     auto* ref = record.add_outputs();  // stays all-zero unless the output is new
-    if (!meta.defined()) return meta;
-    if (const at::Tensor* input = mirror.input_for(meta)) {
-      // In-place or out=: the op may have resized or restrided its output.
-      at::Tensor tensor = *input;
-      if (!same_geometry(tensor, meta) || meta.storage().nbytes() > tensor.storage().nbytes()) {
-        if (meta.storage().nbytes() > tensor.storage().nbytes()) {
-          resize_remote_storage(tensor, meta.storage().nbytes());
+    switch (planned.kind) {
+      case PlannedTensor::Kind::kUndefined:
+        return at::Tensor();
+      case PlannedTensor::Kind::kInput: {
+        // In-place or out=: the op may have resized or restrided its output.
+        const at::Tensor& tensor = inputs[planned.input];
+        if (planned.storage_nbytes > tensor.storage().nbytes()) {
+          resize_remote_storage(tensor, planned.storage_nbytes);
         }
-        tensor.unsafeGetTensorImpl()->set_sizes_and_strides(meta.sizes(), meta.strides(),
-                                                            meta.storage_offset());
+        if (tensor.sizes() != planned.sizes || tensor.strides() != planned.strides ||
+            tensor.storage_offset() != planned.storage_offset) {
+          tensor.unsafeGetTensorImpl()->set_sizes_and_strides(planned.sizes, planned.strides,
+                                                              planned.storage_offset);
+        }
+        return tensor;
       }
-      return tensor;
-    }
-    if (const at::Tensor* owner = mirror.storage_owner_for(meta)) {
-      return alias_remote(*owner, meta.sizes(), meta.strides(), meta.storage_offset(),
-                          meta.dtype());
+      case PlannedTensor::Kind::kView:
+        return alias_remote(inputs[planned.input], planned.sizes, planned.strides,
+                            planned.storage_offset, planned.dtype);
+      case PlannedTensor::Kind::kNew:
+        break;
     }
     has_new_output = true;
-    at::Tensor tensor = empty_remote(meta.sizes(), meta.strides(), meta.storage_offset(),
-                                     meta.dtype(), placement.device, meta.storage().nbytes());
+    at::Tensor tensor = empty_remote(planned.sizes, planned.strides, planned.storage_offset,
+                                     planned.dtype, placement.device, planned.storage_nbytes);
     encode_tensor_ref(tensor, placement.entry.slot, ref);
     return tensor;
   }
 
-  c10::IValue make(const c10::IValue& meta) {
-    if (meta.isTensor()) return make(meta.toTensor());
-    if (meta.isTensorList()) {
-      c10::List<at::Tensor> list;
-      for (const at::Tensor& t : meta.toTensorVector()) list.push_back(make(t));
-      return list;
+  c10::IValue make(const PlannedReturn& planned) {
+    switch (planned.kind) {
+      case PlannedReturn::Kind::kTensor:
+        return make(planned.tensors[0]);
+      case PlannedReturn::Kind::kTensorList: {
+        c10::List<at::Tensor> list;
+        for (const auto& t : planned.tensors) list.push_back(make(t));
+        return list;
+      }
+      case PlannedReturn::Kind::kValue:
+        break;
     }
-    return meta;
+    return planned.value;
   }
 };
 
@@ -219,12 +167,10 @@ void remote_fallback(const c10::OperatorHandle& op, torch::jit::Stack* stack) {
   OpPlacement placement = place_op(op, args);
   c10::DeviceGuard guard(c10::Device(c10::DeviceType::PrivateUse1, placement.device));
 
-  MetaMirror mirror;
-  torch::jit::Stack meta_stack;
-  meta_stack.reserve(num_args);
-  for (const auto& arg : args) meta_stack.push_back(mirror.to_meta(arg));
+  const std::vector<at::Tensor> inputs = mycelya_inputs(args);
+  std::shared_ptr<const OutputPlan> plan;
   try {
-    op.callBoxed(&meta_stack);
+    plan = plan_outputs(op, args, inputs);
   } catch (const std::exception& e) {
     run_remotely_now(op, stack, placement, e.what());
     return;
@@ -232,10 +178,10 @@ void remote_fallback(const c10::OperatorHandle& op, torch::jit::Stack* stack) {
 
   wire::Command command;
   wire::OpRecord* record = command.mutable_op();
-  OutputBuilder outputs{mirror, placement, *record};
+  OutputMaker outputs{inputs, placement, *record};
   torch::jit::Stack results;
-  results.reserve(meta_stack.size());
-  for (const auto& meta : meta_stack) results.push_back(outputs.make(meta));
+  results.reserve(plan->returns.size());
+  for (const auto& planned : plan->returns) results.push_back(outputs.make(planned));
 
   // Pure view and metadata ops (transpose, view_as_real, ...) send nothing.
   if (outputs.has_new_output || mutates_arguments(schema)) {

@@ -1,0 +1,69 @@
+# SPDX-License-Identifier: AGPL-3.0-or-later
+"""The fallback caches what meta says per argument metadata; cached answers must
+never leak into calls whose metadata differs."""
+
+import torch
+
+
+def test_same_op_with_changing_shapes_strides_and_dtypes(device):
+    for shape in [(3,), (2, 3), (4, 1, 5), (0, 2)]:
+        cpu = torch.randn(shape)
+        remote = cpu.to(device)
+        for a, b in [
+            (remote, cpu),
+            (remote.t() if remote.dim() == 2 else remote, cpu.t() if cpu.dim() == 2 else cpu),
+        ]:
+            out = a * 2 + 1
+            assert out.shape == b.shape
+            if out.numel():
+                assert out.stride() == (b * 2 + 1).stride()
+            torch.testing.assert_close(out.cpu(), b * 2 + 1)
+        for dtype in (torch.float64, torch.int32, torch.bool):
+            converted = remote.to(dtype)
+            assert converted.dtype == dtype
+            torch.testing.assert_close(converted.cpu(), cpu.to(dtype))
+
+
+def test_aliasing_between_arguments_is_part_of_the_key(device):
+    cpu_x, cpu_y = torch.arange(4.0), torch.ones(4)
+    x, y = cpu_x.to(device), cpu_y.to(device)
+    for _ in range(2):  # the second round hits the cache
+        x.add_(y)
+        cpu_x.add_(cpu_y)
+        x.add_(x)
+        cpu_x.add_(cpu_x)
+        x[1:].add_(x[:-1].clone())
+        cpu_x[1:].add_(cpu_x[:-1].clone())
+        torch.testing.assert_close(x.cpu(), cpu_x)
+
+
+def test_out_resize_then_reuse(device):
+    out = torch.empty(0, device=device)
+    for n in (2, 5, 3):
+        a = torch.arange(float(n), device=device)
+        torch.mul(a, 3, out=out)
+        assert out.shape == (n,)
+        torch.testing.assert_close(out.cpu(), torch.arange(float(n)) * 3)
+
+
+def test_default_dtype_changes_are_seen(device):
+    old = torch.get_default_dtype()
+    try:
+        for dtype in (torch.float32, torch.float64, torch.float32):
+            torch.set_default_dtype(dtype)
+            t = torch.ones(3, device=device) * torch.tensor(1.5)
+            assert t.dtype == dtype
+            r = torch.randn(2, device=device)
+            assert r.dtype == dtype
+            assert torch.arange(0, 1, 0.25, device=device).dtype == dtype
+    finally:
+        torch.set_default_dtype(old)
+
+
+def test_views_from_cached_plans_keep_their_offsets(device):
+    base = torch.arange(24.0).view(4, 6)
+    remote = base.to(device)
+    for _ in range(3):
+        for row in range(4):
+            torch.testing.assert_close(remote[row, 1:4].cpu(), base[row, 1:4])
+            torch.testing.assert_close(remote.t()[row + 1].cpu(), base.t()[row + 1])
