@@ -5,6 +5,7 @@
 
 #include <atomic>
 #include <cstdio>
+#include <cstdlib>
 #include <stdexcept>
 
 #include "core/logging.h"
@@ -26,10 +27,18 @@ std::string describe(const wire::Error& error) {
   return "Remote op " + error.op_name() + " failed: " + error.message();
 }
 
+bool synchronous_mode() {
+  const char* env = std::getenv("MYCELYA_SYNC");
+  return env && *env && std::string(env) != "0";
+}
+
 }  // namespace
 
 Machine::Machine(std::string provider, MachineSpec spec)
-    : provider_(std::move(provider)), spec_(std::move(spec)), id_(make_machine_id(provider_)) {}
+    : provider_(std::move(provider)),
+      spec_(std::move(spec)),
+      id_(make_machine_id(provider_)),
+      synchronous_(synchronous_mode()) {}
 
 Machine::~Machine() {
   try {
@@ -141,6 +150,7 @@ void Machine::enqueue(wire::Command command) {
     queued_.push_back(std::move(command));
   }
   queue_cv_.notify_one();
+  if (synchronous_) synchronize();
 }
 
 void Machine::enqueue_upload(wire::Upload upload, std::string payload) {
@@ -154,6 +164,7 @@ void Machine::enqueue_upload(wire::Upload upload, std::string payload) {
     queued_.push_back(std::move(command));
   }
   queue_cv_.notify_one();
+  if (synchronous_) synchronize();
 }
 
 void Machine::free_storage(uint64_t storage_id) {
@@ -228,6 +239,7 @@ wire::Response Machine::request(wire::Request request, std::string* payload) {
       std::lock_guard<std::mutex> lock(queue_mu_);
       request.set_version(wire::PROTOCOL_VERSION_CURRENT);
       request.set_sequence(next_sequence_++);
+      ++round_trips_;
       if (request.has_execute()) intern_record_locked(request.mutable_execute()->mutable_op());
     }
     std::string encoded_request;
@@ -258,6 +270,11 @@ void Machine::synchronize() {
 uint64_t Machine::batches_sent() const {
   std::lock_guard<std::mutex> lock(queue_mu_);
   return batches_sent_;
+}
+
+uint64_t Machine::round_trips() const {
+  std::lock_guard<std::mutex> lock(queue_mu_);
+  return round_trips_;
 }
 
 }  // namespace mycelya

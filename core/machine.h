@@ -65,8 +65,10 @@ class Machine {
   // Flushes and waits until every queued op has run; raises pending errors.
   void synchronize();
 
-  // Batches handed to the session so far (for tests and benchmarks).
+  // Batches handed to the session so far, and blocking requests (round trips)
+  // made: for tests and benchmarks.
   uint64_t batches_sent() const;
+  uint64_t round_trips() const;
 
  private:
   void sender_loop();
@@ -80,6 +82,8 @@ class Machine {
   const std::string provider_;
   const MachineSpec spec_;
   const std::string id_;
+  // MYCELYA_SYNC=1: every queued command is waited for, so errors raise at the op.
+  const bool synchronous_;
 
   std::unique_ptr<Session> session_;
   std::vector<std::string> devices_;
@@ -94,6 +98,7 @@ class Machine {
   bool stopping_ = false;
   std::string lost_;  // set once the session failed; every later call raises it
   uint64_t batches_sent_ = 0;
+  uint64_t round_trips_ = 0;
   uint64_t next_sequence_ = 1;
 
   std::unordered_map<std::string, uint32_t> op_ids_;

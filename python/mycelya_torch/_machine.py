@@ -105,7 +105,13 @@ class RemoteMachine:
 
     @property
     def batches_sent(self):
+        """Batches of queued ops sent to the machine so far."""
         return self._machine.batches_sent
+
+    @property
+    def round_trips(self):
+        """Blocking requests made so far: sync points (.item(), .cpu(), ...)."""
+        return self._machine.round_trips
 
     def __enter__(self):
         self.start()

@@ -1,0 +1,83 @@
+# SPDX-License-Identifier: AGPL-3.0-or-later
+"""One training step of a small MLP and of a small transformer block, on a
+machine's cpu device and in plain local PyTorch, with the ratio between them.
+
+    bazel run //bench:train_step                          # local-cuda (a real server process)
+    bazel run //bench:train_step -- --provider mock
+Each step ends with loss.item(), the one sync point; the script prints the
+batches sent and the blocking round trips per step.
+"""
+
+import argparse
+import statistics
+import time
+
+import torch
+import torch.nn as nn
+
+import mycelya_torch
+
+
+def mlp():
+    model = nn.Sequential(nn.Linear(256, 512), nn.ReLU(), nn.Linear(512, 512), nn.ReLU(), nn.Linear(512, 10))
+    return model, lambda: (torch.randn(64, 256), torch.randint(0, 10, (64,)))
+
+
+def transformer_block():
+    model = nn.Sequential(
+        nn.TransformerEncoderLayer(128, 4, 256, dropout=0.0, batch_first=True),
+        nn.Flatten(),
+        nn.Linear(16 * 128, 10),
+    )
+    return model, lambda: (torch.randn(16, 16, 128), torch.randint(0, 10, (16,)))
+
+
+def time_steps(model, batches, device, steps):
+    model = model.to(device)
+    optimizer = torch.optim.AdamW(model.parameters())
+
+    def step(data, target):
+        optimizer.zero_grad()
+        loss = nn.functional.cross_entropy(model(data.to(device)), target.to(device))
+        loss.backward()
+        optimizer.step()
+        return loss.item()
+
+    step(*batches[0])  # warm up: optimizer state, caches
+    times = []
+    for data, target in batches[1 : steps + 1]:
+        start = time.perf_counter()
+        step(data, target)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--provider", default="local-cuda")
+    parser.add_argument("--steps", type=int, default=20)
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    machine = mycelya_torch.RemoteMachine(args.provider)
+    device = machine.device("cpu")
+    print(
+        f"provider {args.provider}, device {device} ({machine.devices()}), {torch.get_num_threads()} threads"
+    )
+    for name, make in (("mlp", mlp), ("transformer block", transformer_block)):
+        model, make_batch = make()
+        batches = [make_batch() for _ in range(args.steps + 1)]
+        local = time_steps(model, batches, "cpu", args.steps)
+        model, _ = make()
+        sent, trips = machine.batches_sent, machine.round_trips
+        remote = time_steps(model, batches, device, args.steps)
+        steps = args.steps + 1
+        print(
+            f"{name:18s} local {local * 1e3:7.2f} ms/step   {args.provider} {remote * 1e3:7.2f} ms/step   "
+            f"ratio {remote / local:5.2f}x   batches/step {(machine.batches_sent - sent) / steps:5.1f}   "
+            f"round trips/step {(machine.round_trips - trips) / steps:4.1f}"
+        )
+    machine.stop()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,128 @@
+// SPDX-License-Identifier: AGPL-3.0-or-later
+//
+// The client and transport, measured through core's Machine on a real
+// provider (default local-cuda: a mycelya-server child over gRPC):
+//   BM_RecordSmallOp   client-side cost of one small op through the dispatcher
+//   BM_TinyOps         ops per second through the server (queued, then one sync)
+//   BM_Upload/Download bandwidth for 1 MiB .. 1 GiB
+//
+//   bazel run -c opt //bench:transport_bench
+//   MYCELYA_BENCH_PROVIDER=mock bazel run -c opt //bench:transport_bench
+#include <ATen/ATen.h>
+#include <benchmark/benchmark.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <memory>
+
+#include "core/device_table.h"
+#include "core/machine.h"
+#include "core/plugin_loader.h"
+
+namespace mycelya {
+namespace {
+
+std::shared_ptr<Machine> machine() {
+  static std::shared_ptr<Machine> m = [] {
+    // Providers and mycelya-server sit in the package folder of the runfiles.
+    char cwd[4096];
+    if (getcwd(cwd, sizeof(cwd))) add_plugin_dir(std::string(cwd) + "/python/mycelya_torch");
+    const char* provider = std::getenv("MYCELYA_BENCH_PROVIDER");
+    auto created = std::make_shared<Machine>(provider ? provider : "local-cuda", MachineSpec{});
+    created->start();
+    return created;
+  }();
+  return m;
+}
+
+wire::TensorRef float_ref(uint64_t id, int64_t numel) {
+  wire::TensorRef ref;
+  ref.set_storage_id(id);
+  ref.set_storage_nbytes(numel * sizeof(float));
+  ref.add_sizes(numel);
+  ref.add_strides(1);
+  ref.set_dtype(static_cast<int32_t>(c10::ScalarType::Float));
+  ref.set_device(machine()->slot_of("cpu", 0));
+  return ref;
+}
+
+void BM_RecordSmallOp(benchmark::State& state) {
+  const auto device = register_device(machine(), machine()->slot_of("cpu", 0));
+  at::Tensor x = at::zeros({16}, at::TensorOptions().device(c10::DeviceType::PrivateUse1, device));
+  for (int i = 0; i < 100; ++i) x = x + 1;  // warm the plan cache
+  for (auto _ : state) {
+    x = x + 1;
+  }
+  machine()->synchronize();
+  state.SetItemsProcessed(state.iterations());
+}
+BENCHMARK(BM_RecordSmallOp);
+
+void BM_TinyOps(benchmark::State& state) {
+  const int64_t ops = state.range(0);
+  for (auto _ : state) {
+    for (int64_t i = 0; i < ops; ++i) {
+      wire::Command command;
+      auto* op = command.mutable_op();
+      op->set_op_name("aten::add.Tensor");
+      *op->add_args()->mutable_tensor() = float_ref(1, 16);
+      *op->add_args()->mutable_tensor() = float_ref(1, 16);
+      op->add_args()->set_int_value(1);
+      *op->add_outputs() = float_ref(2 + i % 64, 16);
+      machine()->enqueue(std::move(command));
+    }
+    machine()->synchronize();
+  }
+  state.SetItemsProcessed(state.iterations() * ops);
+}
+BENCHMARK(BM_TinyOps)->Arg(10000)->Unit(benchmark::kMillisecond)->UseRealTime();
+
+void BM_Upload(benchmark::State& state) {
+  const int64_t bytes = state.range(0);
+  const std::string payload(bytes, '\1');
+  for (auto _ : state) {
+    wire::Upload upload;
+    *upload.mutable_target() = float_ref(100, bytes / 4);
+    machine()->enqueue_upload(std::move(upload), payload);
+    machine()->synchronize();
+  }
+  state.SetBytesProcessed(state.iterations() * bytes);
+  wire::Command free;
+  free.mutable_free()->add_storage_ids(100);
+  machine()->enqueue(std::move(free));
+}
+BENCHMARK(BM_Upload)
+    ->RangeMultiplier(16)
+    ->Range(1 << 20, 1 << 30)
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
+
+void BM_Download(benchmark::State& state) {
+  const int64_t bytes = state.range(0);
+  {
+    wire::Upload upload;
+    *upload.mutable_target() = float_ref(200, bytes / 4);
+    machine()->enqueue_upload(std::move(upload), std::string(bytes, '\2'));
+  }
+  for (auto _ : state) {
+    wire::Request request;
+    *request.mutable_download()->mutable_source() = float_ref(200, bytes / 4);
+    std::string payload;
+    machine()->request(std::move(request), &payload);
+    if (static_cast<int64_t>(payload.size()) != bytes) state.SkipWithError("short download");
+  }
+  state.SetBytesProcessed(state.iterations() * bytes);
+  wire::Command free;
+  free.mutable_free()->add_storage_ids(200);
+  machine()->enqueue(std::move(free));
+}
+BENCHMARK(BM_Download)
+    ->RangeMultiplier(16)
+    ->Range(1 << 20, 1 << 30)
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
+
+}  // namespace
+}  // namespace mycelya
+
+BENCHMARK_MAIN();

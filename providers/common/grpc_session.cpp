@@ -1,0 +1,181 @@
+// SPDX-License-Identifier: AGPL-3.0-or-later
+#include "providers/common/grpc_session.h"
+
+#include <stdexcept>
+
+namespace mycelya {
+namespace {
+
+void authorize(grpc::ClientContext* context, const std::string& token) {
+  if (!token.empty()) context->AddMetadata("authorization", "Bearer " + token);
+}
+
+std::string describe(const grpc::Status& status) {
+  switch (status.error_code()) {
+    case grpc::StatusCode::UNAUTHENTICATED:
+      return "the server refused the session (wrong or missing token): " + status.error_message();
+    case grpc::StatusCode::UNAVAILABLE:
+      return "the server is unreachable (did it exit?): " + status.error_message();
+    case grpc::StatusCode::OK:
+      return "the server closed the session";
+    default:
+      return "the session failed: " + status.error_message();
+  }
+}
+
+}  // namespace
+
+std::shared_ptr<grpc::Channel> make_channel(const GrpcTarget& target) {
+  grpc::ChannelArguments args;
+  args.SetMaxReceiveMessageSize(target.max_message_bytes);
+  args.SetMaxSendMessageSize(target.max_message_bytes);
+  // Detect a dead peer on an idle connection instead of waiting forever.
+  args.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS, 10000);
+  args.SetInt(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 10000);
+  args.SetInt(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
+  return grpc::CreateCustomChannel(target.address, grpc::InsecureChannelCredentials(), args);
+}
+
+std::string wait_until_healthy(const GrpcTarget& target, std::chrono::milliseconds timeout,
+                               const std::function<bool()>& keep_waiting) {
+  auto channel = make_channel(target);
+  auto stub = wire::Mycelya::NewStub(channel);
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  std::string last_error = "no answer";
+  while (std::chrono::steady_clock::now() < deadline) {
+    if (keep_waiting && !keep_waiting()) return last_error;
+    grpc::ClientContext context;
+    authorize(&context, target.token);
+    context.set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(500));
+    wire::HealthRequest request;
+    wire::HealthResponse response;
+    grpc::Status status = stub->Health(&context, request, &response);
+    if (status.ok() && response.serving()) return "";
+    last_error = describe(status);
+    if (status.error_code() == grpc::StatusCode::UNAUTHENTICATED) return last_error;
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  return last_error;
+}
+
+GrpcSession::GrpcSession(const GrpcTarget& target, std::chrono::milliseconds connect_timeout)
+    : channel_(make_channel(target)), stub_(wire::Mycelya::NewStub(channel_)) {
+  if (!channel_->WaitForConnected(std::chrono::system_clock::now() + connect_timeout)) {
+    throw std::runtime_error("could not connect to mycelya-server at " + target.address);
+  }
+  authorize(&context_, target.token);
+  stream_ = stub_->Session(&context_);
+  wire::ServerMessage hello;
+  if (!stream_->Read(&hello) || !hello.has_hello()) {
+    throw std::runtime_error(describe(stream_->Finish()));
+  }
+  if (hello.hello().version() != wire::PROTOCOL_VERSION_CURRENT) {
+    throw std::runtime_error("mycelya-server speaks protocol version " +
+                             std::to_string(hello.hello().version()) + ", this client " +
+                             std::to_string(wire::PROTOCOL_VERSION_CURRENT) +
+                             ": use matching builds.");
+  }
+  devices_.assign(hello.hello().devices().begin(), hello.hello().devices().end());
+  reader_ = std::thread([this] { reader_loop(); });
+}
+
+GrpcSession::~GrpcSession() { stop(); }
+
+void GrpcSession::reader_loop() {
+  wire::ServerMessage message;
+  std::string error;
+  while (stream_->Read(&message)) {
+    if (!message.has_response()) {
+      error = "the server sent a payload chunk without a response";
+      context_.TryCancel();
+      break;
+    }
+    std::string response = std::move(*message.mutable_response());
+    std::string payload;
+    bool complete = !message.has_payload();
+    while (!complete && stream_->Read(&message) && message.has_chunk()) {
+      payload += message.chunk().data();
+      complete = message.chunk().last();
+    }
+    if (!complete) break;
+    std::lock_guard<std::mutex> lock(mu_);
+    response_ = std::move(response);
+    response_payload_ = std::move(payload);
+    cv_.notify_all();
+  }
+  if (error.empty()) error = describe(stream_->Finish());
+  std::lock_guard<std::mutex> lock(mu_);
+  lost_ = error;
+  reader_done_ = true;
+  cv_.notify_all();
+}
+
+void GrpcSession::throw_lost() {
+  std::lock_guard<std::mutex> lock(mu_);
+  throw std::runtime_error(lost_.empty() ? "the connection to the server broke" : lost_);
+}
+
+void GrpcSession::write_locked(const wire::ClientMessage& message) {
+  if (writes_done_ || !stream_->Write(message)) throw_lost();
+}
+
+void GrpcSession::write_payload_locked(const std::string& payload) {
+  wire::ClientMessage message;
+  size_t offset = 0;
+  do {
+    const size_t n = std::min(kChunkBytes, payload.size() - offset);
+    auto* chunk = message.mutable_chunk();
+    chunk->set_data(payload.data() + offset, n);
+    offset += n;
+    chunk->set_last(offset == payload.size());
+    write_locked(message);
+  } while (offset < payload.size());
+}
+
+void GrpcSession::submit(EncodedBatch batch) {
+  std::lock_guard<std::mutex> lock(write_mu_);
+  wire::ClientMessage message;
+  message.set_batch(std::move(batch.batch));
+  message.set_payload_count(static_cast<uint32_t>(batch.payloads.size()));
+  write_locked(message);
+  for (const auto& payload : batch.payloads) write_payload_locked(payload);
+}
+
+std::string GrpcSession::request(const std::string& request, std::string* payload) {
+  {
+    std::lock_guard<std::mutex> lock(write_mu_);
+    wire::ClientMessage message;
+    message.set_request(request);
+    write_locked(message);
+  }
+  std::unique_lock<std::mutex> lock(mu_);
+  cv_.wait(lock, [this] { return response_.has_value() || reader_done_; });
+  if (!response_) {
+    throw std::runtime_error(lost_.empty() ? "the connection to the server broke" : lost_);
+  }
+  std::string response = std::move(*response_);
+  response_.reset();
+  if (payload) *payload = std::move(response_payload_);
+  response_payload_.clear();
+  return response;
+}
+
+void GrpcSession::stop() {
+  {
+    std::lock_guard<std::mutex> lock(write_mu_);
+    if (!writes_done_ && stream_) stream_->WritesDone();
+    writes_done_ = true;
+  }
+  if (!reader_.joinable()) return;
+  {
+    // The server ends the stream once it has read everything; don't wait long
+    // for one that is stuck.
+    std::unique_lock<std::mutex> lock(mu_);
+    if (!cv_.wait_for(lock, std::chrono::seconds(5), [this] { return reader_done_; })) {
+      context_.TryCancel();
+    }
+  }
+  reader_.join();
+}
+
+}  // namespace mycelya

@@ -1,0 +1,83 @@
+// SPDX-License-Identifier: AGPL-3.0-or-later
+//
+// The client side of mycelya-server's Session stream, shared by every
+// networked provider. Batches go out without waiting (the stream is the
+// queue); a request waits for its response, which the reader thread hands
+// over. Bulk payloads travel as 1 MiB chunks after the message they belong to.
+//
+// When the connection drops or the server dies, every pending and later call
+// raises std::runtime_error: never a hang.
+#pragma once
+
+#include <grpcpp/grpcpp.h>
+
+#include <chrono>
+#include <condition_variable>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "core/provider.h"
+#include "proto/mycelya.grpc.pb.h"
+
+namespace mycelya {
+
+constexpr size_t kChunkBytes = 1 << 20;
+
+struct GrpcTarget {
+  std::string address;  // "host:port" or "unix:/path"
+  std::string token;    // sent as "authorization: Bearer <token>"
+  int max_message_bytes = 64 << 20;
+};
+
+std::shared_ptr<grpc::Channel> make_channel(const GrpcTarget& target);
+
+// Polls the Health RPC until it answers or `timeout` passes; returns the last
+// error text, empty on success. `keep_waiting` may end the wait early (a child
+// server that exited) by returning false.
+std::string wait_until_healthy(const GrpcTarget& target, std::chrono::milliseconds timeout,
+                               const std::function<bool()>& keep_waiting);
+
+class GrpcSession final : public Session {
+ public:
+  // Connects and opens the stream; throws std::runtime_error when the server
+  // cannot be reached in `connect_timeout` or refuses the session.
+  GrpcSession(const GrpcTarget& target, std::chrono::milliseconds connect_timeout);
+  ~GrpcSession() override;
+
+  std::vector<std::string> devices() const override { return devices_; }
+  void submit(EncodedBatch batch) override;
+  std::string request(const std::string& request, std::string* payload) override;
+  void stop() override;
+
+ private:
+  void reader_loop();
+  // Writes one message; throws once the stream is broken. Caller holds write_mu_.
+  void write_locked(const wire::ClientMessage& message);
+  void write_payload_locked(const std::string& payload);
+  [[noreturn]] void throw_lost();
+
+  std::shared_ptr<grpc::Channel> channel_;
+  std::unique_ptr<wire::Mycelya::Stub> stub_;
+  grpc::ClientContext context_;
+  std::unique_ptr<grpc::ClientReaderWriter<wire::ClientMessage, wire::ServerMessage>> stream_;
+  std::vector<std::string> devices_;
+
+  std::mutex write_mu_;
+  bool writes_done_ = false;
+
+  // Hand-over from the reader thread; core keeps at most one request in flight.
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::optional<std::string> response_;
+  std::string response_payload_;
+  std::string lost_;  // why the stream ended, once it has
+  bool reader_done_ = false;
+  std::thread reader_;
+};
+
+}  // namespace mycelya

@@ -1,0 +1,211 @@
+// SPDX-License-Identifier: AGPL-3.0-or-later
+//
+// The local-cuda provider: runs mycelya-server as a child process of this
+// one, on a Unix socket in a fresh private folder with a fresh token, and
+// talks to it over the shared gRPC transport. The server serves cuda where
+// this host has GPUs and cpu always.
+//
+// The child never outlives us: it gets SIGKILL when the thread that started
+// it dies (PR_SET_PDEATHSIG) and also watches its parent (--exit-with-parent);
+// stop() sends SIGTERM and, after a grace period, SIGKILL.
+#include <dlfcn.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/prctl.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <sstream>
+#include <stdexcept>
+#include <thread>
+
+#include "core/provider.h"
+#include "providers/common/grpc_session.h"
+
+namespace mycelya {
+namespace {
+
+std::string random_token() {
+  unsigned char bytes[24];
+  std::ifstream urandom("/dev/urandom", std::ios::binary);
+  if (!urandom.read(reinterpret_cast<char*>(bytes), sizeof(bytes))) {
+    throw std::runtime_error("local-cuda: cannot read /dev/urandom for a session token");
+  }
+  static const char hex[] = "0123456789abcdef";
+  std::string token;
+  for (unsigned char b : bytes) {
+    token += hex[b >> 4];
+    token += hex[b & 15];
+  }
+  return token;
+}
+
+// mycelya-server: $MYCELYA_SERVER, else beside this plugin.
+std::string server_binary() {
+  if (const char* env = std::getenv("MYCELYA_SERVER")) return env;
+  Dl_info info;
+  if (dladdr(reinterpret_cast<void*>(&random_token), &info) && info.dli_fname) {
+    std::string path = info.dli_fname;
+    return path.substr(0, path.rfind('/') + 1) + "mycelya-server";
+  }
+  return "mycelya-server";
+}
+
+std::string tail_of(const std::string& path, size_t max_bytes = 2000) {
+  std::ifstream file(path);
+  std::stringstream ss;
+  ss << file.rdbuf();
+  std::string text = ss.str();
+  return text.size() > max_bytes ? "..." + text.substr(text.size() - max_bytes) : text;
+}
+
+// The server process and its private folder.
+class ChildServer {
+ public:
+  ChildServer() {
+    const std::string binary = server_binary();
+    if (access(binary.c_str(), X_OK) != 0) {
+      throw std::runtime_error("local-cuda: mycelya-server not found at " + binary +
+                               " (set MYCELYA_SERVER to its path).");
+    }
+    char dir_template[] = "/tmp/mycelya-XXXXXX";
+    if (!mkdtemp(dir_template)) throw std::runtime_error("local-cuda: cannot create a temp folder");
+    dir_ = dir_template;
+    socket_ = dir_ + "/server.sock";
+    log_ = dir_ + "/server.log";
+    token_ = random_token();
+
+    // Everything the child needs is prepared before fork: after it, only
+    // async-signal-safe calls until exec.
+    const std::string listen = "--listen=unix:" + socket_;
+    const char* argv[] = {binary.c_str(),   listen.c_str(),       "--token-env=MYCELYA_TOKEN",
+                          "--devices=auto", "--exit-with-parent", nullptr};
+    std::vector<std::string> env_strings;
+    for (char** e = environ; *e; ++e) {
+      if (std::strncmp(*e, "MYCELYA_TOKEN=", 14) != 0) env_strings.emplace_back(*e);
+    }
+    env_strings.push_back("MYCELYA_TOKEN=" + token_);
+    std::vector<char*> envp;
+    for (auto& s : env_strings) envp.push_back(s.data());
+    envp.push_back(nullptr);
+    const int log_fd = open(log_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    if (log_fd < 0) throw std::runtime_error("local-cuda: cannot create " + log_);
+    const pid_t parent = getpid();
+
+    pid_ = fork();
+    if (pid_ < 0) {
+      close(log_fd);
+      throw std::runtime_error(std::string("local-cuda: fork failed: ") + std::strerror(errno));
+    }
+    if (pid_ == 0) {
+      prctl(PR_SET_PDEATHSIG, SIGKILL);
+      if (getppid() != parent) _exit(1);  // the parent died before prctl
+      dup2(log_fd, STDOUT_FILENO);
+      dup2(log_fd, STDERR_FILENO);
+      execve(argv[0], const_cast<char* const*>(argv), envp.data());
+      _exit(127);
+    }
+    close(log_fd);
+  }
+
+  ~ChildServer() { terminate(); }
+
+  std::string address() const { return "unix:" + socket_; }
+  const std::string& token() const { return token_; }
+
+  bool alive() {
+    if (pid_ <= 0) return false;
+    int status = 0;
+    if (waitpid(pid_, &status, WNOHANG) == pid_) {
+      pid_ = -1;
+      return false;
+    }
+    return true;
+  }
+
+  std::string log_tail() const { return tail_of(log_); }
+
+  void terminate() {
+    if (pid_ > 0) {
+      kill(pid_, SIGTERM);
+      for (int i = 0; i < 100 && alive(); ++i) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(50));
+      }
+      if (pid_ > 0) {
+        kill(pid_, SIGKILL);
+        waitpid(pid_, nullptr, 0);
+        pid_ = -1;
+      }
+    }
+    if (!dir_.empty()) {
+      unlink(socket_.c_str());
+      unlink(log_.c_str());
+      rmdir(dir_.c_str());
+      dir_.clear();
+    }
+  }
+
+ private:
+  pid_t pid_ = -1;
+  std::string dir_, socket_, log_, token_;
+};
+
+class LocalCudaSession final : public Session {
+ public:
+  LocalCudaSession() {
+    GrpcTarget target{server_.address(), server_.token()};
+    const std::string error =
+        wait_until_healthy(target, std::chrono::seconds(60), [this] { return server_.alive(); });
+    if (!error.empty()) {
+      const std::string log = server_.log_tail();
+      throw std::runtime_error("local-cuda: mycelya-server did not become healthy: " + error +
+                               (log.empty() ? "" : "\nserver log:\n" + log));
+    }
+    grpc_ = std::make_unique<GrpcSession>(target, std::chrono::seconds(10));
+  }
+
+  ~LocalCudaSession() override { stop(); }
+
+  std::vector<std::string> devices() const override { return grpc_->devices(); }
+  void submit(EncodedBatch batch) override { grpc_->submit(std::move(batch)); }
+  std::string request(const std::string& request, std::string* payload) override {
+    return grpc_->request(request, payload);
+  }
+
+  void stop() override {
+    if (grpc_) grpc_->stop();
+    server_.terminate();
+  }
+
+ private:
+  ChildServer server_;
+  std::unique_ptr<GrpcSession> grpc_;
+};
+
+class LocalCudaProvider final : public Provider {
+ public:
+  std::string name() const override { return "local-cuda"; }
+
+  std::unique_ptr<Session> start(const MachineSpec&) override {
+    // The GPU type is whatever this host has; the spec's type only names it.
+    return std::make_unique<LocalCudaSession>();
+  }
+};
+
+}  // namespace
+}  // namespace mycelya
+
+extern "C" {
+__attribute__((visibility("default"))) int mycelya_provider_abi_version() {
+  return mycelya::kProviderAbiVersion;
+}
+__attribute__((visibility("default"))) mycelya::Provider* mycelya_provider_create() {
+  return new mycelya::LocalCudaProvider();
+}
+}

@@ -1,0 +1,72 @@
+// SPDX-License-Identifier: AGPL-3.0-or-later
+//
+// The gRPC face of the executor (mycelya-server). Each Session stream gets an
+// Executor of its own, so clients never share storage IDs, and the executor
+// (with every storage it holds) is freed as soon as the stream ends, however
+// it ends: the client closing, the network failing, or the server shutting
+// down.
+//
+// Session protocol, in stream order (see the last section of mycelya.proto):
+//   server: ServerMessage{hello}
+//   client: ClientMessage{batch, payload_count=N}, then N payloads, each as
+//           consecutive ClientMessage{chunk} ending with chunk.last == true
+//   client: ClientMessage{request}
+//   server: ServerMessage{response, has_payload}, then, when has_payload, one
+//           payload as ServerMessage{chunk}s of at most kChunkBytes, the last
+//           one with last == true
+// Anything else ends the session with INVALID_ARGUMENT.
+#pragma once
+
+#include <grpcpp/grpcpp.h>
+
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+#include <string>
+
+#include "proto/mycelya.grpc.pb.h"
+#include "proto/mycelya.pb.h"
+#include "server/executor.h"
+
+namespace mycelya {
+
+// Payload bytes per ServerMessage chunk: well below gRPC's default 4 MiB
+// message limit, so a client with default settings can always read them.
+constexpr size_t kChunkBytes = 1 << 20;
+
+struct ServiceOptions {
+  // Clients must send "authorization: Bearer <token>". Empty: no check at all,
+  // which main() only allows on loopback and unix-socket addresses.
+  std::string token;
+  // Copied into every session's Executor: the devices and the memory limit
+  // apply to each session separately.
+  ExecutorOptions executor;
+};
+
+class MycelyaService final : public wire::Mycelya::Service {
+ public:
+  explicit MycelyaService(ServiceOptions options);
+
+  grpc::Status Session(
+      grpc::ServerContext* context,
+      grpc::ServerReaderWriter<wire::ServerMessage, wire::ClientMessage>* stream) override;
+
+  grpc::Status Health(grpc::ServerContext* context, const wire::HealthRequest* request,
+                      wire::HealthResponse* response) override;
+
+  // Sessions that passed authentication and have not ended yet.
+  int open_sessions() const { return open_sessions_.load(); }
+
+ private:
+  grpc::Status authenticate(const grpc::ServerContext& context) const;
+
+  const ServiceOptions options_;
+  std::atomic<int> open_sessions_{0};
+  std::atomic<uint64_t> next_session_id_{1};  // tells sessions apart in the log
+};
+
+// True for addresses only this machine can reach: "unix:..." sockets and TCP on
+// 127.0.0.0/8, localhost or [::1]. Everything else needs a token.
+bool is_local_address(const std::string& address);
+
+}  // namespace mycelya

@@ -1,0 +1,723 @@
+// SPDX-License-Identifier: AGPL-3.0-or-later
+//
+// MycelyaService tests: a real gRPC server in this process, on a unix socket,
+// talked to through a generated stub exactly as a remote client would. The
+// last tests start the mycelya-server binary itself.
+#include "server/service.h"
+
+#include <fcntl.h>
+#include <gtest/gtest.h>
+#include <poll.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <memory>
+#include <optional>
+#include <string>
+#include <thread>
+#include <utility>
+#include <vector>
+
+#include "proto/mycelya.grpc.pb.h"
+#include "proto/mycelya.pb.h"
+
+extern char** environ;
+
+namespace mycelya {
+namespace {
+
+constexpr char kToken[] = "s3cret-token";
+constexpr uint64_t kMiB = 1ull << 20;
+constexpr int32_t kByte = static_cast<int32_t>(c10::ScalarType::Byte);
+
+std::string bearer(const std::string& token) { return "Bearer " + token; }
+
+// A unique socket path. sun_path holds 108 bytes and Bazel's TEST_TMPDIR can
+// be deeper than that, so a long one falls back to /tmp.
+std::string socket_path() {
+  static std::atomic<int> counter{0};
+  const std::string name =
+      "/mycelya-" + std::to_string(getpid()) + "-" + std::to_string(counter++) + ".sock";
+  const char* tmp = std::getenv("TEST_TMPDIR");
+  std::string path = std::string(tmp ? tmp : "/tmp") + name;
+  if (path.size() >= 100) path = "/tmp" + name;
+  unlink(path.c_str());
+  return path;
+}
+
+// The contiguous bytes of a whole 1-D uint8 storage.
+wire::TensorRef byte_ref(uint64_t storage_id, uint64_t nbytes) {
+  wire::TensorRef ref;
+  ref.set_storage_id(storage_id);
+  ref.set_storage_nbytes(nbytes);
+  ref.add_sizes(static_cast<int64_t>(nbytes));
+  ref.add_strides(1);
+  ref.set_dtype(kByte);
+  ref.set_device(0);
+  return ref;
+}
+
+wire::TensorRef float_ref(uint64_t storage_id, int64_t rows, int64_t cols) {
+  wire::TensorRef ref;
+  ref.set_storage_id(storage_id);
+  ref.set_storage_nbytes(static_cast<uint64_t>(rows * cols) * sizeof(float));
+  ref.add_sizes(rows);
+  ref.add_sizes(cols);
+  ref.add_strides(cols);
+  ref.add_strides(1);
+  ref.set_dtype(static_cast<int32_t>(c10::ScalarType::Float));
+  return ref;
+}
+
+std::string pattern(size_t n, unsigned seed) {
+  std::string bytes(n, '\0');
+  for (size_t i = 0; i < n; ++i) bytes[i] = static_cast<char>((i * 131 + seed * 17 + 7) & 0xff);
+  return bytes;
+}
+
+// Splits `bytes` into chunks of `size` (one empty chunk for no bytes).
+std::vector<std::string> split(const std::string& bytes, size_t size) {
+  std::vector<std::string> chunks;
+  for (size_t offset = 0; offset < bytes.size(); offset += size) {
+    chunks.push_back(bytes.substr(offset, size));
+  }
+  if (chunks.empty()) chunks.emplace_back();
+  return chunks;
+}
+
+wire::Batch upload_batch(const std::vector<wire::TensorRef>& targets) {
+  wire::Batch batch;
+  batch.set_version(wire::PROTOCOL_VERSION_CURRENT);
+  batch.set_sequence(1);
+  for (size_t i = 0; i < targets.size(); ++i) {
+    auto* upload = batch.add_commands()->mutable_upload();
+    *upload->mutable_target() = targets[i];
+    upload->set_payload_index(static_cast<uint32_t>(i));
+  }
+  return batch;
+}
+
+wire::ClientMessage chunk_message(const std::string& data, bool last) {
+  wire::ClientMessage message;
+  message.mutable_chunk()->set_data(data);
+  message.mutable_chunk()->set_last(last);
+  return message;
+}
+
+// One Session stream, as the client drives it.
+class SessionClient {
+ public:
+  SessionClient(wire::Mycelya::Stub* stub, const std::optional<std::string>& authorization) {
+    if (authorization) context_.AddMetadata("authorization", *authorization);
+    stream_ = stub->Session(&context_);
+  }
+
+  // Reads the first message, which must be the Hello.
+  wire::Hello hello() {
+    wire::ServerMessage message;
+    EXPECT_TRUE(stream_->Read(&message));
+    EXPECT_TRUE(message.has_hello()) << message.DebugString();
+    return message.hello();
+  }
+
+  bool write(const wire::ClientMessage& message) { return stream_->Write(message); }
+
+  // Sends a batch and its payloads, each split into the given chunks.
+  void batch(const wire::Batch& batch, const std::vector<std::vector<std::string>>& payloads) {
+    wire::ClientMessage message;
+    ASSERT_TRUE(batch.SerializeToString(message.mutable_batch()));
+    message.set_payload_count(static_cast<uint32_t>(payloads.size()));
+    ASSERT_TRUE(write(message));
+    for (const auto& chunks : payloads) {
+      for (size_t i = 0; i < chunks.size(); ++i) {
+        ASSERT_TRUE(write(chunk_message(chunks[i], i + 1 == chunks.size())));
+      }
+    }
+  }
+
+  // Sends a request and reads its response, and its payload when one follows.
+  wire::Response request(const wire::Request& request, std::string* payload = nullptr,
+                         bool* has_payload = nullptr) {
+    wire::ClientMessage message;
+    EXPECT_TRUE(request.SerializeToString(message.mutable_request()));
+    EXPECT_TRUE(write(message));
+    wire::ServerMessage reply;
+    EXPECT_TRUE(stream_->Read(&reply));
+    EXPECT_EQ(reply.kind_case(), wire::ServerMessage::kResponse) << reply.DebugString();
+    wire::Response response;
+    EXPECT_TRUE(response.ParseFromString(reply.response()));
+    if (has_payload) *has_payload = reply.has_payload();
+    chunk_sizes.clear();
+    if (reply.has_payload()) {
+      std::string bytes;
+      while (true) {
+        wire::ServerMessage chunk;
+        if (!stream_->Read(&chunk)) {
+          ADD_FAILURE() << "the stream ended inside a payload";
+          break;
+        }
+        EXPECT_TRUE(chunk.has_chunk()) << chunk.DebugString();
+        chunk_sizes.push_back(chunk.chunk().data().size());
+        bytes += chunk.chunk().data();
+        if (chunk.chunk().last()) break;
+      }
+      if (payload) *payload = std::move(bytes);
+    }
+    return response;
+  }
+
+  wire::Response sync() {
+    wire::Request request;
+    request.set_version(wire::PROTOCOL_VERSION_CURRENT);
+    request.set_sequence(++sequence_);
+    request.mutable_sync();
+    bool has_payload = true;
+    wire::Response response = this->request(request, nullptr, &has_payload);
+    EXPECT_FALSE(has_payload);
+    return response;
+  }
+
+  // Downloads `ref`; expects no error of any kind.
+  std::string download(const wire::TensorRef& ref) {
+    wire::Request request;
+    request.set_version(wire::PROTOCOL_VERSION_CURRENT);
+    request.set_sequence(++sequence_);
+    *request.mutable_download()->mutable_source() = ref;
+    std::string payload;
+    bool has_payload = false;
+    wire::Response response = this->request(request, &payload, &has_payload);
+    EXPECT_TRUE(has_payload);
+    EXPECT_EQ(response.sequence(), sequence_);
+    EXPECT_FALSE(response.has_error()) << response.error().message();
+    EXPECT_FALSE(response.has_pending_error()) << response.pending_error().message();
+    return payload;
+  }
+
+  // Waits for the server to end the stream (after an error or a refusal).
+  grpc::Status ended_by_server() {
+    wire::ServerMessage message;
+    while (stream_->Read(&message)) {
+    }
+    return stream_->Finish();
+  }
+
+  // Closes the stream from this side, as a client does when it is done.
+  grpc::Status close() {
+    stream_->WritesDone();
+    return ended_by_server();
+  }
+
+  std::vector<size_t> chunk_sizes;  // of the last response payload
+
+ private:
+  grpc::ClientContext context_;
+  std::unique_ptr<grpc::ClientReaderWriter<wire::ClientMessage, wire::ServerMessage>> stream_;
+  uint64_t sequence_ = 0;
+};
+
+class ServiceTest : public ::testing::Test {
+ protected:
+  void SetUp() override { start(kToken); }
+
+  void TearDown() override {
+    if (server_) server_->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(1));
+  }
+
+  void start(const std::string& token) {
+    if (server_) server_->Shutdown();
+    ServiceOptions options;
+    options.token = token;
+    // Two CPU slots named like a GPU machine's, as the mock provider does:
+    // the names must reach the client unchanged.
+    options.executor.devices = {c10::Device(c10::kCPU), c10::Device(c10::kCPU)};
+    options.executor.device_names = {"cuda:0", "cpu"};
+    options.executor.memory_limit_bytes = 256 * kMiB;
+    service_ = std::make_unique<MycelyaService>(options);
+    const std::string address = "unix:" + socket_path();
+    grpc::ServerBuilder builder;
+    builder.AddListeningPort(address, grpc::InsecureServerCredentials());
+    builder.RegisterService(service_.get());
+    server_ = builder.BuildAndStart();
+    ASSERT_NE(server_, nullptr) << "cannot listen on " << address;
+    stub_ =
+        wire::Mycelya::NewStub(grpc::CreateChannel(address, grpc::InsecureChannelCredentials()));
+  }
+
+  std::unique_ptr<SessionClient> session(
+      const std::optional<std::string>& authorization = bearer(kToken)) {
+    return std::make_unique<SessionClient>(stub_.get(), authorization);
+  }
+
+  grpc::Status health(wire::HealthResponse* response,
+                      const std::optional<std::string>& authorization = bearer(kToken)) {
+    grpc::ClientContext context;
+    if (authorization) context.AddMetadata("authorization", *authorization);
+    return stub_->Health(&context, wire::HealthRequest(), response);
+  }
+
+  uint32_t open_sessions() {
+    wire::HealthResponse response;
+    EXPECT_TRUE(health(&response).ok());
+    return response.sessions();
+  }
+
+  std::unique_ptr<MycelyaService> service_;
+  std::unique_ptr<grpc::Server> server_;
+  std::unique_ptr<wire::Mycelya::Stub> stub_;
+};
+
+TEST_F(ServiceTest, SessionWithoutATokenIsUnauthenticated) {
+  grpc::Status status = session(std::nullopt)->ended_by_server();
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::UNAUTHENTICATED);
+  EXPECT_NE(status.error_message().find("Bearer"), std::string::npos) << status.error_message();
+  EXPECT_EQ(open_sessions(), 0u);
+}
+
+TEST_F(ServiceTest, SessionWithTheWrongTokenIsUnauthenticated) {
+  for (const std::string& authorization :
+       {bearer("wrong"), bearer(std::string(kToken) + "x"), std::string(kToken), bearer("")}) {
+    EXPECT_EQ(session(authorization)->ended_by_server().error_code(),
+              grpc::StatusCode::UNAUTHENTICATED)
+        << authorization;
+  }
+}
+
+TEST_F(ServiceTest, HealthWithoutOrWithTheWrongTokenIsUnauthenticated) {
+  wire::HealthResponse response;
+  EXPECT_EQ(health(&response, std::nullopt).error_code(), grpc::StatusCode::UNAUTHENTICATED);
+  EXPECT_EQ(health(&response, bearer("wrong")).error_code(), grpc::StatusCode::UNAUTHENTICATED);
+  EXPECT_EQ(health(&response, std::string(kToken)).error_code(), grpc::StatusCode::UNAUTHENTICATED);
+}
+
+TEST_F(ServiceTest, WithoutAServerTokenNoneIsNeeded) {
+  start("");
+  wire::HealthResponse response;
+  EXPECT_TRUE(health(&response, std::nullopt).ok());
+  auto client = session(std::nullopt);
+  EXPECT_EQ(client->hello().devices_size(), 2);
+  EXPECT_TRUE(client->close().ok());
+}
+
+TEST_F(ServiceTest, FirstMessageIsHelloWithTheDevices) {
+  auto client = session();
+  const wire::Hello hello = client->hello();
+  EXPECT_EQ(hello.version(), static_cast<uint32_t>(wire::PROTOCOL_VERSION_CURRENT));
+  ASSERT_EQ(hello.devices_size(), 2);
+  EXPECT_EQ(hello.devices(0), "cuda:0");
+  EXPECT_EQ(hello.devices(1), "cpu");
+  EXPECT_TRUE(client->close().ok());
+}
+
+TEST_F(ServiceTest, LargeUploadInChunksDownloadsTheSameBytesInChunks) {
+  const uint64_t nbytes = 9 * kMiB;
+  const std::string bytes = pattern(nbytes, 1);
+  auto client = session();
+  client->hello();
+  client->batch(upload_batch({byte_ref(1, nbytes)}), {split(bytes, kMiB)});
+
+  const std::string downloaded = client->download(byte_ref(1, nbytes));
+  EXPECT_EQ(downloaded.size(), bytes.size());
+  EXPECT_TRUE(downloaded == bytes);
+  EXPECT_EQ(client->chunk_sizes.size(), 9u);
+  for (size_t size : client->chunk_sizes) EXPECT_LE(size, kChunkBytes);
+  EXPECT_TRUE(client->close().ok());
+}
+
+TEST_F(ServiceTest, BatchWithSeveralPayloadsOfUnevenChunks) {
+  const std::string first = pattern(3000, 2);
+  const std::string second = pattern(17, 3);
+  auto client = session();
+  client->hello();
+  client->batch(
+      upload_batch({byte_ref(2, first.size()), byte_ref(3, second.size()), byte_ref(4, 0)}),
+      {{first.substr(0, 1000), first.substr(1000, 1500), first.substr(2500)}, {second}, {""}});
+  EXPECT_FALSE(client->sync().has_pending_error());
+  EXPECT_TRUE(client->download(byte_ref(2, first.size())) == first);
+  EXPECT_TRUE(client->download(byte_ref(3, second.size())) == second);
+  // An empty payload is still one (empty) chunk marked last.
+  EXPECT_EQ(client->download(byte_ref(4, 0)), "");
+  EXPECT_EQ(client->chunk_sizes, std::vector<size_t>{0});
+  EXPECT_TRUE(client->close().ok());
+}
+
+TEST_F(ServiceTest, ConcurrentSessionsDoNotShareStorages) {
+  const uint64_t nbytes = 4096;
+  const std::string mine = pattern(nbytes, 4);
+  auto a = session();
+  auto b = session();
+  a->hello();
+  b->hello();
+  // B's storage 5 exists (uninitialized) before the pattern was ever sent, so
+  // its bytes cannot be the pattern left behind in freed memory.
+  const std::string before = b->download(byte_ref(5, nbytes));
+
+  a->batch(upload_batch({byte_ref(5, nbytes)}), {{mine}});
+  EXPECT_TRUE(a->download(byte_ref(5, nbytes)) == mine);
+
+  const std::string seen_by_b = b->download(byte_ref(5, nbytes));
+  EXPECT_TRUE(seen_by_b != mine);
+  EXPECT_TRUE(seen_by_b == before);
+
+  // And the other way round: B writing its storage 5 leaves A's alone.
+  b->batch(upload_batch({byte_ref(5, nbytes)}), {{pattern(nbytes, 5)}});
+  EXPECT_TRUE(b->download(byte_ref(5, nbytes)) == pattern(nbytes, 5));
+  EXPECT_TRUE(a->download(byte_ref(5, nbytes)) == mine);
+  EXPECT_TRUE(a->close().ok());
+  EXPECT_TRUE(b->close().ok());
+}
+
+TEST_F(ServiceTest, OpErrorIsThePendingErrorOfTheNextResponse) {
+  auto client = session();
+  client->hello();
+  wire::Batch batch;
+  batch.set_version(wire::PROTOCOL_VERSION_CURRENT);
+  auto* op = batch.add_commands()->mutable_op();
+  op->set_op_id(1);
+  op->set_op_name("aten::mm");
+  *op->add_args()->mutable_tensor() = float_ref(1, 2, 3);
+  *op->add_args()->mutable_tensor() = float_ref(2, 4, 5);
+  *op->add_outputs() = float_ref(3, 2, 5);
+  client->batch(batch, {});
+
+  const wire::Response first = client->sync();
+  ASSERT_TRUE(first.has_pending_error());
+  EXPECT_EQ(first.pending_error().op_name(), "aten::mm");
+  EXPECT_FALSE(first.pending_error().message().empty());
+  EXPECT_FALSE(first.has_error());
+  EXPECT_FALSE(client->sync().has_pending_error());
+  EXPECT_TRUE(client->close().ok());
+}
+
+TEST_F(ServiceTest, FailedDownloadStillSendsAnEmptyPayload) {
+  auto client = session();
+  client->hello();
+  wire::Request request;
+  request.set_version(wire::PROTOCOL_VERSION_CURRENT);
+  *request.mutable_download()->mutable_source() = byte_ref(1, 16);
+  request.mutable_download()->mutable_source()->set_device(7);  // no such slot
+  std::string payload = "untouched";
+  bool has_payload = false;
+  const wire::Response response = client->request(request, &payload, &has_payload);
+  EXPECT_TRUE(response.has_error());
+  EXPECT_TRUE(has_payload);
+  EXPECT_EQ(payload, "");
+  EXPECT_TRUE(client->close().ok());
+}
+
+TEST_F(ServiceTest, HealthCountsOpenSessions) {
+  wire::HealthResponse response;
+  ASSERT_TRUE(health(&response).ok());
+  EXPECT_TRUE(response.serving());
+  ASSERT_EQ(response.devices_size(), 2);
+  EXPECT_EQ(response.devices(0), "cuda:0");
+  EXPECT_EQ(response.devices(1), "cpu");
+  EXPECT_EQ(response.sessions(), 0u);
+
+  auto a = session();
+  a->hello();
+  EXPECT_EQ(open_sessions(), 1u);
+  auto b = session();
+  b->hello();
+  EXPECT_EQ(open_sessions(), 2u);
+  EXPECT_EQ(service_->open_sessions(), 2);
+  // The status reaches the client only after the session (and its executor)
+  // is gone, so the count has dropped by then.
+  EXPECT_TRUE(a->close().ok());
+  EXPECT_EQ(open_sessions(), 1u);
+  EXPECT_TRUE(b->close().ok());
+  EXPECT_EQ(open_sessions(), 0u);
+}
+
+TEST_F(ServiceTest, ChunkWithoutABatchIsInvalidArgument) {
+  auto client = session();
+  client->hello();
+  client->write(chunk_message("stray", true));
+  grpc::Status status = client->ended_by_server();
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_NE(status.error_message().find("outside a batch"), std::string::npos)
+      << status.error_message();
+  EXPECT_EQ(open_sessions(), 0u);
+}
+
+TEST_F(ServiceTest, ChunkBeyondTheBatchPayloadCountIsInvalidArgument) {
+  auto client = session();
+  client->hello();
+  client->batch(upload_batch({byte_ref(1, 4)}), {{"ab", "cd"}});
+  client->write(chunk_message("extra", true));
+  EXPECT_EQ(client->ended_by_server().error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+}
+
+TEST_F(ServiceTest, RequestInsideABatchsPayloadsIsInvalidArgument) {
+  auto client = session();
+  client->hello();
+  wire::ClientMessage batch;
+  batch.set_batch("");
+  batch.set_payload_count(2);
+  client->write(batch);
+  client->write(chunk_message("x", true));
+  wire::ClientMessage request;
+  request.set_request("");
+  client->write(request);
+  grpc::Status status = client->ended_by_server();
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_NE(status.error_message().find("payload 2 of 2"), std::string::npos)
+      << status.error_message();
+}
+
+TEST_F(ServiceTest, EmptyMessageIsInvalidArgument) {
+  auto client = session();
+  client->hello();
+  client->write(wire::ClientMessage());
+  EXPECT_EQ(client->ended_by_server().error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+}
+
+TEST_F(ServiceTest, PayloadCountOnARequestIsInvalidArgument) {
+  auto client = session();
+  client->hello();
+  wire::ClientMessage request;
+  request.set_request("");
+  request.set_payload_count(1);
+  client->write(request);
+  EXPECT_EQ(client->ended_by_server().error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+}
+
+TEST_F(ServiceTest, ClosingInsideAPayloadIsInvalidArgument) {
+  auto client = session();
+  client->hello();
+  wire::ClientMessage batch;
+  batch.set_batch("");
+  batch.set_payload_count(1);
+  client->write(batch);
+  client->write(chunk_message("not last", false));
+  EXPECT_EQ(client->close().error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+}
+
+TEST(LocalAddressTest, LoopbackAndUnixSocketsAreLocal) {
+  for (const char* address : {"127.0.0.1:0", "127.1.2.3:50051", "localhost:80", "[::1]:9000",
+                              "unix:/tmp/mycelya.sock", "unix-abstract:mycelya"}) {
+    EXPECT_TRUE(is_local_address(address)) << address;
+  }
+  for (const char* address : {"0.0.0.0:0", "[::]:0", "10.0.0.7:50051", "example.com:443",
+                              "128.0.0.1:1", "[::2]:1", "localhost.example.com:1"}) {
+    EXPECT_FALSE(is_local_address(address)) << address;
+  }
+}
+
+// ---------------------------------------------------------------------------
+// The binary, end to end.
+
+class ServerProcess {
+ public:
+  // Starts mycelya-server with `args`; `env` replaces MYCELYA_TOKEN and friends.
+  ServerProcess(const std::vector<std::string>& args, const std::vector<std::string>& env,
+                const std::string& program = binary()) {
+    int out[2];
+    if (pipe2(out, O_CLOEXEC) != 0) return;
+    std::vector<std::string> argv_strings = {program};
+    argv_strings.insert(argv_strings.end(), args.begin(), args.end());
+    std::vector<char*> argv;
+    for (auto& arg : argv_strings) argv.push_back(arg.data());
+    argv.push_back(nullptr);
+    std::vector<std::string> env_strings;
+    for (char** e = environ; *e; ++e) {
+      if (std::strncmp(*e, "MYCELYA_TOKEN=", 14) != 0) env_strings.emplace_back(*e);
+    }
+    env_strings.insert(env_strings.end(), env.begin(), env.end());
+    std::vector<char*> envp;
+    for (auto& e : env_strings) envp.push_back(e.data());
+    envp.push_back(nullptr);
+
+    posix_spawn_file_actions_t actions;
+    posix_spawn_file_actions_init(&actions);
+    posix_spawn_file_actions_adddup2(&actions, out[1], STDOUT_FILENO);
+    if (posix_spawn(&pid_, argv[0], &actions, nullptr, argv.data(), envp.data()) != 0) pid_ = -1;
+    posix_spawn_file_actions_destroy(&actions);
+    close(out[1]);
+    stdout_ = out[0];
+  }
+
+  ~ServerProcess() {
+    if (pid_ > 0 && !exited_) {
+      kill(pid_, SIGKILL);
+      waitpid(pid_, nullptr, 0);
+    }
+    if (stdout_ >= 0) close(stdout_);
+  }
+
+  static std::string binary() {
+    const char* srcdir = std::getenv("TEST_SRCDIR");
+    const char* workspace = std::getenv("TEST_WORKSPACE");
+    if (!srcdir || !workspace) return "";
+    return std::string(srcdir) + "/" + workspace + "/server/mycelya-server";
+  }
+
+  bool started() const { return pid_ > 0; }
+  pid_t pid() const { return pid_; }
+
+  // The next line of stdout; nullopt at end of file or after `timeout`.
+  std::optional<std::string> read_line(std::chrono::seconds timeout = std::chrono::seconds(60)) {
+    std::string line;
+    const auto deadline = std::chrono::steady_clock::now() + timeout;
+    while (true) {
+      const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+          deadline - std::chrono::steady_clock::now());
+      if (left.count() <= 0) return std::nullopt;
+      pollfd fd{stdout_, POLLIN, 0};
+      if (poll(&fd, 1, static_cast<int>(left.count())) <= 0) continue;
+      char c;
+      if (read(stdout_, &c, 1) != 1) return std::nullopt;
+      if (c == '\n') return line;
+      line += c;
+    }
+  }
+
+  // The exit code, or -1 for a signal, or nullopt if still running after `timeout`.
+  std::optional<int> wait(std::chrono::seconds timeout = std::chrono::seconds(30)) {
+    const auto deadline = std::chrono::steady_clock::now() + timeout;
+    while (std::chrono::steady_clock::now() < deadline) {
+      int status = 0;
+      if (waitpid(pid_, &status, WNOHANG) == pid_) {
+        exited_ = true;
+        return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+    return std::nullopt;
+  }
+
+ private:
+  pid_t pid_ = -1;
+  int stdout_ = -1;
+  bool exited_ = false;
+};
+
+class BinaryTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (ServerProcess::binary().empty()) GTEST_SKIP() << "needs bazel test's runfiles";
+  }
+
+  static std::string address_of(const std::optional<std::string>& line) {
+    const std::string prefix = "mycelya-server listening on ";
+    if (!line || line->rfind(prefix, 0) != 0) return "";
+    return line->substr(prefix.size());
+  }
+
+  static grpc::Status health(const std::string& address, const std::string& token,
+                             wire::HealthResponse* response) {
+    auto stub =
+        wire::Mycelya::NewStub(grpc::CreateChannel(address, grpc::InsecureChannelCredentials()));
+    grpc::ClientContext context;
+    context.AddMetadata("authorization", bearer(token));
+    context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
+    return stub->Health(&context, wire::HealthRequest(), response);
+  }
+};
+
+TEST_F(BinaryTest, PrintsThePickedPortServesAndStopsOnSigterm) {
+  ServerProcess server({"--listen", "127.0.0.1:0", "--devices=cpu"}, {"MYCELYA_TOKEN=e2e"});
+  ASSERT_TRUE(server.started());
+  const std::string address = address_of(server.read_line());
+  ASSERT_EQ(address.rfind("127.0.0.1:", 0), 0u) << address;
+  EXPECT_GT(std::stoi(address.substr(10)), 0);
+
+  wire::HealthResponse response;
+  ASSERT_TRUE(health(address, "e2e", &response).ok());
+  EXPECT_TRUE(response.serving());
+  ASSERT_EQ(response.devices_size(), 1);
+  EXPECT_EQ(response.devices(0), "cpu");
+  EXPECT_EQ(health(address, "wrong", &response).error_code(), grpc::StatusCode::UNAUTHENTICATED);
+
+  // An open session must not keep the server from stopping.
+  auto stub =
+      wire::Mycelya::NewStub(grpc::CreateChannel(address, grpc::InsecureChannelCredentials()));
+  SessionClient client(stub.get(), bearer("e2e"));
+  EXPECT_EQ(client.hello().devices(0), "cpu");
+  ASSERT_EQ(kill(server.pid(), SIGTERM), 0);
+  EXPECT_FALSE(client.ended_by_server().ok());
+  EXPECT_EQ(server.wait(), std::optional<int>(0));
+}
+
+TEST_F(BinaryTest, UnixSocketTokenFileAndSigint) {
+  const std::string path = socket_path();
+  const std::string token_file = path + ".token";
+  std::ofstream(token_file) << "  file-token \n";
+  ServerProcess server({"--listen=unix:" + path, "--token-file", token_file}, {});
+  ASSERT_TRUE(server.started());
+  const std::string address = address_of(server.read_line());
+  EXPECT_EQ(address, "unix:" + path);
+  wire::HealthResponse response;
+  EXPECT_TRUE(health(address, "file-token", &response).ok());
+  ASSERT_EQ(kill(server.pid(), SIGINT), 0);
+  EXPECT_EQ(server.wait(), std::optional<int>(0));
+}
+
+TEST_F(BinaryTest, TokenEnvNamesTheVariable) {
+  ServerProcess server({"--token-env", "OTHER_TOKEN"}, {"OTHER_TOKEN=from-env"});
+  const std::string address = address_of(server.read_line());
+  wire::HealthResponse response;
+  EXPECT_TRUE(health(address, "from-env", &response).ok());
+  kill(server.pid(), SIGTERM);
+  EXPECT_EQ(server.wait(), std::optional<int>(0));
+}
+
+TEST_F(BinaryTest, BadInvocationsExitWithTwo) {
+  const std::vector<std::vector<std::string>> invocations = {
+      {"--listen", "0.0.0.0:0"},  // reachable from elsewhere, no token
+      {"--no-such-flag"},
+      {"--devices", "cuda:99"},
+      {"--devices", "tpu"},
+      {"--token-env", "SURELY_UNSET_VARIABLE"},
+      {"--max-message-bytes", "12abc"},
+      {"--listen"},
+  };
+  for (const auto& args : invocations) {
+    ServerProcess server(args, {});
+    ASSERT_TRUE(server.started());
+    EXPECT_EQ(server.read_line(), std::nullopt) << args[0];
+    EXPECT_EQ(server.wait(), std::optional<int>(2)) << args[0];
+  }
+}
+
+TEST_F(BinaryTest, HelpExitsWithZero) {
+  ServerProcess server({"--help"}, {});
+  const std::optional<std::string> first = server.read_line();
+  ASSERT_TRUE(first);
+  EXPECT_EQ(first->rfind("Usage: mycelya-server", 0), 0u) << *first;
+  EXPECT_EQ(server.wait(), std::optional<int>(0));
+}
+
+TEST_F(BinaryTest, ExitsWithItsParent) {
+  // A shell starts the server (which writes to the same stdout), says its pid,
+  // and waits; killing the shell then orphans the server.
+  const std::string command =
+      "'" + ServerProcess::binary() + "' --exit-with-parent & echo $!; wait";
+  ServerProcess shell({"-c", command}, {}, "/bin/sh");
+  ASSERT_TRUE(shell.started());
+  const std::optional<std::string> pid_line = shell.read_line();
+  ASSERT_TRUE(pid_line);
+  const pid_t server_pid = std::stoi(*pid_line);
+  EXPECT_NE(address_of(shell.read_line()), "");
+
+  ASSERT_EQ(kill(shell.pid(), SIGKILL), 0);
+  EXPECT_EQ(shell.wait(), std::optional<int>(-1));
+  // Stdout reaches end of file only once the server, its last writer, is gone.
+  std::optional<std::string> line;
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+  do {
+    line = shell.read_line(std::chrono::seconds(30));
+  } while (line && std::chrono::steady_clock::now() < deadline);
+  EXPECT_EQ(line, std::nullopt);
+  if (line) kill(server_pid, SIGKILL);  // do not leave it behind when the test fails
+}
+
+}  // namespace
+}  // namespace mycelya

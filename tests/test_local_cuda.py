@@ -1,0 +1,124 @@
+# SPDX-License-Identifier: AGPL-3.0-or-later
+"""local-cuda: a real mycelya-server child process, and what happens when it dies."""
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+import torch
+
+import mycelya_torch
+
+
+def _children_named(name, parent=None):
+    parent = os.getpid() if parent is None else parent
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as stat:
+                fields = stat.read().rsplit(")", 1)
+                comm = fields[0].split("(", 1)[1]
+                ppid = int(fields[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        if ppid == parent and comm == name[:15]:
+            pids.append(int(entry))
+    return pids
+
+
+def _alive(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _wait_until(condition, timeout):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.05)
+    return condition()
+
+
+def test_runs_ops_in_a_child_server_and_stops_it():
+    with mycelya_torch.RemoteMachine("local-cuda") as machine:
+        assert "cpu" in machine.devices()
+        servers = _children_named("mycelya-server")
+        assert len(servers) == 1
+        x = torch.randn(64, 32)
+        remote = x.to(machine.device("cpu"))
+        torch.testing.assert_close((remote @ remote.t()).relu().cpu(), (x @ x.t()).relu())
+    assert _wait_until(lambda: not _alive(servers[0]), 10)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this host has CUDA")
+def test_cuda_device_without_cuda_is_a_clear_error():
+    with mycelya_torch.RemoteMachine("local-cuda") as machine:
+        with pytest.raises(ValueError, match=r"no device cuda:0; it offers: cpu"):
+            machine.device("cuda")
+        assert machine.device().type == "mycelya"  # the default falls back to cpu
+
+
+def test_large_transfers_are_chunked_both_ways():
+    with mycelya_torch.RemoteMachine("local-cuda") as machine:
+        x = torch.randn(3 * 2**20)  # 12 MiB: several 1 MiB chunks, above gRPC's 4 MiB default
+        remote = x.to(machine.device())
+        torch.testing.assert_close(remote.cpu(), x)
+        torch.testing.assert_close(remote[::3].cpu(), x[::3])
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
+def test_server_death_is_a_clear_error_not_a_hang(sig):
+    machine = mycelya_torch.RemoteMachine("local-cuda")
+    device = machine.device()
+    x = torch.ones(8, device=device)
+    assert x.sum().item() == 8.0
+    (server,) = _children_named("mycelya-server")
+    os.kill(server, sig)
+    assert _wait_until(lambda: not _alive(server), 10)
+    start = time.monotonic()
+    with pytest.raises(RuntimeError, match="was lost"):
+        (x * 2).cpu()
+    with pytest.raises(RuntimeError, match="was lost"):
+        torch.ones(3, device=device).sum().item()
+    assert time.monotonic() - start < 30
+    machine.stop()
+    # other machines are unaffected
+    with mycelya_torch.RemoteMachine("local-cuda") as fresh:
+        assert torch.arange(4.0, device=fresh.device()).sum().item() == 6.0
+
+
+def test_no_orphan_server_when_the_client_process_dies_abruptly():
+    script = textwrap.dedent(
+        """
+        import os, signal, sys, torch, mycelya_torch
+        machine = mycelya_torch.RemoteMachine("local-cuda")
+        torch.ones(2, device=machine.device()).sum().item()
+        print(os.getpid(), flush=True)
+        sys.stdin.readline()
+        os.kill(os.getpid(), signal.SIGKILL)
+        """
+    )
+    child = subprocess.Popen(
+        [sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        client_pid = int(child.stdout.readline())
+        (server,) = _children_named("mycelya-server", parent=client_pid)
+        child.stdin.write("\n")
+        child.stdin.flush()
+        child.wait(timeout=30)
+        assert child.returncode == -signal.SIGKILL
+        assert _wait_until(lambda: not _alive(server), 10), "mycelya-server outlived its client"
+    finally:
+        if child.poll() is None:
+            child.kill()
