@@ -19,13 +19,16 @@ at::Tensor download(const at::Tensor& source) {
   DeviceEntry entry = device_entry(source);
   wire::Request request;
   encode_tensor_ref(source, entry.slot, request.mutable_download()->mutable_source());
-  std::string bytes;
-  entry.machine->request(std::move(request), &bytes);
-  at::Tensor host = at::empty(source.sizes(), source.options().device(c10::kCPU));
-  TORCH_CHECK(bytes.size() == host.nbytes(), "mycelya: download of ", source.sizes(), " returned ",
-              bytes.size(), " bytes, expected ", host.nbytes());
-  std::memcpy(host.data_ptr(), bytes.data(), bytes.size());
-  return host;
+  auto bytes = std::make_unique<std::string>();
+  entry.machine->request(std::move(request), bytes.get());
+  const size_t expected = static_cast<size_t>(source.numel()) * source.element_size();
+  TORCH_CHECK(bytes->size() == expected, "mycelya: download of ", source.sizes(), " returned ",
+              bytes->size(), " bytes, expected ", expected);
+  // The received bytes become the tensor's memory: no copy.
+  char* data = bytes->data();
+  return at::from_blob(
+      data, source.sizes(), [owner = bytes.release()](void*) { delete owner; },
+      source.options().device(c10::kCPU));
 }
 
 void upload(const at::Tensor& host, const at::Tensor& target) {

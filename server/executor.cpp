@@ -107,7 +107,30 @@ Executor::Executor(ExecutorOptions options) : options_(std::move(options)) {
   if (options_.memory_limit_bytes == 0) options_.memory_limit_bytes = default_memory_limit();
 }
 
+namespace {
+
+class PayloadsInMemory final : public PayloadSource {
+ public:
+  explicit PayloadsInMemory(const std::vector<std::string>& payloads) : payloads_(payloads) {}
+  void read(uint32_t index, char* dst, size_t size) override {
+    TORCH_CHECK(index < payloads_.size(), "upload names a missing payload");
+    TORCH_CHECK(payloads_[index].size() == size, "upload of ", size, " bytes carries ",
+                payloads_[index].size(), " bytes");
+    std::memcpy(dst, payloads_[index].data(), size);
+  }
+
+ private:
+  const std::vector<std::string>& payloads_;
+};
+
+}  // namespace
+
 void Executor::run_batch(const std::string& encoded, const std::vector<std::string>& payloads) {
+  PayloadsInMemory source(payloads);
+  run_batch(encoded, source);
+}
+
+void Executor::run_batch(const std::string& encoded, PayloadSource& payloads) {
   wire::Batch batch;
   if (!batch.ParseFromString(encoded)) {
     if (!pending_error_) {
@@ -119,7 +142,7 @@ void Executor::run_batch(const std::string& encoded, const std::vector<std::stri
   for (const auto& command : batch.commands()) run_command(command, payloads);
 }
 
-void Executor::run_command(const wire::Command& command, const std::vector<std::string>& payloads) {
+void Executor::run_command(const wire::Command& command, PayloadSource& payloads) {
   try {
     switch (command.kind_case()) {
       case wire::Command::kOp:
@@ -444,19 +467,20 @@ void Executor::seed(uint64_t seed) {
   }
 }
 
-void Executor::upload(const wire::Upload& upload, const std::vector<std::string>& payloads) {
-  TORCH_CHECK(upload.payload_index() < payloads.size(), "upload names a missing payload");
-  const std::string& bytes = payloads[upload.payload_index()];
+void Executor::upload(const wire::Upload& upload, PayloadSource& payloads) {
+  // A target that fails here leaves its payload unread; the source skips it.
   at::Tensor target = tensor_for(upload.target());
-  at::Tensor source = at::from_blob(const_cast<char*>(bytes.data()), target.sizes(),
-                                    at::TensorOptions().dtype(target.scalar_type()));
-  TORCH_CHECK(static_cast<size_t>(source.nbytes()) == bytes.size(), "upload of ", target.sizes(),
-              " carries ", bytes.size(), " bytes, expected ", source.nbytes());
-  target.copy_(source);
-  // A storage written whole from the client is valid again.
-  if (static_cast<uint64_t>(source.nbytes()) == target.storage().nbytes()) {
-    poison_.erase(upload.target().storage_id());
+  const size_t nbytes = static_cast<size_t>(target.numel()) * target.element_size();
+  if (target.is_cpu() && target.is_contiguous()) {
+    // The bytes land in the storage itself.
+    payloads.read(upload.payload_index(), static_cast<char*>(target.data_ptr()), nbytes);
+  } else {
+    at::Tensor staging = at::empty(target.sizes(), at::TensorOptions().dtype(target.scalar_type()));
+    payloads.read(upload.payload_index(), static_cast<char*>(staging.data_ptr()), nbytes);
+    target.copy_(staging);
   }
+  // A storage written whole from the client is valid again.
+  if (nbytes == target.storage().nbytes()) poison_.erase(upload.target().storage_id());
 }
 
 void Executor::resize(const wire::ResizeStorage& resize) {
@@ -481,13 +505,20 @@ void Executor::resize(const wire::ResizeStorage& resize) {
   keep(resize.storage_id(), std::move(grown));
 }
 
-void Executor::download(const wire::TensorRef& ref, std::string* payload) {
+void Executor::download(const wire::TensorRef& ref, Payload* payload) {
   check_not_poisoned(ref.storage_id());
-  at::Tensor host = tensor_for(ref).contiguous().cpu();
-  payload->assign(static_cast<const char*>(host.const_data_ptr()), host.nbytes());
+  // A contiguous CPU view is sent as it is; the tensor keeps its storage alive.
+  payload->bytes = tensor_for(ref).contiguous().cpu();
 }
 
 std::string Executor::handle_request(const std::string& encoded, std::string* payload) {
+  Payload bytes;
+  std::string response = handle_request(encoded, &bytes);
+  payload->assign(bytes.data(), bytes.size());
+  return response;
+}
+
+std::string Executor::handle_request(const std::string& encoded, Payload* payload) {
   wire::Request request;
   wire::Response response;
   response.set_version(wire::PROTOCOL_VERSION_CURRENT);

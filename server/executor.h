@@ -31,6 +31,28 @@ struct ExecutorOptions {
   uint64_t memory_limit_bytes = 0;
 };
 
+// A response's bulk bytes (a download), kept as the contiguous CPU tensor they
+// live in, so a transport can send them without copying them first.
+struct Payload {
+  at::Tensor bytes;  // undefined: no payload
+
+  const char* data() const {
+    return bytes.defined() ? static_cast<const char*>(bytes.const_data_ptr()) : nullptr;
+  }
+  size_t size() const { return bytes.defined() ? bytes.nbytes() : 0; }
+};
+
+// Where a batch's upload bytes come from. Each payload is read at most once,
+// in index order, straight into its destination (a network transport reads it
+// off the stream as the upload runs, so it is never assembled in between).
+class PayloadSource {
+ public:
+  virtual ~PayloadSource() = default;
+  // Reads payload `index`, which must hold exactly `size` bytes, into `dst`.
+  // Throws std::runtime_error when it is missing or has another size.
+  virtual void read(uint32_t index, char* dst, size_t size) = 0;
+};
+
 // Half of this machine's memory (or of its cgroup limit), unless
 // MYCELYA_MEMORY_LIMIT gives a number of bytes.
 uint64_t default_memory_limit();
@@ -42,23 +64,27 @@ class Executor {
   const ExecutorOptions& options() const { return options_; }
 
   // Runs an encoded Batch. Never throws: failures become the pending error.
+  void run_batch(const std::string& encoded, PayloadSource& payloads);
+  // The same, with the payloads in memory (mock, tests).
   void run_batch(const std::string& encoded, const std::vector<std::string>& payloads);
 
   // Answers an encoded Request with an encoded Response; a download's bytes go
   // to *payload.
+  std::string handle_request(const std::string& encoded, Payload* payload);
+  // The same, with the payload copied into a string.
   std::string handle_request(const std::string& encoded, std::string* payload);
 
   uint64_t bytes_in_use() const { return bytes_in_use_; }
   size_t storage_count() const { return storages_.size(); }
 
  private:
-  void run_command(const wire::Command& command, const std::vector<std::string>& payloads);
+  void run_command(const wire::Command& command, PayloadSource& payloads);
   // Runs one op; fills `outputs` with what it produced when `dynamic`.
   void run_op(const wire::OpRecord& record, bool dynamic, wire::Response* response);
-  void upload(const wire::Upload& upload, const std::vector<std::string>& payloads);
+  void upload(const wire::Upload& upload, PayloadSource& payloads);
   void resize(const wire::ResizeStorage& resize);
   void seed(uint64_t seed);
-  void download(const wire::TensorRef& ref, std::string* payload);
+  void download(const wire::TensorRef& ref, Payload* payload);
 
   const c10::OperatorHandle& op_for(const wire::OpRecord& record);
   c10::Device device_for(int slot) const;

@@ -370,9 +370,9 @@ int run(int argc, char** argv) {
   }
   const std::optional<uint64_t> max_message = parse_count(flags.max_message_bytes);
   // Below two chunks' worth, downloads could not be sent at all.
-  if (!max_message || *max_message < 2 * kChunkBytes || *max_message > INT_MAX) {
+  if (!max_message || *max_message < 2 * kPayloadChunkBytes || *max_message > INT_MAX) {
     usage_error("--max-message-bytes must be a number of bytes from " +
-                std::to_string(2 * kChunkBytes) + " to " + std::to_string(INT_MAX));
+                std::to_string(2 * kPayloadChunkBytes) + " to " + std::to_string(INT_MAX));
   }
   if (flags.memory_limit) {
     const std::optional<uint64_t> limit = parse_count(*flags.memory_limit);
@@ -405,6 +405,9 @@ int run(int argc, char** argv) {
   // flows) with pings every 10 s, where gRPC would answer them with GOAWAY.
   builder.AddChannelArgument(GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS, 10 * 1000);
   builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
+  // Bulk payloads: a deep receive window and big HTTP/2 frames (as the client).
+  builder.AddChannelArgument(GRPC_ARG_HTTP2_STREAM_LOOKAHEAD_BYTES, 64 << 20);
+  builder.AddChannelArgument(GRPC_ARG_HTTP2_MAX_FRAME_SIZE, (16 << 20) - 1);
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   if (!server || port == 0) {
     log("cannot listen on ", flags.listen, " (address in use, bad address or no permission)");

@@ -5,9 +5,11 @@
 #include <netinet/in.h>
 
 #include <algorithm>
+#include <cstring>
 #include <iostream>
 #include <mutex>
 #include <sstream>
+#include <stdexcept>
 #include <utility>
 #include <vector>
 
@@ -62,66 +64,90 @@ grpc::Status stream_broken() {
   return grpc::Status(grpc::StatusCode::CANCELLED, "the stream broke while the server wrote to it");
 }
 
-// Reads payload `index` (of `count`) of a batch: chunks up to the one marked last.
-grpc::Status read_payload(Stream* stream, uint32_t index, uint32_t count, std::string* payload) {
-  wire::ClientMessage message;
-  const std::string which =
-      "payload " + std::to_string(index + 1) + " of " + std::to_string(count) + " of a batch";
-  while (true) {
-    if (!stream->Read(&message)) return violation("the stream ended inside " + which);
-    if (!message.has_chunk()) {
-      return violation(std::string("expected a chunk of ") + which + ", got " + kind_name(message));
-    }
-    if (message.payload_count() != 0) return violation("payload_count is only valid with a batch");
-    wire::PayloadChunk* chunk = message.mutable_chunk();
-    // A single-chunk payload (the common case) is taken over, not copied.
-    if (payload->empty()) {
-      payload->swap(*chunk->mutable_data());
-    } else {
-      payload->append(chunk->data());
-    }
-    if (chunk->last()) return grpc::Status::OK;
-  }
-}
+// A batch's payloads, read off the stream while the batch runs, each straight
+// into the storage its upload writes. Payloads no upload asks for (say, one
+// whose target could not be created) are skipped, so the stream stays in step.
+class StreamPayloads final : public PayloadSource {
+ public:
+  StreamPayloads(Stream* stream, uint32_t count) : stream_(stream), count_(count) {}
 
-// Sends a response payload as chunks of at most kChunkBytes; an empty payload
+  void read(uint32_t index, char* dst, size_t size) override {
+    if (index < next_ || index >= count_) {
+      throw std::runtime_error("upload names payload " + std::to_string(index) + " of " +
+                               std::to_string(count_) + ", out of order or missing");
+    }
+    while (next_ < index) consume(/*keep=*/false, nullptr, 0);
+    if (!consume(/*keep=*/true, dst, size)) {
+      throw std::runtime_error("upload of " + std::to_string(size) +
+                               " bytes carries a payload of another size");
+    }
+  }
+
+  // Skips what the batch did not read; a broken or malformed stream ends the session.
+  grpc::Status finish() {
+    try {
+      while (status_.ok() && next_ < count_) consume(/*keep=*/false, nullptr, 0);
+    } catch (const std::exception&) {
+      // consume() has recorded the violation in status_.
+    }
+    return status_;
+  }
+
+ private:
+  // Reads payload next_ into dst, or discards it. Returns whether it had
+  // exactly `size` bytes; nothing is written to dst otherwise.
+  bool consume(bool keep, char* dst, size_t size) {
+    const std::string which =
+        "payload " + std::to_string(next_ + 1) + " of " + std::to_string(count_) + " of a batch";
+    ++next_;
+    wire::ClientMessage message;
+    bool fits = keep;
+    size_t offset = 0;
+    for (bool first = true;; first = false) {
+      if (!status_.ok()) throw std::runtime_error(status_.error_message());
+      if (!stream_->Read(&message)) {
+        status_ = violation("the stream ended inside " + which);
+      } else if (!message.has_chunk()) {
+        status_ =
+            violation(std::string("expected a chunk of ") + which + ", got " + kind_name(message));
+      } else if (message.payload_count() != 0) {
+        status_ = violation("payload_count is only valid with a batch");
+      }
+      if (!status_.ok()) throw std::runtime_error(status_.error_message());
+      const wire::PayloadChunk& chunk = message.chunk();
+      if (first) fits = fits && chunk.total_bytes() == size;
+      fits = fits && offset + chunk.data().size() <= size;
+      if (fits) std::memcpy(dst + offset, chunk.data().data(), chunk.data().size());
+      offset += chunk.data().size();
+      if (chunk.last()) return fits && offset == size;
+    }
+  }
+
+  Stream* stream_;
+  const uint32_t count_;
+  uint32_t next_ = 0;
+  grpc::Status status_;
+};
+
+// Sends a response payload as chunks of at most kPayloadChunkBytes; an empty payload
 // is still one chunk, so the client always waits for exactly one `last`.
-bool write_payload(Stream* stream, const std::string& payload) {
-  wire::ServerMessage message;
-  size_t offset = 0;
-  do {
-    const size_t n = std::min(kChunkBytes, payload.size() - offset);
-    wire::PayloadChunk* chunk = message.mutable_chunk();
-    chunk->mutable_data()->assign(payload, offset, n);
-    offset += n;
-    chunk->set_last(offset == payload.size());
-    if (!stream->Write(message)) return false;
-  } while (offset < payload.size());
-  return true;
+bool write_payload(Stream* stream, const Payload& payload) {
+  return write_payload_chunks<wire::ServerMessage>(
+      payload.data(), payload.size(),
+      [stream](const wire::ServerMessage& message) { return stream->Write(message); });
 }
 
 // The message loop of one session, after the hello.
 grpc::Status serve(Executor& executor, Stream* stream) {
   wire::ClientMessage message;
-  std::vector<std::string> payloads;
   while (stream->Read(&message)) {
     switch (message.kind_case()) {
       case wire::ClientMessage::kBatch: {
         const std::string batch = std::move(*message.mutable_batch());
-        const uint32_t count = message.payload_count();
-        // Not reserved up front: the count comes from the client, the
-        // payloads it promises may never arrive.
-        payloads.clear();
-        for (uint32_t i = 0; i < count; ++i) {
-          std::string payload;
-          grpc::Status status = read_payload(stream, i, count, &payload);
-          if (!status.ok()) return status;
-          payloads.push_back(std::move(payload));
-        }
+        StreamPayloads payloads(stream, message.payload_count());
         executor.run_batch(batch, payloads);
-        // Uploads can be large; do not hold them until the next batch.
-        payloads.clear();
-        payloads.shrink_to_fit();
+        grpc::Status status = payloads.finish();
+        if (!status.ok()) return status;
         break;
       }
       case wire::ClientMessage::kRequest: {
@@ -132,7 +158,7 @@ grpc::Status serve(Executor& executor, Stream* stream) {
         // payload follows, which a failed download must also send (empty).
         wire::Request request;
         const bool download = request.ParseFromString(message.request()) && request.has_download();
-        std::string payload;
+        Payload payload;
         wire::ServerMessage reply;
         reply.set_response(executor.handle_request(message.request(), &payload));
         reply.set_has_payload(download);

@@ -12,7 +12,7 @@
 //           consecutive ClientMessage{chunk} ending with chunk.last == true
 //   client: ClientMessage{request}
 //   server: ServerMessage{response, has_payload}, then, when has_payload, one
-//           payload as ServerMessage{chunk}s of at most kChunkBytes, the last
+//           payload as ServerMessage{chunk}s of at most kPayloadChunkBytes, the last
 //           one with last == true
 // Anything else ends the session with INVALID_ARGUMENT.
 #pragma once
@@ -26,13 +26,10 @@
 
 #include "proto/mycelya.grpc.pb.h"
 #include "proto/mycelya.pb.h"
+#include "proto/payload_chunks.h"
 #include "server/executor.h"
 
 namespace mycelya {
-
-// Payload bytes per ServerMessage chunk: well below gRPC's default 4 MiB
-// message limit, so a client with default settings can always read them.
-constexpr size_t kChunkBytes = 1 << 20;
 
 struct ServiceOptions {
   // Clients must send "authorization: Bearer <token>". Empty: no check at all,

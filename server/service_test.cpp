@@ -105,10 +105,12 @@ wire::Batch upload_batch(const std::vector<wire::TensorRef>& targets) {
   return batch;
 }
 
-wire::ClientMessage chunk_message(const std::string& data, bool last) {
+// A payload chunk; the first chunk of a payload carries the payload's total size.
+wire::ClientMessage chunk_message(const std::string& data, bool last, uint64_t total_bytes = 0) {
   wire::ClientMessage message;
   message.mutable_chunk()->set_data(data);
   message.mutable_chunk()->set_last(last);
+  message.mutable_chunk()->set_total_bytes(total_bytes);
   return message;
 }
 
@@ -138,7 +140,9 @@ class SessionClient {
     ASSERT_TRUE(write(message));
     for (const auto& chunks : payloads) {
       for (size_t i = 0; i < chunks.size(); ++i) {
-        ASSERT_TRUE(write(chunk_message(chunks[i], i + 1 == chunks.size())));
+        size_t total = 0;
+        for (const auto& c : chunks) total += c.size();
+        ASSERT_TRUE(write(chunk_message(chunks[i], i + 1 == chunks.size(), i == 0 ? total : 0)));
       }
     }
   }
@@ -326,8 +330,8 @@ TEST_F(ServiceTest, LargeUploadInChunksDownloadsTheSameBytesInChunks) {
   const std::string downloaded = client->download(byte_ref(1, nbytes));
   EXPECT_EQ(downloaded.size(), bytes.size());
   EXPECT_TRUE(downloaded == bytes);
-  EXPECT_EQ(client->chunk_sizes.size(), 9u);
-  for (size_t size : client->chunk_sizes) EXPECT_LE(size, kChunkBytes);
+  EXPECT_EQ(client->chunk_sizes.size(), (nbytes + kPayloadChunkBytes - 1) / kPayloadChunkBytes);
+  for (size_t size : client->chunk_sizes) EXPECT_LE(size, kPayloadChunkBytes);
   EXPECT_TRUE(client->close().ok());
 }
 

@@ -3,6 +3,8 @@
 
 #include <stdexcept>
 
+#include "proto/payload_chunks.h"
+
 namespace mycelya {
 namespace {
 
@@ -33,6 +35,10 @@ std::shared_ptr<grpc::Channel> make_channel(const GrpcTarget& target) {
   args.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS, 10000);
   args.SetInt(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 10000);
   args.SetInt(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
+  // Bulk payloads: a deep receive window and big HTTP/2 frames, so a transfer
+  // is not throttled by flow control round trips.
+  args.SetInt(GRPC_ARG_HTTP2_STREAM_LOOKAHEAD_BYTES, 64 << 20);
+  args.SetInt(GRPC_ARG_HTTP2_MAX_FRAME_SIZE, (16 << 20) - 1);
   return grpc::CreateCustomChannel(target.address, grpc::InsecureChannelCredentials(), args);
 }
 
@@ -94,8 +100,7 @@ void GrpcSession::reader_loop() {
     std::string payload;
     bool complete = !message.has_payload();
     while (!complete && stream_->Read(&message) && message.has_chunk()) {
-      payload += message.chunk().data();
-      complete = message.chunk().last();
+      complete = append_payload_chunk(message.mutable_chunk(), &payload);
     }
     if (!complete) break;
     std::lock_guard<std::mutex> lock(mu_);
@@ -120,16 +125,11 @@ void GrpcSession::write_locked(const wire::ClientMessage& message) {
 }
 
 void GrpcSession::write_payload_locked(const std::string& payload) {
-  wire::ClientMessage message;
-  size_t offset = 0;
-  do {
-    const size_t n = std::min(kChunkBytes, payload.size() - offset);
-    auto* chunk = message.mutable_chunk();
-    chunk->set_data(payload.data() + offset, n);
-    offset += n;
-    chunk->set_last(offset == payload.size());
-    write_locked(message);
-  } while (offset < payload.size());
+  write_payload_chunks<wire::ClientMessage>(payload.data(), payload.size(),
+                                            [this](const wire::ClientMessage& message) {
+                                              write_locked(message);
+                                              return true;
+                                            });
 }
 
 void GrpcSession::submit(EncodedBatch batch) {

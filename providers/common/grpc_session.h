@@ -26,8 +26,6 @@
 
 namespace mycelya {
 
-constexpr size_t kChunkBytes = 1 << 20;
-
 struct GrpcTarget {
   std::string address;  // "host:port" or "unix:/path"
   std::string token;    // sent as "authorization: Bearer <token>"
