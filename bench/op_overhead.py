@@ -1,10 +1,12 @@
 # SPDX-License-Identifier: AGPL-3.0-or-later
-"""Client-side cost of one small op on mock, against local eager PyTorch.
+"""Client-side cost of recording one small op, against local eager PyTorch.
 
-    bazel run //bench:op_overhead
+    bazel run //bench:op_overhead                         # local-cuda (a real server process)
+    bazel run //bench:op_overhead -- --provider mock
 Prints microseconds per op (median of several runs) and the ratio.
 """
 
+import argparse
 import statistics
 import time
 
@@ -25,14 +27,17 @@ def per_op_us(x, ops=2000, repeats=5):
 
 
 def main():
-    machine = mycelya_torch.RemoteMachine("mock")
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--provider", default="local-cuda")
+    args = parser.parse_args()
+    machine = mycelya_torch.RemoteMachine(args.provider)
     remote = torch.zeros(16, device=machine.device())
     local = torch.zeros(16)
     per_op_us(remote, ops=100)  # warm up (op interning, first allocations)
     remote_us, local_us = per_op_us(remote), per_op_us(local)
     machine.synchronize()
     print(
-        f"mock: {remote_us:.1f} us/op  local eager: {local_us:.1f} us/op  ratio: {remote_us / local_us:.1f}x"
+        f"{args.provider}: {remote_us:.1f} us/op  local eager: {local_us:.1f} us/op  ratio: {remote_us / local_us:.1f}x"
     )
     machine.stop()
 

@@ -8,6 +8,8 @@
 #include <string>
 #include <unordered_map>
 
+#include "core/logging.h"
+
 namespace mycelya {
 namespace {
 
@@ -107,16 +109,22 @@ class MetaMirror {
 // tensor data. Returns false for arguments that are not worth keying.
 class KeyWriter {
  public:
-  explicit KeyWriter(const std::vector<at::Tensor>& inputs) : inputs_(inputs) {}
+  // Floating-point scalars (alpha, lr, momentum...) change from call to call
+  // in optimizers, but only range-like ops derive shapes from them, so only
+  // those key their values.
+  KeyWriter(const std::vector<at::Tensor>& inputs, bool key_float_values)
+      : inputs_(inputs), key_float_values_(key_float_values) {}
 
   bool write(const c10::IValue& value) {
     if (value.isNone()) return tag('N');
     if (value.isTensor()) return write(value.toTensor());
     if (value.isBool()) return tag('b') && pod(value.toBool());
     if (value.isInt()) return tag('i') && pod(value.toInt());
-    if (value.isDouble()) return tag('d') && pod(value.toDouble());
+    if (value.isDouble()) return tag('d') && (!key_float_values_ || pod(value.toDouble()));
     if (value.isSymInt()) return tag('i') && pod(value.toSymInt().guard_int(__FILE__, __LINE__));
-    if (value.isComplexDouble()) return tag('c') && pod(value.toComplexDouble());
+    if (value.isComplexDouble()) {
+      return tag('c') && (!key_float_values_ || pod(value.toComplexDouble()));
+    }
     if (value.isString()) {
       const auto& s = value.toStringRef();
       return tag('s') && pod(s.size()) && (key_.append(s), true);
@@ -185,8 +193,15 @@ class KeyWriter {
   }
 
   const std::vector<at::Tensor>& inputs_;
+  const bool key_float_values_;
   std::string key_;
 };
+
+// arange, range, linspace, logspace: output sizes computed from float scalars.
+bool shape_depends_on_float_scalars(const c10::OperatorHandle& op) {
+  const std::string& name = op.operator_name().name;
+  return name.find("range") != std::string::npos || name.find("space") != std::string::npos;
+}
 
 constexpr size_t kMaxCachedPlans = 1 << 16;
 
@@ -207,7 +222,7 @@ std::shared_ptr<const OutputPlan> plan_outputs(const c10::OperatorHandle& op,
                                                const std::vector<at::Tensor>& inputs) {
   // Per thread: no lock on the hot path (autograd runs backward on its own thread).
   thread_local PlanCache cache;
-  KeyWriter writer(inputs);
+  KeyWriter writer(inputs, shape_depends_on_float_scalars(op));
   const void* schema = &op.schema();
   writer.key().append(reinterpret_cast<const char*>(&schema), sizeof(schema));
   // Factory-like ops fall back on the default dtype when given none.
@@ -225,6 +240,10 @@ std::shared_ptr<const OutputPlan> plan_outputs(const c10::OperatorHandle& op,
     if (hit != cache.end()) return hit->second;
   }
 
+  if (log_enabled(kDebug)) {
+    log_debug(std::string(cacheable ? "meta plan cache miss: " : "meta plan not cacheable: ") +
+              op.operator_name().name + "." + op.operator_name().overload_name);
+  }
   MetaMirror mirror(inputs);
   torch::jit::Stack stack;
   stack.reserve(args.size());

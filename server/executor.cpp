@@ -238,9 +238,16 @@ at::Tensor Executor::tensor_for(const wire::TensorRef& ref) {
   const c10::Storage& storage = it->second;
   TORCH_CHECK(required_bytes(ref) <= storage.nbytes(), "storage ", ref.storage_id(), " holds ",
               storage.nbytes(), " bytes, too few for a view that needs ", required_bytes(ref));
+  // Built directly, not through empty() + set_(): two dispatcher calls per
+  // tensor argument were a large share of a small op's cost.
   const auto dtype = static_cast<c10::ScalarType>(ref.dtype());
-  at::Tensor tensor = at::empty({0}, at::TensorOptions().dtype(dtype).device(storage.device()));
-  tensor.set_(storage, ref.storage_offset(), to_vector(ref.sizes()), to_vector(ref.strides()));
+  at::Tensor tensor = at::detail::make_tensor<c10::TensorImpl>(
+      c10::Storage(storage),
+      c10::DispatchKeySet(c10::computeDispatchKey(dtype, c10::kStrided, storage.device())),
+      c10::scalarTypeToTypeMeta(dtype));
+  tensor.unsafeGetTensorImpl()->set_sizes_and_strides(
+      c10::IntArrayRef(ref.sizes().data(), ref.sizes_size()),
+      c10::IntArrayRef(ref.strides().data(), ref.strides_size()), ref.storage_offset());
   return tensor;
 }
 

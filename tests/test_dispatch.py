@@ -67,3 +67,19 @@ def test_views_from_cached_plans_keep_their_offsets(device):
         for row in range(4):
             torch.testing.assert_close(remote[row, 1:4].cpu(), base[row, 1:4])
             torch.testing.assert_close(remote.t()[row + 1].cpu(), base.t()[row + 1])
+
+
+def test_float_scalars_that_set_shapes_are_keyed(device):
+    for end in (1.0, 2.5, 4.0):
+        out = torch.empty(0, device=device)
+        torch.arange(0.0, end, 0.5, out=out)
+        torch.testing.assert_close(out.cpu(), torch.arange(0.0, end, 0.5))
+        torch.testing.assert_close(torch.linspace(0, end, 5, device=device).cpu(), torch.linspace(0, end, 5))
+
+
+def test_float_scalars_that_do_not_set_shapes_still_reach_the_kernel(device):
+    x = torch.ones(3, device=device)
+    for value in (0.5, -2.0, 3.25):
+        y = torch.ones(3, device=device)
+        y.addcdiv_(x, x * 2, value=value)
+        torch.testing.assert_close(y.cpu(), torch.full((3,), 1 + value / 2))

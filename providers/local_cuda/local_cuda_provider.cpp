@@ -91,6 +91,9 @@ class ChildServer {
       if (std::strncmp(*e, "MYCELYA_TOKEN=", 14) != 0) env_strings.emplace_back(*e);
     }
     env_strings.push_back("MYCELYA_TOKEN=" + token_);
+    // The server shares this host's cores with its client: OpenMP threads that
+    // spin between parallel regions would starve the client's own thread.
+    if (!std::getenv("OMP_WAIT_POLICY")) env_strings.push_back("OMP_WAIT_POLICY=PASSIVE");
     std::vector<char*> envp;
     for (auto& s : env_strings) envp.push_back(s.data());
     envp.push_back(nullptr);
