@@ -37,7 +37,8 @@ def main():
     remote_us, local_us = per_op_us(remote), per_op_us(local)
     machine.synchronize()
     print(
-        f"{args.provider}: {remote_us:.1f} us/op  local eager: {local_us:.1f} us/op  ratio: {remote_us / local_us:.1f}x"
+        f"{args.provider}: {remote_us:.1f} us/op  local eager: {local_us:.1f} us/op  "
+        f"ratio: {remote_us / local_us:.1f}x"
     )
     machine.stop()
 
