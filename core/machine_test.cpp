@@ -19,27 +19,10 @@
 #include "core/gpu_types.h"
 #include "core/plugin_loader.h"
 #include "proto/mycelya.pb.h"
+#include "tests/cc/gtest_helpers.h"
 
 namespace mycelya {
 namespace {
-
-::testing::AssertionResult Contains(const std::string& haystack, const std::string& needle) {
-  if (haystack.find(needle) != std::string::npos) return ::testing::AssertionSuccess();
-  return ::testing::AssertionFailure()
-         << "\"" << haystack << "\" does not contain \"" << needle << "\"";
-}
-
-// The message of the exception of type E that `f` throws ("" and a failure if none).
-template <typename E, typename F>
-std::string message_of(F&& f) {
-  try {
-    f();
-  } catch (const E& e) {
-    return e.what();
-  }
-  ADD_FAILURE() << "expected an exception";
-  return "";
-}
 
 // The runfiles folder of a package of this workspace.
 std::string runfiles_dir(const std::string& package) {

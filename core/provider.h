@@ -66,8 +66,19 @@ class Provider {
 
 }  // namespace mycelya
 
-// Every plugin exports these two symbols with C linkage.
+// Every plugin exports these two symbols with C linkage; define them with
+// MYCELYA_DEFINE_PROVIDER(YourProvider) at the end of the plugin's source.
 extern "C" {
 int mycelya_provider_abi_version();
 mycelya::Provider* mycelya_provider_create();
 }
+
+#define MYCELYA_DEFINE_PROVIDER(ProviderClass)                                            \
+  extern "C" {                                                                            \
+  __attribute__((visibility("default"))) int mycelya_provider_abi_version() {             \
+    return ::mycelya::kProviderAbiVersion;                                                \
+  }                                                                                       \
+  __attribute__((visibility("default"))) ::mycelya::Provider* mycelya_provider_create() { \
+    return new ProviderClass();                                                           \
+  }                                                                                       \
+  }

@@ -15,17 +15,12 @@
 #include <vector>
 
 #include "proto/mycelya.pb.h"
+#include "tests/cc/gtest_helpers.h"
 
 namespace mycelya {
 namespace {
 
 constexpr uint64_t kMiB = 1ull << 20;
-
-::testing::AssertionResult Contains(const std::string& haystack, const std::string& needle) {
-  if (haystack.find(needle) != std::string::npos) return ::testing::AssertionSuccess();
-  return ::testing::AssertionFailure()
-         << "\"" << haystack << "\" does not contain \"" << needle << "\"";
-}
 
 std::vector<int64_t> contiguous_strides(const std::vector<int64_t>& sizes) {
   std::vector<int64_t> strides(sizes.size());

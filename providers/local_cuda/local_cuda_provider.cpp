@@ -204,11 +204,4 @@ class LocalCudaProvider final : public Provider {
 }  // namespace
 }  // namespace mycelya
 
-extern "C" {
-__attribute__((visibility("default"))) int mycelya_provider_abi_version() {
-  return mycelya::kProviderAbiVersion;
-}
-__attribute__((visibility("default"))) mycelya::Provider* mycelya_provider_create() {
-  return new mycelya::LocalCudaProvider();
-}
-}
+MYCELYA_DEFINE_PROVIDER(mycelya::LocalCudaProvider)
