@@ -154,7 +154,11 @@ class SessionClient {
     EXPECT_TRUE(request.SerializeToString(message.mutable_request()));
     EXPECT_TRUE(write(message));
     wire::ServerMessage reply;
-    EXPECT_TRUE(stream_->Read(&reply));
+    // Every batch sent before is acknowledged (batch_done) ahead of the response.
+    do {
+      EXPECT_TRUE(stream_->Read(&reply));
+      if (reply.has_batch_done()) ++batches_done;
+    } while (reply.has_batch_done());
     EXPECT_EQ(reply.kind_case(), wire::ServerMessage::kResponse) << reply.DebugString();
     wire::Response response;
     EXPECT_TRUE(response.ParseFromString(reply.response()));
@@ -220,6 +224,7 @@ class SessionClient {
   }
 
   std::vector<size_t> chunk_sizes;  // of the last response payload
+  int batches_done = 0;             // batch_done acknowledgements seen
 
  private:
   grpc::ClientContext context_;
@@ -331,6 +336,7 @@ TEST_F(ServiceTest, LargeUploadInChunksDownloadsTheSameBytesInChunks) {
   EXPECT_EQ(downloaded.size(), bytes.size());
   EXPECT_TRUE(downloaded == bytes);
   EXPECT_EQ(client->chunk_sizes.size(), (nbytes + kPayloadChunkBytes - 1) / kPayloadChunkBytes);
+  EXPECT_EQ(client->batches_done, 1);  // the upload's batch was acknowledged
   for (size_t size : client->chunk_sizes) EXPECT_LE(size, kPayloadChunkBytes);
   EXPECT_TRUE(client->close().ok());
 }

@@ -91,6 +91,12 @@ void GrpcSession::reader_loop() {
   wire::ServerMessage message;
   std::string error;
   while (stream_->Read(&message)) {
+    if (message.has_batch_done()) {
+      std::lock_guard<std::mutex> lock(mu_);
+      --batches_in_flight_;
+      cv_.notify_all();
+      continue;
+    }
     if (!message.has_response()) {
       error = "the server sent a payload chunk without a response";
       context_.TryCancel();
@@ -132,7 +138,17 @@ void GrpcSession::write_payload_locked(const std::string& payload) {
                                             });
 }
 
+void GrpcSession::wait_for_idle_link() {
+  std::unique_lock<std::mutex> lock(mu_);
+  cv_.wait(lock, [this] { return batches_in_flight_ == 0 || reader_done_; });
+}
+
 void GrpcSession::submit(EncodedBatch batch) {
+  wait_for_idle_link();
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    ++batches_in_flight_;
+  }
   std::lock_guard<std::mutex> lock(write_mu_);
   wire::ClientMessage message;
   message.set_batch(std::move(batch.batch));

@@ -1,9 +1,11 @@
 // SPDX-License-Identifier: AGPL-3.0-or-later
 //
 // The client side of mycelya-server's Session stream, shared by every
-// networked provider. Batches go out without waiting (the stream is the
-// queue); a request waits for its response, which the reader thread hands
-// over. Bulk payloads travel as 1 MiB chunks after the message they belong to.
+// networked provider. A batch goes out at once when the link is idle; while
+// one is in flight (sent, not yet run), submit() waits, so the ops queued
+// meanwhile in core coalesce into the next batch: low latency for single ops,
+// few large batches under a flood. A request waits for its response, which the
+// reader thread hands over. Bulk payloads travel as chunks after their message.
 //
 // When the connection drops or the server dies, every pending and later call
 // raises std::runtime_error: never a hang.
@@ -54,6 +56,8 @@ class GrpcSession final : public Session {
 
  private:
   void reader_loop();
+  // Waits until no batch is in flight (or the stream ended).
+  void wait_for_idle_link();
   // Writes one message; throws once the stream is broken. Caller holds write_mu_.
   void write_locked(const wire::ClientMessage& message);
   void write_payload_locked(const std::string& payload);
@@ -74,6 +78,7 @@ class GrpcSession final : public Session {
   std::optional<std::string> response_;
   std::string response_payload_;
   std::string lost_;  // why the stream ended, once it has
+  int batches_in_flight_ = 0;
   bool reader_done_ = false;
   std::thread reader_;
 };

@@ -91,8 +91,13 @@ class ChildServer {
       if (std::strncmp(*e, "MYCELYA_TOKEN=", 14) != 0) env_strings.emplace_back(*e);
     }
     env_strings.push_back("MYCELYA_TOKEN=" + token_);
-    // The server shares this host's cores with its client: OpenMP threads that
-    // spin between parallel regions would starve the client's own thread.
+    // The server shares this host's cores with its client, whose thread records
+    // ops while the server computes: leave it a core, and keep OpenMP threads
+    // from spinning between parallel regions.
+    if (!std::getenv("OMP_NUM_THREADS")) {
+      const long cores = sysconf(_SC_NPROCESSORS_ONLN);
+      env_strings.push_back("OMP_NUM_THREADS=" + std::to_string(cores > 1 ? cores - 1 : 1));
+    }
     if (!std::getenv("OMP_WAIT_POLICY")) env_strings.push_back("OMP_WAIT_POLICY=PASSIVE");
     std::vector<char*> envp;
     for (auto& s : env_strings) envp.push_back(s.data());
