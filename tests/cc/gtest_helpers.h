@@ -10,8 +10,7 @@
 namespace mycelya {
 
 // EXPECT_TRUE(Contains(message, "aten::mm")) prints both strings on failure.
-inline ::testing::AssertionResult Contains(const std::string& haystack,
-                                           const std::string& needle) {
+inline ::testing::AssertionResult Contains(const std::string& haystack, const std::string& needle) {
   if (haystack.find(needle) != std::string::npos) return ::testing::AssertionSuccess();
   return ::testing::AssertionFailure()
          << "\"" << haystack << "\" does not contain \"" << needle << "\"";
