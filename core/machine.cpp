@@ -1,6 +1,8 @@
 // SPDX-License-Identifier: AGPL-3.0-or-later
 #include "core/machine.h"
 
+#include <google/protobuf/io/coded_stream.h>
+#include <google/protobuf/wire_format_lite.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -142,12 +144,29 @@ void Machine::check_usable_locked() const {
   }
 }
 
-void Machine::enqueue(wire::Command command) {
+void Machine::append_locked(const wire::Command& command) {
+  using google::protobuf::io::CodedOutputStream;
+  const size_t size = command.ByteSizeLong();
+  // Field 3 (commands) of Batch, length-delimited: a tag, the length, the bytes.
+  uint8_t header[1 + 10];
+  uint8_t* end = CodedOutputStream::WriteTagToArray(
+      google::protobuf::internal::WireFormatLite::MakeTag(
+          wire::Batch::kCommandsFieldNumber,
+          google::protobuf::internal::WireFormatLite::WIRETYPE_LENGTH_DELIMITED),
+      header);
+  end = CodedOutputStream::WriteVarint32ToArray(static_cast<uint32_t>(size), end);
+  queued_.append(reinterpret_cast<const char*>(header), end - header);
+  const size_t offset = queued_.size();
+  queued_.resize(offset + size);
+  command.SerializeWithCachedSizesToArray(reinterpret_cast<uint8_t*>(&queued_[offset]));
+}
+
+void Machine::enqueue(wire::Command* command) {
   {
     std::lock_guard<std::mutex> lock(queue_mu_);
     check_usable_locked();
-    if (command.has_op()) intern_record_locked(command.mutable_op());
-    queued_.push_back(std::move(command));
+    if (command->has_op()) intern_record_locked(command->mutable_op());
+    append_locked(*command);
   }
   queue_cv_.notify_one();
   if (synchronous_) synchronize();
@@ -161,7 +180,7 @@ void Machine::enqueue_upload(wire::Upload upload, std::string payload) {
     payloads_.push_back(std::move(payload));
     wire::Command command;
     *command.mutable_upload() = std::move(upload);
-    queued_.push_back(std::move(command));
+    append_locked(command);
   }
   queue_cv_.notify_one();
   if (synchronous_) synchronize();
@@ -180,21 +199,22 @@ void Machine::flush_locked() {
     std::lock_guard<std::mutex> lock(queue_mu_);
     if (queued_.empty() && frees_.empty()) return;
     if (!lost_.empty()) throw std::runtime_error(lost_);
-    wire::Batch batch;
-    batch.set_version(wire::PROTOCOL_VERSION_CURRENT);
-    batch.set_sequence(next_sequence_++);
-    auto* commands = batch.mutable_commands();
-    commands->Reserve(static_cast<int>(queued_.size() + 1));
-    for (auto& command : queued_) commands->Add(std::move(command));
     if (!frees_.empty()) {
-      auto* ids = batch.add_commands()->mutable_free()->mutable_storage_ids();
-      ids->Add(frees_.begin(), frees_.end());
+      wire::Command free;
+      free.mutable_free()->mutable_storage_ids()->Add(frees_.begin(), frees_.end());
+      append_locked(free);
+      frees_.clear();
     }
+    // Fields may come in any order on the wire: the header goes after the
+    // commands, so the queued bytes become the batch without a copy.
+    wire::Batch header;
+    header.set_version(wire::PROTOCOL_VERSION_CURRENT);
+    header.set_sequence(next_sequence_++);
+    encoded.batch = std::move(queued_);
     queued_.clear();
-    frees_.clear();
+    header.AppendToString(&encoded.batch);
     encoded.payloads = std::move(payloads_);
     payloads_.clear();
-    batch.SerializeToString(&encoded.batch);
     ++batches_sent_;
   }
   try {

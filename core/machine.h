@@ -51,8 +51,11 @@ class Machine {
   // record that names an op is always the first one sent.
   uint32_t intern_op(const std::string& name, bool* first_use);
 
-  // Queues a command. Throws if the machine is stopped or lost.
-  void enqueue(wire::Command command);
+  // Queues a command (encoded at once, in the caller's thread; its op name is
+  // interned first, which changes *command). Throws if the machine is stopped
+  // or lost.
+  void enqueue(wire::Command* command);
+  void enqueue(wire::Command command) { enqueue(&command); }
   void enqueue_upload(wire::Upload upload, std::string payload);
   // Queues a free; silently dropped once the machine is stopped.
   void free_storage(uint64_t storage_id);
@@ -75,6 +78,8 @@ class Machine {
   // Hands everything queued to the session. Caller holds submit_mu_.
   void flush_locked();
   void check_usable_locked() const;
+  // Appends `command` to queued_, encoded as an entry of Batch.commands.
+  void append_locked(const wire::Command& command);
   uint32_t intern_locked(const std::string& name, bool* first_use);
   // Replaces a record's op_name by its id, keeping the name on first use.
   void intern_record_locked(wire::OpRecord* record);
@@ -91,7 +96,9 @@ class Machine {
   // Guards the queue and the state below.
   mutable std::mutex queue_mu_;
   std::condition_variable queue_cv_;
-  std::vector<wire::Command> queued_;
+  // Queued commands, already encoded as Batch.commands entries: a batch is a
+  // small header plus these bytes, and no message crosses to the sender thread.
+  std::string queued_;
   std::vector<std::string> payloads_;
   std::vector<uint64_t> frees_;
   bool running_ = false;
