@@ -4,6 +4,7 @@
 #include <c10/util/Exception.h>
 
 #include <cstring>
+#include <unordered_map>
 
 #include "core/remote_tensor.h"
 
@@ -82,7 +83,11 @@ void encode_value(const c10::IValue& value, const OpPlacement& placement, wire::
     if (!tensor.defined()) {
       out->set_none(true);
     } else if (tensor.is_privateuseone()) {
-      encode_tensor_ref(tensor, lookup_device(tensor.device().index()).slot, out->mutable_tensor());
+      // The op's own device is already looked up; only copies span two devices.
+      const c10::DeviceIndex device = tensor.device().index();
+      encode_tensor_ref(
+          tensor, device == placement.device ? placement.entry.slot : lookup_device(device).slot,
+          out->mutable_tensor());
     } else {
       auto contiguous = tensor.contiguous();
       auto* scalar = out->mutable_cpu_scalar();
@@ -138,9 +143,18 @@ void encode_value(const c10::IValue& value, const OpPlacement& placement, wire::
   }
 }
 
-std::string op_display_name(const c10::OperatorHandle& op) {
-  const auto& name = op.operator_name();
-  return name.overload_name.empty() ? name.name : name.name + "." + name.overload_name;
+const std::string& op_display_name(const c10::OperatorHandle& op) {
+  // Built once per op and thread: every queued record carries the name.
+  thread_local std::unordered_map<const c10::FunctionSchema*, std::string> names;
+  auto it = names.find(&op.schema());
+  if (it == names.end()) {
+    const auto& name = op.operator_name();
+    it = names
+             .emplace(&op.schema(),
+                      name.overload_name.empty() ? name.name : name.name + "." + name.overload_name)
+             .first;
+  }
+  return it->second;
 }
 
 wire::OpRecord encode_op(const c10::OperatorHandle& op, c10::ArrayRef<c10::IValue> args,

@@ -40,6 +40,6 @@ void encode_value(const c10::IValue& value, const OpPlacement& placement, wire::
 wire::OpRecord encode_op(const c10::OperatorHandle& op, c10::ArrayRef<c10::IValue> args,
                          const OpPlacement& placement);
 
-std::string op_display_name(const c10::OperatorHandle& op);
+const std::string& op_display_name(const c10::OperatorHandle& op);
 
 }  // namespace mycelya

@@ -172,7 +172,7 @@ void Executor::run_command(const wire::Command& command, PayloadSource& payloads
   }
 }
 
-const c10::OperatorHandle& Executor::op_for(const wire::OpRecord& record) {
+const Executor::KnownOp& Executor::op_for(const wire::OpRecord& record) {
   const uint32_t id = record.op_id();
   if (id >= ops_.size()) ops_.resize(id + 1);
   if (!ops_[id]) {
@@ -181,7 +181,8 @@ const c10::OperatorHandle& Executor::op_for(const wire::OpRecord& record) {
     const auto dot = name.find('.');
     const std::string base = name.substr(0, dot);
     const std::string overload = dot == std::string::npos ? "" : name.substr(dot + 1);
-    ops_[id] = c10::Dispatcher::singleton().findSchemaOrThrow(base.c_str(), overload.c_str());
+    ops_[id] = KnownOp{
+        c10::Dispatcher::singleton().findSchemaOrThrow(base.c_str(), overload.c_str()), name};
   }
   return *ops_[id];
 }
@@ -326,13 +327,16 @@ c10::IValue Executor::decode(const wire::Value& value, const c10::TypePtr& type)
 }
 
 void Executor::run_op(const wire::OpRecord& record, bool dynamic, wire::Response* response) {
-  std::string op_name = record.op_name();
+  // The name for messages: the record's until the op is resolved, then the
+  // one it was interned under (no string is built per op).
+  const std::string* op_name_ptr = &record.op_name();
   std::vector<uint64_t> written;  // storages the op writes: outputs and mutated arguments
   try {
-    const c10::OperatorHandle& op = op_for(record);
+    const KnownOp& known = op_for(record);
+    op_name_ptr = &known.name;
+    const std::string& op_name = known.name;
+    const c10::OperatorHandle& op = known.handle;
     const auto& schema = op.schema();
-    op_name = schema.operator_name().name +
-              (schema.overload_name().empty() ? "" : "." + schema.overload_name());
     const auto& arguments = schema.arguments();
     TORCH_CHECK(static_cast<size_t>(record.args_size()) == arguments.size(), op_name, " expects ",
                 arguments.size(), " arguments, the record has ", record.args_size());
@@ -448,6 +452,7 @@ void Executor::run_op(const wire::OpRecord& record, bool dynamic, wire::Response
       }
     }
   } catch (const std::exception& e) {
+    const std::string& op_name = *op_name_ptr;
     std::string message = error_text(e);
     if (dynamic) {
       response->mutable_error()->set_op_name(op_name);

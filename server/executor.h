@@ -86,7 +86,12 @@ class Executor {
   void seed(uint64_t seed);
   void download(const wire::TensorRef& ref, Payload* payload);
 
-  const c10::OperatorHandle& op_for(const wire::OpRecord& record);
+  // An op resolved once per interned id, with the name it was sent under.
+  struct KnownOp {
+    c10::OperatorHandle handle;
+    std::string name;
+  };
+  const KnownOp& op_for(const wire::OpRecord& record);
   c10::Device device_for(int slot) const;
   at::Tensor tensor_for(const wire::TensorRef& ref);
   c10::IValue decode(const wire::Value& value, const c10::TypePtr& type);
@@ -102,7 +107,7 @@ class Executor {
   // Storage ID -> the error of the failed op that should have written it. Kept
   // apart from storages_: a failed op's output may never have been created.
   std::unordered_map<uint64_t, std::string> poison_;
-  std::vector<std::optional<c10::OperatorHandle>> ops_;  // by op_id
+  std::vector<std::optional<KnownOp>> ops_;  // by op_id
   uint64_t bytes_in_use_ = 0;
   std::optional<wire::Error> pending_error_;
 };
