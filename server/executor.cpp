@@ -209,9 +209,9 @@ c10::Storage Executor::new_storage(uint64_t nbytes, c10::Device device) {
 }
 
 void Executor::keep(uint64_t id, c10::Storage storage) {
-  auto it = storages_.find(id);
-  if (it != storages_.end()) bytes_in_use_ -= it->second.nbytes();
-  bytes_in_use_ += storage.nbytes();
+  uint64_t& counted = counted_bytes_[id];
+  bytes_in_use_ = bytes_in_use_ - counted + storage.nbytes();
+  counted = storage.nbytes();
   storages_[id] = std::move(storage);
 }
 
@@ -219,7 +219,8 @@ void Executor::free(uint64_t id) {
   poison_.erase(id);
   auto it = storages_.find(id);
   if (it == storages_.end()) return;
-  bytes_in_use_ -= it->second.nbytes();
+  bytes_in_use_ -= counted_bytes_[id];
+  counted_bytes_.erase(id);
   storages_.erase(it);
 }
 

@@ -104,6 +104,10 @@ class Executor {
 
   ExecutorOptions options_;
   std::unordered_map<uint64_t, c10::Storage> storages_;
+  // Bytes counted against the limit for each storage, as of keep(). A kernel
+  // may resize a storage in place (an out= argument), so the storage's own
+  // nbytes() can differ by the time it is freed.
+  std::unordered_map<uint64_t, uint64_t> counted_bytes_;
   // Storage ID -> the error of the failed op that should have written it. Kept
   // apart from storages_: a failed op's output may never have been created.
   std::unordered_map<uint64_t, std::string> poison_;

@@ -464,6 +464,25 @@ TEST_F(ExecutorTest, FreeDropsBytesInUse) {
   EXPECT_TRUE(at::equal(download(ref_for(2, b)), b));
 }
 
+TEST_F(ExecutorTest, StorageAKernelResizedIsUncountedByWhatWasCounted) {
+  at::Tensor a = at::randn({3, 4});
+  upload(1, a);
+  upload(2, a);
+  // add.out grows the empty out storage inside the kernel, behind the
+  // executor's back; freeing it must not take more than was counted.
+  BatchBuilder()
+      .op(op_record(1, "aten::add.out",
+                    {tensor_value(ref_for(1, a)), tensor_value(ref_for(2, a)), double_value(1.0),
+                     tensor_value(contiguous_ref(3, {0}, at::kFloat))},
+                    {contiguous_ref(3, {3, 4}, at::kFloat)}))
+      .run(executor_);
+  wire::Response response = sync();
+  ASSERT_FALSE(response.has_pending_error()) << response.pending_error().message();
+  BatchBuilder().free({1, 2, 3}).run(executor_);
+  EXPECT_EQ(executor_.storage_count(), 0u);
+  EXPECT_EQ(executor_.bytes_in_use(), 0u);
+}
+
 TEST_F(SmallExecutorTest, OpOutputBeyondTheLimitIsRefused) {
   EXPECT_EQ(executor_.options().memory_limit_bytes, kMiB);
   at::Tensor small = at::arange(4, at::kFloat);
