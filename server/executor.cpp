@@ -377,9 +377,22 @@ void Executor::run_op(const wire::OpRecord& record, bool dynamic, wire::Response
                                    ? value.toTensor().storage().unsafeGetStorageImpl()
                                    : nullptr);
     }
+    // An in-place op must leave its input's shape alone: the client keeps
+    // shapes and does not see a kernel resize `self` (CPU's addbmm_ can).
+    const bool in_place = !arguments.empty() && arguments[0].name() == "self" &&
+                          arguments[0].alias_info() && arguments[0].alias_info()->isWrite() &&
+                          stack[0].isTensor();
+    const std::vector<int64_t> self_sizes =
+        in_place ? stack[0].toTensor().sizes().vec() : std::vector<int64_t>();
     {
       at::AutoDispatchBelowADInplaceOrView below_autograd;
       op.callBoxed(&stack);
+    }
+    if (in_place && !stack.empty() && stack[0].isTensor()) {
+      const at::Tensor& self = stack[0].toTensor();
+      TORCH_CHECK(self.sizes().equals(self_sizes), op_name, " resized its input in place from ",
+                  c10::IntArrayRef(self_sizes), " to ", self.sizes(),
+                  "; mycelya keeps the input's shape. Use the out-of-place op instead.");
     }
     auto aliases_input = [&](const at::Tensor& t) -> int {
       for (size_t i = 0; i < input_storages.size(); ++i) {
@@ -447,21 +460,32 @@ void Executor::run_op(const wire::OpRecord& record, bool dynamic, wire::Response
                          result.device() == device_for(ref.device());
       if (exact) {
         keep(ref.storage_id(), result.storage());
-      } else {
+      } else if (result.defined() && result.sizes().equals(to_vector(ref.sizes()))) {
         at::Tensor target = tensor_for(ref);
         target.copy_(result);
+      } else {
+        // The kernel disagrees with the meta kernel the client planned with
+        // (CPU's eval-mode batch norm returns empty saved statistics). The
+        // client's tensor cannot hold this result: reading it raises, while
+        // the op's other outputs, usually all the caller wants, stay good.
+        poison_.emplace(ref.storage_id(),
+                        c10::str(op_name, " returned output ", i, " with shape ",
+                                 result.defined() ? c10::str(result.sizes()) : "(none)",
+                                 " on the remote machine, where its meta kernel said ",
+                                 c10::IntArrayRef(to_vector(ref.sizes())),
+                                 "; this output cannot be used on mycelya."));
       }
     }
   } catch (const std::exception& e) {
     const std::string& op_name = *op_name_ptr;
     std::string message = error_text(e);
+    const std::string poison = "Remote op " + op_name + " failed: " + message;
+    for (uint64_t id : written) poison_.emplace(id, poison);  // the first error stays
     if (dynamic) {
       response->mutable_error()->set_op_name(op_name);
       response->mutable_error()->set_message(message);
       return;
     }
-    const std::string poison = "Remote op " + op_name + " failed: " + message;
-    for (uint64_t id : written) poison_.emplace(id, poison);  // the first error stays
     if (!pending_error_ && message.rfind("Remote op ", 0) != 0) {
       pending_error_.emplace();
       pending_error_->set_op_name(op_name);
@@ -522,6 +546,9 @@ void Executor::download(const wire::TensorRef& ref, Payload* payload) {
   check_not_poisoned(ref.storage_id());
   // A contiguous CPU view is sent as it is; the tensor keeps its storage alive.
   payload->bytes = tensor_for(ref).contiguous().cpu();
+  // A tensor without memory (a ZeroTensor some kernel returned) has no bytes to send.
+  TORCH_CHECK(payload->bytes.numel() == 0 || payload->bytes.const_data_ptr() != nullptr,
+              "storage ", ref.storage_id(), " has no memory on the remote machine");
 }
 
 std::string Executor::handle_request(const std::string& encoded, std::string* payload) {
