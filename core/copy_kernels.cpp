@@ -77,6 +77,36 @@ at::Tensor copy_from_and_resize(const at::Tensor& self, const at::Tensor& dst) {
   return copy_from(self, dst, false);
 }
 
+// The values a tensor shows, without conjugate or negative bits (lazy flags
+// on the TensorImpl, which the wire does not carry). Not resolve_conj(): on a
+// mycelya tensor that copies through _copy_from, which is what asked.
+at::Tensor without_lazy_bits(at::Tensor t) {
+  if (t.is_conj()) t = at::conj_physical(t.conj());
+  if (t.is_neg()) t = at::neg(t._neg_view());
+  return t;
+}
+
+// _copy_from under the Conjugate and Negative keys. PyTorch's generic
+// fallback for those keys materializes the source with clone(), which copies
+// through _copy_from again on a backend like this one, forever. Resolve the
+// bits here instead: the source's into values, the destination's by writing
+// the inverse transform into its plain base.
+at::Tensor copy_from_resolving_lazy_bits(const at::Tensor& self, const at::Tensor& dst,
+                                         bool non_blocking) {
+  at::Tensor source = without_lazy_bits(self);
+  at::Tensor target = dst;
+  if (target.is_conj()) {
+    source = at::conj_physical(source);
+    target = target.conj();
+  }
+  if (target.is_neg()) {
+    source = at::neg(source);
+    target = target._neg_view();
+  }
+  at::_copy_from(source, target, non_blocking);
+  return dst;
+}
+
 c10::Scalar local_scalar_dense(const at::Tensor& self) {
   return at::_local_scalar_dense(download(self));
 }
@@ -87,6 +117,14 @@ TORCH_LIBRARY_IMPL(aten, PrivateUse1, m) {
   m.impl("_copy_from", TORCH_FN(copy_from));
   m.impl("_copy_from_and_resize", TORCH_FN(copy_from_and_resize));
   m.impl("_local_scalar_dense", TORCH_FN(local_scalar_dense));
+}
+
+// Only backends without a TensorIterator copy (this one) reach _copy_from.
+TORCH_LIBRARY_IMPL(aten, Conjugate, m) {
+  m.impl("_copy_from", TORCH_FN(copy_from_resolving_lazy_bits));
+}
+TORCH_LIBRARY_IMPL(aten, Negative, m) {
+  m.impl("_copy_from", TORCH_FN(copy_from_resolving_lazy_bits));
 }
 
 }  // namespace mycelya

@@ -88,6 +88,53 @@ struct OutputMaker {
   }
 };
 
+// Where a remote CPU kernel returns outputs shaped unlike the meta kernel
+// (which follows CUDA), plans what the remote kernel returns, so that the ops
+// reading those outputs (the backward) get what that kernel expects. CPU's
+// batch norm in eval mode returns empty saved statistics.
+std::shared_ptr<const OutputPlan> as_remote_kernel_returns(const c10::OperatorHandle& op,
+                                                           c10::ArrayRef<c10::IValue> args,
+                                                           const OpPlacement& placement,
+                                                           std::shared_ptr<const OutputPlan> plan) {
+  const std::string& name = op.schema().name();
+  if (name != "aten::native_batch_norm" && name != "aten::_native_batch_norm_legit" &&
+      name != "aten::_native_batch_norm_legit_no_training") {
+    return plan;
+  }
+  if (placement.entry.remote_name.rfind("cpu", 0) != 0) return plan;
+  const bool no_training = name == "aten::_native_batch_norm_legit_no_training";
+  // native_batch_norm and _native_batch_norm_legit: (input, weight, bias, running_mean, running_var, training, ...).
+  if (!no_training && (args.size() <= 5 || !args[5].isBool() || args[5].toBool())) return plan;
+  auto adjusted = std::make_shared<OutputPlan>(*plan);
+  for (size_t r = 1; r < adjusted->returns.size() && r <= 2; ++r) {
+    PlannedTensor& saved = adjusted->returns[r].tensors.at(0);
+    saved.sizes = {0};
+    saved.strides = {1};
+    saved.storage_offset = 0;
+    saved.storage_nbytes = 0;
+  }
+  return adjusted;
+}
+
+// CPU's embedding bag returns bookkeeping outputs (offset2bag, bag_size,
+// max_indices) shaped by rules of its own, unlike the meta kernel: such ops
+// run synchronously on a remote CPU, which reports the real shapes.
+bool shapes_known_only_remotely(const c10::OperatorHandle& op, const OpPlacement& placement) {
+  const std::string& name = op.schema().name();
+  return (name == "aten::_embedding_bag" || name == "aten::_embedding_bag_forward_only") &&
+         placement.entry.remote_name.rfind("cpu", 0) == 0;
+}
+
+// Gives a local tensor the geometry the machine reports for it after an op
+// resized it there (the machine's storage already has the new size).
+void adopt_remote_geometry(const at::Tensor& tensor, const wire::TensorRef& remote) {
+  c10::StorageImpl* storage = tensor.storage().unsafeGetStorageImpl();
+  if (remote.storage_nbytes() > storage->nbytes()) storage->set_nbytes(remote.storage_nbytes());
+  std::vector<int64_t> sizes(remote.sizes().begin(), remote.sizes().end());
+  std::vector<int64_t> strides(remote.strides().begin(), remote.strides().end());
+  tensor.unsafeGetTensorImpl()->set_sizes_and_strides(sizes, strides, remote.storage_offset());
+}
+
 // Runs an op whose outputs meta could not describe: synchronously, remotely.
 void run_remotely_now(const c10::OperatorHandle& op, torch::jit::Stack* stack,
                       const OpPlacement& placement, const std::string& meta_error) {
@@ -144,6 +191,10 @@ void run_remotely_now(const c10::OperatorHandle& op, torch::jit::Stack* stack,
         if (arg.alias_info() && arg.alias_info()->isWrite() &&
             arg.alias_info()->beforeSets() == ret.alias_info()->beforeSets() &&
             inputs[a].isTensor()) {
+          // The kernel may have resized it (out= tensors): take the remote geometry.
+          if (info.kind_case() == wire::OutputInfo::kInputIndex) {
+            adopt_remote_geometry(inputs[a].toTensor(), info.view());
+          }
           stack->push_back(inputs[a]);
           goto next_return;
         }
@@ -160,17 +211,41 @@ void run_remotely_now(const c10::OperatorHandle& op, torch::jit::Stack* stack,
   }
 }
 
+// PyTorch lets the index tensors of x[indices] and index_put_ live on the CPU
+// while x is on an accelerator; upload them to x's device, as CUDA does.
+void upload_cpu_indices(const c10::FunctionSchema& schema, torch::jit::Stack* stack) {
+  const size_t num_args = schema.arguments().size();
+  c10::IValue* args = stack->data() + (stack->size() - num_args);
+  if (num_args == 0 || !args[0].isTensor() || !args[0].toTensor().is_privateuseone()) return;
+  for (size_t i = 1; i < num_args; ++i) {
+    if (schema.arguments()[i].name() != "indices" || !args[i].isList()) continue;
+    auto indices = args[i].to<c10::List<std::optional<at::Tensor>>>();
+    for (size_t k = 0; k < indices.size(); ++k) {
+      std::optional<at::Tensor> index = indices.get(k);
+      if (index && index->defined() && index->is_cpu()) {
+        indices.set(k, index->to(args[0].toTensor().device()));
+      }
+    }
+    args[i] = indices;
+  }
+}
+
 void remote_fallback(const c10::OperatorHandle& op, torch::jit::Stack* stack) {
   const auto& schema = op.schema();
   const size_t num_args = schema.arguments().size();
+  upload_cpu_indices(schema, stack);
   auto args = torch::jit::last(*stack, num_args);
   OpPlacement placement = place_op(op, args);
   c10::DeviceGuard guard(c10::Device(c10::DeviceType::PrivateUse1, placement.device));
 
   const std::vector<at::Tensor> inputs = mycelya_inputs(args);
   std::shared_ptr<const OutputPlan> plan;
+  if (shapes_known_only_remotely(op, placement)) {
+    run_remotely_now(op, stack, placement, "output shapes differ from the meta kernel's");
+    return;
+  }
   try {
-    plan = plan_outputs(op, args, inputs);
+    plan = as_remote_kernel_returns(op, args, placement, plan_outputs(op, args, inputs));
   } catch (const std::exception& e) {
     run_remotely_now(op, stack, placement, e.what());
     return;
@@ -215,11 +290,22 @@ bool route_to_fallback(const c10::OperatorName& name) {
   // which no remote kernel implements: send the op itself, so the remote side
   // picks its own CPU or cuDNN kernel.
   if (name.name == "aten::convolution" || name.name == "aten::convolution_backward") return true;
+  // Its CompositeExplicitAutograd kernel accepts only CPU, CUDA and XPU tensors.
+  if (name.name == "aten::mode") return true;
   // Allocation and copies have kernels of their own (tensor_kernels.cpp, copy_kernels.cpp).
   if (name.name.find("empty") != std::string::npos || name.name == "aten::copy") return false;
   auto op = c10::Dispatcher::singleton().findOp(name);
-  return op &&
-         op->hasKernelForDispatchKey(c10::DispatchKey::CompositeExplicitAutogradNonFunctional);
+  if (!op) return false;
+  if (op->hasKernelForDispatchKey(c10::DispatchKey::CompositeExplicitAutogradNonFunctional)) {
+    return true;
+  }
+  // A CompositeExplicitAutograd kernel beside a CPU one is a decomposition for
+  // other backends (native_layer_norm, addr): with a meta kernel to plan with,
+  // send the op itself, so the machine runs the kernel a CPU or CUDA user
+  // gets, with the same rounding, as one op instead of several.
+  return op->hasKernelForDispatchKey(c10::DispatchKey::CompositeExplicitAutograd) &&
+         op->hasKernelForDispatchKey(c10::DispatchKey::CPU) &&
+         op->hasKernelForDispatchKey(c10::DispatchKey::Meta);
 }
 
 torch::Library& functional_ops_library() {

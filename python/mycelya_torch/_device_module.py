@@ -37,6 +37,21 @@ def manual_seed_all(seed):
     manual_seed(seed)
 
 
+def get_rng_state(device="mycelya"):
+    """Not supported yet: the generator's state lives on the remote machine."""
+    raise NotImplementedError(
+        "torch.mycelya.get_rng_state is not supported: the random generator's state lives on the "
+        "remote machine. Use torch.manual_seed / torch.mycelya.manual_seed to make remote random "
+        "ops reproducible (torch.random.fork_rng and checkpointing with preserve_rng_state=True "
+        "need get_rng_state)."
+    )
+
+
+def set_rng_state(new_state, device="mycelya"):
+    """Not supported yet: see get_rng_state."""
+    get_rng_state(device)
+
+
 def synchronize(device=None):
     """Waits for every queued op of the machine behind ``device`` (default: all)."""
     from ._machine import get_all_machines, machine_for_device
@@ -62,6 +77,8 @@ def register_device_module():
         set_device,
         manual_seed,
         manual_seed_all,
+        get_rng_state,
+        set_rng_state,
         synchronize,
         _is_in_bad_fork,
     ):
