@@ -103,7 +103,8 @@ std::shared_ptr<const OutputPlan> as_remote_kernel_returns(const c10::OperatorHa
   }
   if (placement.entry.remote_name.rfind("cpu", 0) != 0) return plan;
   const bool no_training = name == "aten::_native_batch_norm_legit_no_training";
-  // native_batch_norm and _native_batch_norm_legit: (input, weight, bias, running_mean, running_var, training, ...).
+  // native_batch_norm and _native_batch_norm_legit: (input, weight, bias, running_mean,
+  // running_var, training, ...).
   if (!no_training && (args.size() <= 5 || !args[5].isBool() || args[5].toBool())) return plan;
   auto adjusted = std::make_shared<OutputPlan>(*plan);
   for (size_t r = 1; r < adjusted->returns.size() && r <= 2; ++r) {

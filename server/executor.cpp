@@ -547,8 +547,8 @@ void Executor::download(const wire::TensorRef& ref, Payload* payload) {
   // A contiguous CPU view is sent as it is; the tensor keeps its storage alive.
   payload->bytes = tensor_for(ref).contiguous().cpu();
   // A tensor without memory (a ZeroTensor some kernel returned) has no bytes to send.
-  TORCH_CHECK(payload->bytes.numel() == 0 || payload->bytes.const_data_ptr() != nullptr,
-              "storage ", ref.storage_id(), " has no memory on the remote machine");
+  TORCH_CHECK(payload->bytes.numel() == 0 || payload->bytes.const_data_ptr() != nullptr, "storage ",
+              ref.storage_id(), " has no memory on the remote machine");
 }
 
 std::string Executor::handle_request(const std::string& encoded, std::string* payload) {

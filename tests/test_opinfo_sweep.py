@@ -1,0 +1,44 @@
+# SPDX-License-Identifier: AGPL-3.0-or-later
+"""The OpInfo sweep (tests/opinfo_sweep.py) against the committed table.
+
+Each op is one test case: it fails when mycelya returns values that differ
+from CPU's, or when the op passes fewer samples than docs/opinfo-sweep.md
+records. The last case checks the 95% bar and leaves this run's table in
+Bazel's undeclared outputs (bazel-testlogs/.../test.outputs).
+"""
+
+import os
+
+import opinfo_sweep
+import pytest
+
+from conftest import PROVIDER
+
+TABLE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "docs", "opinfo-sweep.md")
+EXPECTED = opinfo_sweep.parse_table(open(TABLE).read()) if os.path.exists(TABLE) else {}
+OPS = opinfo_sweep.sweep_ops()
+results = {}
+
+
+@pytest.mark.parametrize("op", OPS, ids=[opinfo_sweep.op_key(op) for op in OPS])
+def test_op_matches_cpu(op, device):
+    key = opinfo_sweep.op_key(op)
+    result = results[key] = opinfo_sweep.sweep_op(op, device)
+    wrong = [text for text in result.reasons if text.startswith("wrong:")]
+    assert result.wrong == 0, f"{key}: mycelya returned values that differ from CPU: {wrong}"
+    expected = EXPECTED.get(key)
+    if expected is not None:
+        assert result.passed >= expected.passed, (
+            f"{key}: {result.passed} samples pass, the table has {expected.passed}: {dict(result.reasons)}"
+        )
+
+
+def test_pass_rate_and_table():
+    assert len(results) == len(OPS), "run the whole file: the per-op cases fill the results"
+    total = opinfo_sweep.totals(results)
+    outputs = os.environ.get("TEST_UNDECLARED_OUTPUTS_DIR")
+    if outputs:
+        with open(os.path.join(outputs, "opinfo-sweep.md"), "w") as out:
+            out.write(opinfo_sweep.format_table(results, PROVIDER))
+    assert total["rate"] >= 0.95, f"pass rate {total['rate']:.4f} is below 95%: {dict(total)}"
+    assert EXPECTED, f"{TABLE} is missing: run bazel run //tests:opinfo_sweep_update"
