@@ -177,6 +177,7 @@ void Machine::enqueue_upload(wire::Upload upload, std::string payload) {
     std::lock_guard<std::mutex> lock(queue_mu_);
     check_usable_locked();
     upload.set_payload_index(static_cast<uint32_t>(payloads_.size()));
+    bytes_uploaded_ += payload.size();
     payloads_.push_back(std::move(payload));
     wire::Command command;
     *command.mutable_upload() = std::move(upload);
@@ -295,6 +296,11 @@ uint64_t Machine::batches_sent() const {
 uint64_t Machine::round_trips() const {
   std::lock_guard<std::mutex> lock(queue_mu_);
   return round_trips_;
+}
+
+uint64_t Machine::bytes_uploaded() const {
+  std::lock_guard<std::mutex> lock(queue_mu_);
+  return bytes_uploaded_;
 }
 
 }  // namespace mycelya

@@ -68,10 +68,11 @@ class Machine {
   // Flushes and waits until every queued op has run; raises pending errors.
   void synchronize();
 
-  // Batches handed to the session so far, and blocking requests (round trips)
-  // made: for tests and benchmarks.
+  // Batches handed to the session so far, blocking requests (round trips)
+  // made, and tensor bytes uploaded: for tests and benchmarks.
   uint64_t batches_sent() const;
   uint64_t round_trips() const;
+  uint64_t bytes_uploaded() const;
 
  private:
   void sender_loop();
@@ -106,6 +107,7 @@ class Machine {
   std::string lost_;  // set once the session failed; every later call raises it
   uint64_t batches_sent_ = 0;
   uint64_t round_trips_ = 0;
+  uint64_t bytes_uploaded_ = 0;
   uint64_t next_sequence_ = 1;
 
   std::unordered_map<std::string, uint32_t> op_ids_;

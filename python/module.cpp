@@ -61,7 +61,8 @@ PYBIND11_MODULE(_C, m) {
           py::arg("type"), py::arg("index"))
       .def("synchronize", &Machine::synchronize, py::call_guard<py::gil_scoped_release>())
       .def_property_readonly("batches_sent", &Machine::batches_sent)
-      .def_property_readonly("round_trips", &Machine::round_trips);
+      .def_property_readonly("round_trips", &Machine::round_trips)
+      .def_property_readonly("bytes_uploaded", &Machine::bytes_uploaded);
 
   m.def("add_plugin_dir", &add_plugin_dir);
   m.def("available_providers", &available_providers);

@@ -28,6 +28,25 @@ def set_device(device):
     _current_device = torch.device(device).index if not isinstance(device, int) else device
 
 
+class device:
+    """Context manager that makes ``device`` the current mycelya device (as
+    torch.cuda.device does); torch.load(map_location=...) enters it."""
+
+    def __init__(self, device):
+        self._index = torch.device(device).index if not isinstance(device, int) else device
+        self._previous = None
+
+    def __enter__(self):
+        self._previous = current_device()
+        if self._index is not None:
+            set_device(self._index)
+        return self
+
+    def __exit__(self, *exc):
+        set_device(self._previous)
+        return False
+
+
 def manual_seed(seed):
     """Seeds the random generators of every running machine (queued, no round trip)."""
     _C.seed_all(int(seed) & 0xFFFF_FFFF_FFFF_FFFF)
@@ -70,6 +89,7 @@ def _is_in_bad_fork():
 
 def register_device_module():
     module = types.ModuleType("torch.mycelya")
+    module.device = device
     for fn in (
         is_available,
         device_count,

@@ -109,6 +109,11 @@ class RemoteMachine:
         return self._machine.batches_sent
 
     @property
+    def bytes_uploaded(self):
+        """Tensor bytes uploaded to the machine so far (CPU tensors copied to it)."""
+        return self._machine.bytes_uploaded
+
+    @property
     def round_trips(self):
         """Blocking requests made so far: sync points (.item(), .cpu(), ...)."""
         return self._machine.round_trips

@@ -1,0 +1,65 @@
+# SPDX-License-Identifier: AGPL-3.0-or-later
+"""Random ops run on the machine (no data crosses the wire) and are
+reproducible under torch.manual_seed and torch.mycelya.manual_seed."""
+
+import pytest
+import torch
+
+
+def _draw(device):
+    return [
+        torch.randn(64, device=device),
+        torch.rand(3, 4, device=device),
+        torch.randint(0, 100, (10,), device=device),
+        torch.nn.functional.dropout(torch.ones(200, device=device), p=0.5),
+        torch.empty(50, device=device).normal_(2.0, 3.0),
+        torch.bernoulli(torch.full((30,), 0.3, device=device)),
+        torch.randperm(20, device=device),
+    ]
+
+
+@pytest.mark.parametrize(
+    "seed_fn", [torch.manual_seed, lambda s: torch.mycelya.manual_seed(s)], ids=["torch", "mycelya"]
+)
+def test_seeding_makes_remote_random_ops_reproducible(device, seed_fn):
+    seed_fn(42)
+    first = [t.cpu() for t in _draw(device)]
+    seed_fn(42)
+    second = [t.cpu() for t in _draw(device)]
+    for a, b in zip(first, second, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    seed_fn(43)
+    third = torch.randn(64, device=device).cpu()
+    assert not torch.equal(third, first[0])
+
+
+def test_random_tensors_are_made_remotely_without_round_trips(machine, device):
+    torch.manual_seed(0)
+    machine.synchronize()
+    round_trips, uploaded = machine.round_trips, machine.bytes_uploaded
+    x = torch.randn(512, 512, device=device)
+    mask = torch.nn.functional.dropout(torch.ones(512, 512, device=device), p=0.25)
+    y = x * mask
+    torch.rand(1000, device=device)
+    assert machine.round_trips == round_trips, "making random tensors waited for the machine"
+    assert machine.bytes_uploaded == uploaded, "random tensors were made locally and uploaded"
+    assert y.shape == (512, 512)
+    machine.synchronize()
+
+
+def test_dropout_statistics_and_scaling(device):
+    torch.manual_seed(7)
+    out = torch.nn.functional.dropout(torch.ones(100_000, device=device), p=0.2).cpu()
+    kept = out != 0
+    # Kept elements are scaled by 1 / (1 - p); about 80% are kept.
+    torch.testing.assert_close(out[kept], torch.full_like(out[kept], 1.25))
+    assert 0.79 < kept.float().mean().item() < 0.81
+
+
+def test_distributions_look_right(device):
+    torch.manual_seed(3)
+    normal = torch.randn(200_000, device=device)
+    uniform = torch.rand(200_000, device=device)
+    assert abs(normal.mean().item()) < 0.02 and abs(normal.std().item() - 1) < 0.02
+    assert 0 <= uniform.min().item() and uniform.max().item() < 1
+    assert abs(uniform.mean().item() - 0.5) < 0.01
