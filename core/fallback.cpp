@@ -88,31 +88,55 @@ struct OutputMaker {
   }
 };
 
-// Where a remote CPU kernel returns outputs shaped unlike the meta kernel
-// (which follows CUDA), plans what the remote kernel returns, so that the ops
-// reading those outputs (the backward) get what that kernel expects. CPU's
-// batch norm in eval mode returns empty saved statistics.
+// Where a remote CPU kernel returns outputs unlike the meta kernel (which
+// follows CUDA), plans what the remote kernel returns, so that the ops reading
+// those outputs (the backward) get what that kernel expects. CPU's batch and
+// layer norms keep their saved statistics in the input's dtype when it is
+// half or bfloat16 and no parameter is float32, and batch norm in eval mode
+// returns them empty.
 std::shared_ptr<const OutputPlan> as_remote_kernel_returns(const c10::OperatorHandle& op,
                                                            c10::ArrayRef<c10::IValue> args,
                                                            const OpPlacement& placement,
                                                            std::shared_ptr<const OutputPlan> plan) {
   const std::string& name = op.schema().name();
-  if (name != "aten::native_batch_norm" && name != "aten::_native_batch_norm_legit" &&
-      name != "aten::_native_batch_norm_legit_no_training") {
-    return plan;
-  }
-  if (placement.entry.remote_name.rfind("cpu", 0) != 0) return plan;
+  const bool layer_norm = name == "aten::native_layer_norm";
   const bool no_training = name == "aten::_native_batch_norm_legit_no_training";
-  // native_batch_norm and _native_batch_norm_legit: (input, weight, bias, running_mean,
-  // running_var, training, ...).
-  if (!no_training && (args.size() <= 5 || !args[5].isBool() || args[5].toBool())) return plan;
+  const bool batch_norm = no_training || name == "aten::native_batch_norm" ||
+                          name == "aten::_native_batch_norm_legit" ||
+                          name == "aten::_batch_norm_with_update";
+  if (!(layer_norm || batch_norm) || placement.entry.remote_name.rfind("cpu", 0) != 0) return plan;
+  if (args.empty() || !args[0].isTensor() || plan->returns.size() < 3) return plan;
+
+  // native_batch_norm and _native_batch_norm_legit: (input, weight, bias,
+  // running_mean, running_var, training, ...); the no_stats overload has no
+  // bool there.
+  const bool eval = no_training || (name != "aten::_batch_norm_with_update" && args.size() > 5 &&
+                                    args[5].isBool() && !args[5].toBool());
+  const c10::ScalarType input_dtype = args[0].toTensor().scalar_type();
+  const bool reduced = input_dtype == c10::kHalf || input_dtype == c10::kBFloat16;
+  bool float_parameter = false;
+  const size_t first = layer_norm ? 2 : 1, last = layer_norm ? 3 : 4;
+  for (size_t i = first; i <= last && i < args.size(); ++i) {
+    if (args[i].isTensor() && args[i].toTensor().scalar_type() == c10::kFloat)
+      float_parameter = true;
+  }
+  const bool input_dtype_stats = reduced && !float_parameter;
+  if (!eval && !input_dtype_stats) return plan;
+
   auto adjusted = std::make_shared<OutputPlan>(*plan);
-  for (size_t r = 1; r < adjusted->returns.size() && r <= 2; ++r) {
+  for (size_t r = 1; r <= 2; ++r) {
     PlannedTensor& saved = adjusted->returns[r].tensors.at(0);
-    saved.sizes = {0};
-    saved.strides = {1};
-    saved.storage_offset = 0;
-    saved.storage_nbytes = 0;
+    if (input_dtype_stats) {
+      saved.dtype = c10::scalarTypeToTypeMeta(input_dtype);
+      saved.storage_nbytes = required_storage_bytes(saved.sizes, saved.strides,
+                                                    saved.storage_offset, saved.dtype.itemsize());
+    }
+    if (eval && batch_norm) {
+      saved.sizes = {0};
+      saved.strides = {1};
+      saved.storage_offset = 0;
+      saved.storage_nbytes = 0;
+    }
   }
   return adjusted;
 }

@@ -20,6 +20,8 @@ void encode_tensor_ref(const at::Tensor& tensor, int slot, wire::TensorRef* ref)
   ref->set_storage_offset(tensor.storage_offset());
   ref->set_dtype(static_cast<int32_t>(tensor.scalar_type()));
   ref->set_device(slot);
+  if (tensor.is_conj()) ref->set_conj(true);
+  if (tensor.is_neg()) ref->set_neg(true);
 }
 
 namespace {

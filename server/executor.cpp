@@ -250,6 +250,8 @@ at::Tensor Executor::tensor_for(const wire::TensorRef& ref) {
   tensor.unsafeGetTensorImpl()->set_sizes_and_strides(
       c10::IntArrayRef(ref.sizes().data(), ref.sizes_size()),
       c10::IntArrayRef(ref.strides().data(), ref.strides_size()), ref.storage_offset());
+  if (ref.conj()) tensor._set_conj(true);
+  if (ref.neg()) tensor._set_neg(true);
   return tensor;
 }
 
@@ -406,8 +408,11 @@ void Executor::run_op(const wire::OpRecord& record, bool dynamic, wire::Response
     if (dynamic) {
       // Results go under the IDs the client reserved, in order.
       int next_id = 0;
-      auto register_output = [&](const at::Tensor& t, wire::OutputInfo* info) {
-        const int input = t.defined() ? aliases_input(t) : -1;
+      auto register_output = [&](const at::Tensor& returned, wire::OutputInfo* info) {
+        const int input = returned.defined() ? aliases_input(returned) : -1;
+        // The client's tensors carry no lazy conjugate/negative bits: new outputs hold values.
+        const at::Tensor t =
+            returned.defined() && input < 0 ? returned.resolve_conj().resolve_neg() : returned;
         if (input >= 0) {
           info->set_input_index(input);
           describe(t, 0, 0, info->mutable_view());
@@ -451,8 +456,10 @@ void Executor::run_op(const wire::OpRecord& record, bool dynamic, wire::Response
       const auto& ref = record.outputs(static_cast<int>(i));
       if (ref.storage_id() == 0) continue;
       const at::Tensor& result = results[i];
-      const bool exact = result.defined() && aliases_input(result) < 0 &&
-                         result.storage_offset() == ref.storage_offset() &&
+      // A result that is a lazy conjugate/negative view (lu_solve's can be)
+      // is copied out: the client's tensor has no such bits.
+      const bool exact = result.defined() && aliases_input(result) < 0 && !result.is_conj() &&
+                         !result.is_neg() && result.storage_offset() == ref.storage_offset() &&
                          result.storage().nbytes() == ref.storage_nbytes() &&
                          static_cast<int32_t>(result.scalar_type()) == ref.dtype() &&
                          result.sizes().equals(to_vector(ref.sizes())) &&
@@ -545,7 +552,8 @@ void Executor::resize(const wire::ResizeStorage& resize) {
 void Executor::download(const wire::TensorRef& ref, Payload* payload) {
   check_not_poisoned(ref.storage_id());
   // A contiguous CPU view is sent as it is; the tensor keeps its storage alive.
-  payload->bytes = tensor_for(ref).contiguous().cpu();
+  // The bytes of the values the tensor shows: lazy conjugate/negative bits applied.
+  payload->bytes = tensor_for(ref).resolve_conj().resolve_neg().contiguous().cpu();
   // A tensor without memory (a ZeroTensor some kernel returned) has no bytes to send.
   TORCH_CHECK(payload->bytes.numel() == 0 || payload->bytes.const_data_ptr() != nullptr, "storage ",
               ref.storage_id(), " has no memory on the remote machine");

@@ -3,7 +3,8 @@
 
 For each OpInfo and each of its float32 sample inputs, one *sample* is checked:
 the op itself, its in-place variant and its ``out=`` variant where the OpInfo
-has them, and the gradients of its differentiable inputs. A sample passes when
+has them, and the gradients of its differentiable inputs. The first two samples
+in each other dtype the OpInfo lists for CPU are checked too (the op itself). A sample passes when
 every check that works on CPU gives the same result on mycelya
 (``torch.testing.assert_close``); it *raised* when mycelya raised where CPU did
 not, and it is *wrong* when mycelya returned values that differ from CPU's.
@@ -33,6 +34,8 @@ from torch.testing._internal.opinfo.core import SampleInput
 from torch.utils._pytree import tree_flatten, tree_map
 
 SWEEP_DTYPE = torch.float32
+# Every other dtype an OpInfo lists for CPU: this many samples, forward only.
+OTHER_DTYPE_SAMPLES = 2
 SEED = 0
 # Ops whose outputs are uninitialized memory: only shape and dtype are compared
 # (as for every OpInfo marked has_nondeterministic_output).
@@ -44,6 +47,11 @@ UNINITIALIZED_OPS = {
     "new_empty",
     "new_empty_strided",
 }
+
+
+# Ops whose accumulation dtype PyTorch picks by device type ("auto" policy):
+# on half and bfloat16 a mycelya device and the CPU round differently by design.
+DEVICE_POLICY_OPS = {"nn.functional.linear_cross_entropy"}
 
 
 def _values_comparable(op):
@@ -205,8 +213,10 @@ def _check_out(op, sample, device):
     def run(target):
         with torch.no_grad():
             reference = _call(op, _clone_to(sample, "cpu"))
+        # Filled, not empty: where a kernel leaves part of `out` unwritten (CPU's
+        # ihfftn can), both sides then show the same fill instead of garbage.
         outs = tree_map(
-            lambda x: torch.empty_like(x, device=target) if isinstance(x, torch.Tensor) else x, reference
+            lambda x: torch.full_like(x, 1, device=target) if isinstance(x, torch.Tensor) else x, reference
         )
         cloned = _detached(_clone_to(sample, target))
         _call(op, cloned, out=outs)
@@ -260,17 +270,55 @@ def check_sample(op, sample, device):
             _check_grad(op, sample, device)
 
 
-def _samples(op, device):
-    """The op's float32 samples, made on the mycelya device as PyTorch's own
-    device tests make them; made on CPU and moved when that fails."""
-    requires_grad = op.supports_autograd
+def _samples(op, device, dtype=SWEEP_DTYPE, requires_grad=None):
+    """The op's samples, made on the mycelya device as PyTorch's own device
+    tests make them; made on CPU and moved when that fails."""
+    if requires_grad is None:
+        requires_grad = op.supports_autograd
     try:
         torch.manual_seed(SEED)
-        return list(op.sample_inputs(device, SWEEP_DTYPE, requires_grad=requires_grad))
+        return list(op.sample_inputs(device, dtype, requires_grad=requires_grad))
     except Exception:  # noqa: BLE001 -- a generator that needs what mycelya lacks
         torch.manual_seed(SEED)
-        samples = op.sample_inputs("cpu", SWEEP_DTYPE, requires_grad=requires_grad)
+        samples = op.sample_inputs("cpu", dtype, requires_grad=requires_grad)
         return [_clone_to(sample, device, move_cpu_tensors=True) for sample in samples]
+
+
+def _record(result, check, prefix=""):
+    """Runs `check` and counts its outcome in `result`."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            check()
+        result.passed += 1
+    except Skip as exc:
+        result.skipped += 1
+        result.reasons[f"skipped{prefix}: {exc}"] += 1
+    except Wrong as exc:
+        result.wrong += 1
+        result.reasons[f"wrong{prefix}: {exc}"] += 1
+    except Exception as exc:  # noqa: BLE001 -- recorded as raised, with its message
+        result.raised += 1
+        result.reasons[f"raised{prefix}: {_short(exc)}"] += 1
+
+
+def _sweep_other_dtypes(op, device, result):
+    """The forward of the first OTHER_DTYPE_SAMPLES samples in every other
+    dtype the OpInfo lists for CPU."""
+    for dtype in sorted(op.supported_dtypes("cpu") - {SWEEP_DTYPE}, key=str):
+        prefix = f" ({str(dtype).removeprefix('torch.')})"
+        if op.name in DEVICE_POLICY_OPS and dtype in (torch.float16, torch.bfloat16):
+            result.skipped += 1
+            result.reasons[f"skipped{prefix}: accumulation dtype chosen by device type"] += 1
+            continue
+        try:
+            samples = _samples(op, device, dtype, requires_grad=False)[:OTHER_DTYPE_SAMPLES]
+        except Exception as exc:  # noqa: BLE001 -- a broken sample generator skips the dtype
+            result.skipped += 1
+            result.reasons[f"skipped{prefix}: sample inputs fail: {type(exc).__name__}"] += 1
+            continue
+        for sample in samples:
+            _record(result, lambda sample=sample: _check_forward(op, sample, device), prefix)
 
 
 def sweep_op(op, device, max_samples=None):
@@ -282,20 +330,8 @@ def sweep_op(op, device, max_samples=None):
         result.reasons[f"sample inputs fail: {type(exc).__name__}"] += 1
         return result
     for sample in samples[:max_samples]:
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                check_sample(op, sample, device)
-            result.passed += 1
-        except Skip as exc:
-            result.skipped += 1
-            result.reasons[f"skipped: {exc}"] += 1
-        except Wrong as exc:
-            result.wrong += 1
-            result.reasons[f"wrong: {exc}"] += 1
-        except Exception as exc:  # noqa: BLE001 -- recorded as raised, with its message
-            result.raised += 1
-            result.reasons[f"raised: {_short(exc)}"] += 1
+        _record(result, lambda sample=sample: check_sample(op, sample, device))
+    _sweep_other_dtypes(op, device, result)
     return result
 
 

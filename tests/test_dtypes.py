@@ -98,3 +98,25 @@ def test_division_of_integers_gives_floats(device):
     torch.testing.assert_close(
         torch.div(ra, rb, rounding_mode="trunc").cpu(), torch.div(a, b, rounding_mode="trunc")
     )
+
+
+def test_conjugate_and_negative_views_compute_as_on_cpu(device):
+    # x.conj() and x.mH are lazy views (a bit on the tensor): matmul and dot
+    # read the bit on the machine, as they do on a CPU or GPU.
+    a = torch.randn(4, 3, dtype=torch.complex64)
+    b = torch.randn(3, 5, dtype=torch.complex64)
+    ra, rb = a.to(device), b.to(device)
+    torch.testing.assert_close((ra.conj() @ rb).cpu(), a.conj() @ b)
+    torch.testing.assert_close((ra @ ra.mH).cpu(), a @ a.mH)
+    torch.testing.assert_close(torch.vdot(ra[0], ra[1]).cpu(), torch.vdot(a[0], a[1]))
+    torch.testing.assert_close(ra.conj()[1, 2].item(), a.conj()[1, 2].item())
+    torch.testing.assert_close(ra.conj().clone().cpu(), a.conj())
+    torch.testing.assert_close(torch.ops.aten._neg_view(ra).cpu(), -a)
+    # In place through a conjugate view, and copies into one.
+    expected, actual = a.clone(), ra.clone()
+    expected.conj().mul_(2)
+    actual.conj().mul_(2)
+    torch.testing.assert_close(actual.cpu(), expected)
+    target = torch.zeros(4, 3, dtype=torch.complex64, device=device)
+    target.conj().copy_(ra)
+    torch.testing.assert_close(target.cpu(), a.conj())
