@@ -258,6 +258,11 @@ void upload_cpu_indices(const c10::FunctionSchema& schema, torch::jit::Stack* st
 void remote_fallback(const c10::OperatorHandle& op, torch::jit::Stack* stack) {
   const auto& schema = op.schema();
   const size_t num_args = schema.arguments().size();
+  // Storage IDs describe strided tensors only; say so before the machine fails obscurely.
+  TORCH_CHECK_NOT_IMPLEMENTED(schema.name().find("sparse") == std::string::npos,
+                              "mycelya supports only strided (dense) tensors; ",
+                              op_display_name(op),
+                              " works on sparse tensors. Keep sparse work on the CPU.");
   upload_cpu_indices(schema, stack);
   auto args = torch::jit::last(*stack, num_args);
   OpPlacement placement = place_op(op, args);
