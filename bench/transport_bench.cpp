@@ -13,10 +13,12 @@
 #include <unistd.h>
 
 #include <cstdlib>
+#include <cstring>
 #include <memory>
 
 #include "core/device_table.h"
 #include "core/machine.h"
+#include "core/payload_pool.h"
 #include "core/plugin_loader.h"
 
 namespace mycelya {
@@ -79,11 +81,14 @@ BENCHMARK(BM_TinyOps)->Arg(10000)->Unit(benchmark::kMillisecond)->UseRealTime();
 
 void BM_Upload(benchmark::State& state) {
   const int64_t bytes = state.range(0);
-  const std::string payload(bytes, '\1');
+  const std::string source(bytes, '\1');
   for (auto _ : state) {
     wire::Upload upload;
     *upload.mutable_target() = float_ref(100, bytes / 4);
-    machine()->enqueue_upload(std::move(upload), payload);
+    // As copy_kernels does: the tensor's bytes copied into a pooled buffer.
+    std::string payload = payload_pool().acquire(bytes);
+    std::memcpy(payload.data(), source.data(), bytes);
+    machine()->enqueue_upload(std::move(upload), std::move(payload));
     machine()->synchronize();
   }
   state.SetBytesProcessed(state.iterations() * bytes);
@@ -107,9 +112,11 @@ void BM_Download(benchmark::State& state) {
   for (auto _ : state) {
     wire::Request request;
     *request.mutable_download()->mutable_source() = float_ref(200, bytes / 4);
-    std::string payload;
+    // As copy_kernels does: received into a pooled buffer, returned when done.
+    std::string payload = payload_pool().acquire(bytes);
     machine()->request(std::move(request), &payload);
     if (static_cast<int64_t>(payload.size()) != bytes) state.SkipWithError("short download");
+    payload_pool().release(std::move(payload));
   }
   state.SetBytesProcessed(state.iterations() * bytes);
   wire::Command free;

@@ -8,7 +8,10 @@
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/library.h>
 
+#include <cstring>
+
 #include "core/op_encoding.h"
+#include "core/payload_pool.h"
 #include "core/remote_tensor.h"
 
 namespace mycelya {
@@ -19,15 +22,20 @@ at::Tensor download(const at::Tensor& source) {
   DeviceEntry entry = device_entry(source);
   wire::Request request;
   encode_tensor_ref(source, entry.slot, request.mutable_download()->mutable_source());
-  auto bytes = std::make_unique<std::string>();
-  entry.machine->request(std::move(request), bytes.get());
   const size_t expected = static_cast<size_t>(source.numel()) * source.element_size();
+  // Received into a pooled buffer, which goes back to the pool with the tensor.
+  auto bytes = std::make_unique<std::string>(payload_pool().acquire(expected));
+  entry.machine->request(std::move(request), bytes.get());
   TORCH_CHECK(bytes->size() == expected, "mycelya: download of ", source.sizes(), " returned ",
               bytes->size(), " bytes, expected ", expected);
   // The received bytes become the tensor's memory: no copy.
   char* data = bytes->data();
   return at::from_blob(
-      data, source.sizes(), [owner = bytes.release()](void*) { delete owner; },
+      data, source.sizes(),
+      [owner = bytes.release()](void*) {
+        payload_pool().release(std::move(*owner));
+        delete owner;
+      },
       source.options().device(c10::kCPU));
 }
 
@@ -36,9 +44,9 @@ void upload(const at::Tensor& host, const at::Tensor& target) {
   at::Tensor image = host.to(target.scalar_type()).expand(target.sizes()).contiguous();
   wire::Upload upload;
   encode_tensor_ref(target, entry.slot, upload.mutable_target());
-  entry.machine->enqueue_upload(
-      std::move(upload),
-      std::string(static_cast<const char*>(image.const_data_ptr()), image.nbytes()));
+  std::string payload = payload_pool().acquire(image.nbytes());
+  if (image.nbytes() > 0) std::memcpy(payload.data(), image.const_data_ptr(), image.nbytes());
+  entry.machine->enqueue_upload(std::move(upload), std::move(payload));
 }
 
 void copy_on_machine(const at::Tensor& source, const at::Tensor& target) {

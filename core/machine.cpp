@@ -11,6 +11,7 @@
 #include <stdexcept>
 
 #include "core/logging.h"
+#include "core/payload_pool.h"
 #include "core/plugin_loader.h"
 
 namespace mycelya {
@@ -219,7 +220,8 @@ void Machine::flush_locked() {
     ++batches_sent_;
   }
   try {
-    session_->submit(std::move(encoded));
+    session_->submit(encoded);
+    for (auto& payload : encoded.payloads) payload_pool().release(std::move(payload));
   } catch (const std::exception& e) {
     std::lock_guard<std::mutex> lock(queue_mu_);
     lost_ = "Machine " + id_ + " was lost: " + e.what();

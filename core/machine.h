@@ -56,6 +56,8 @@ class Machine {
   // or lost.
   void enqueue(wire::Command* command);
   void enqueue(wire::Command command) { enqueue(&command); }
+  // `payload` best comes from payload_pool() (core/payload_pool.h),
+  // which gets it back once it is sent.
   void enqueue_upload(wire::Upload upload, std::string payload);
   // Queues a free; silently dropped once the machine is stopped.
   void free_storage(uint64_t storage_id);

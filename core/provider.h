@@ -16,7 +16,7 @@ namespace mycelya {
 
 // Bumped whenever this header changes incompatibly; the loader refuses a plugin
 // built against another version.
-constexpr int kProviderAbiVersion = 1;
+constexpr int kProviderAbiVersion = 2;
 
 // What the user asked for in RemoteMachine(provider, gpu_type, ...).
 struct MachineSpec {
@@ -44,10 +44,12 @@ class Session {
 
   // Fire-and-forget: queue the batch behind everything sent before. Must not
   // wait for execution. Throws std::runtime_error if the machine is lost.
-  virtual void submit(EncodedBatch batch) = 0;
+  // The payloads are done with on return; the caller reuses their buffers.
+  virtual void submit(EncodedBatch& batch) = 0;
 
   // Waits for everything submitted before, then answers an encoded Request
-  // with an encoded Response; a download's bytes go to *payload.
+  // with an encoded Response; a download's bytes go to *payload, whose
+  // memory (capacity) should be reused when it is big enough.
   virtual std::string request(const std::string& request, std::string* payload) = 0;
 
   virtual void stop() = 0;

@@ -104,6 +104,12 @@ void GrpcSession::reader_loop() {
     }
     std::string response = std::move(*message.mutable_response());
     std::string payload;
+    {
+      // The requester's buffer: its memory is reused, not freshly faulted in.
+      std::lock_guard<std::mutex> lock(mu_);
+      payload.swap(receive_buffer_);
+    }
+    payload.clear();
     bool complete = !message.has_payload();
     while (!complete && stream_->Read(&message) && message.has_chunk()) {
       complete = append_payload_chunk(message.mutable_chunk(), &payload);
@@ -143,7 +149,7 @@ void GrpcSession::wait_for_idle_link() {
   cv_.wait(lock, [this] { return batches_in_flight_ == 0 || reader_done_; });
 }
 
-void GrpcSession::submit(EncodedBatch batch) {
+void GrpcSession::submit(EncodedBatch& batch) {
   wait_for_idle_link();
   {
     std::lock_guard<std::mutex> lock(mu_);
@@ -158,6 +164,10 @@ void GrpcSession::submit(EncodedBatch batch) {
 }
 
 std::string GrpcSession::request(const std::string& request, std::string* payload) {
+  if (payload) {
+    std::lock_guard<std::mutex> lock(mu_);
+    receive_buffer_.swap(*payload);
+  }
   {
     std::lock_guard<std::mutex> lock(write_mu_);
     wire::ClientMessage message;

@@ -50,7 +50,7 @@ class GrpcSession final : public Session {
   ~GrpcSession() override;
 
   std::vector<std::string> devices() const override { return devices_; }
-  void submit(EncodedBatch batch) override;
+  void submit(EncodedBatch& batch) override;
   std::string request(const std::string& request, std::string* payload) override;
   void stop() override;
 
@@ -77,6 +77,8 @@ class GrpcSession final : public Session {
   std::condition_variable cv_;
   std::optional<std::string> response_;
   std::string response_payload_;
+  // The buffer the requester passed for the payload (possibly with capacity).
+  std::string receive_buffer_;
   std::string lost_;  // why the stream ended, once it has
   int batches_in_flight_ = 0;
   bool reader_done_ = false;

@@ -181,7 +181,7 @@ class LocalCudaSession final : public Session {
   ~LocalCudaSession() override { stop(); }
 
   std::vector<std::string> devices() const override { return grpc_->devices(); }
-  void submit(EncodedBatch batch) override { grpc_->submit(std::move(batch)); }
+  void submit(EncodedBatch& batch) override { grpc_->submit(batch); }
   std::string request(const std::string& request, std::string* payload) override {
     return grpc_->request(request, payload);
   }

@@ -20,7 +20,7 @@ class MockSession final : public Session {
 
   std::vector<std::string> devices() const override { return executor_.options().device_names; }
 
-  void submit(EncodedBatch batch) override {
+  void submit(EncodedBatch& batch) override {
     std::lock_guard<std::mutex> lock(mu_);
     executor_.run_batch(batch.batch, batch.payloads);
   }
