@@ -188,6 +188,46 @@ void Machine::enqueue_upload(wire::Upload upload, std::string payload) {
   if (synchronous_) synchronize();
 }
 
+void Machine::check_own_generators() const {
+  if (!session_ || !session_->shares_process_generators()) return;
+  throw std::logic_error(
+      "The " + provider_ +
+      " provider runs ops in this process and draws from its CPU generator, whose state "
+      "torch.get_rng_state/set_rng_state already save and restore; saving it per machine "
+      "(torch.mycelya.get_rng_state, fork_rng, checkpoint with preserve_rng_state=True) is "
+      "not supported there. Use torch.manual_seed, or preserve_rng_state=False.");
+}
+
+std::string Machine::rng_state(int slot) {
+  check_own_generators();
+  wire::Request request;
+  request.mutable_rng_state()->set_device(slot);
+  std::string state;
+  wire::Response response = this->request(std::move(request), &state);
+  if (response.has_error()) {
+    throw std::runtime_error("Machine " + id_ + " could not read its random generator's state: " +
+                             response.error().message());
+  }
+  return state;
+}
+
+void Machine::set_rng_state(int slot, std::string state) {
+  check_own_generators();
+  {
+    std::lock_guard<std::mutex> lock(queue_mu_);
+    check_usable_locked();
+    wire::Command command;
+    auto* set = command.mutable_set_rng_state();
+    set->set_device(slot);
+    set->set_nbytes(state.size());
+    set->set_payload_index(static_cast<uint32_t>(payloads_.size()));
+    payloads_.push_back(std::move(state));
+    append_locked(command);
+  }
+  queue_cv_.notify_one();
+  if (synchronous_) synchronize();
+}
+
 void Machine::free_storage(uint64_t storage_id) {
   std::lock_guard<std::mutex> lock(queue_mu_);
   if (!running_ || !lost_.empty()) return;

@@ -67,6 +67,13 @@ class Machine {
   // of this request.
   wire::Response request(wire::Request request, std::string* payload = nullptr);
 
+  // The state of the random generator of the device in `slot` (a sync
+  // point), and setting it (queued, like an op).
+  // Both throw std::logic_error where the session shares this process's
+  // generators (mock).
+  std::string rng_state(int slot);
+  void set_rng_state(int slot, std::string state);
+
   // Flushes and waits until every queued op has run; raises pending errors.
   void synchronize();
 
@@ -77,6 +84,7 @@ class Machine {
   uint64_t bytes_uploaded() const;
 
  private:
+  void check_own_generators() const;
   void sender_loop();
   // Hands everything queued to the session. Caller holds submit_mu_.
   void flush_locked();

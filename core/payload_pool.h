@@ -1,9 +1,9 @@
 // SPDX-License-Identifier: AGPL-3.0-or-later
 //
 // Buffers for payloads, handed out again once done with: an upload's after its
-// batch is sent, a download's when the CPU tensor that adopted it dies. A fresh multi-megabyte buffer is a fresh mmap whose every page
-// faults on first write: that cost as much as the transfer itself for a
-// 256 MiB upload. Buffers under kMinPooledBytes are left to malloc.
+// batch is sent, a download's when the CPU tensor that adopted it dies. A fresh multi-megabyte
+// buffer is a fresh mmap whose every page faults on first write: that cost as much as the transfer
+// itself for a 256 MiB upload. Buffers under kMinPooledBytes are left to malloc.
 #pragma once
 
 #include <cstddef>

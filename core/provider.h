@@ -53,6 +53,11 @@ class Session {
   virtual std::string request(const std::string& request, std::string* payload) = 0;
 
   virtual void stop() = 0;
+
+  // Whether the machine's random generators are this process's own (an
+  // in-process executor): their state cannot be saved and restored apart
+  // from the process's, with queued ops drawing from them concurrently.
+  virtual bool shares_process_generators() const { return false; }
 };
 
 class Provider {

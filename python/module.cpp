@@ -37,6 +37,12 @@ void seed_all(uint64_t seed) {
   }
 }
 
+// What the machine cannot do, as Python's NotImplementedError.
+py::error_already_set not_implemented(const std::logic_error& e) {
+  PyErr_SetString(PyExc_NotImplementedError, e.what());
+  return py::error_already_set();
+}
+
 }  // namespace
 }  // namespace mycelya
 
@@ -78,6 +84,31 @@ PYBIND11_MODULE(_C, m) {
         return lookup_device(static_cast<c10::DeviceIndex>(device_index)).machine;
       },
       py::arg("device_index"));
+  m.def(
+      "get_rng_state",
+      [](int device_index) {
+        DeviceEntry entry = lookup_device(static_cast<c10::DeviceIndex>(device_index));
+        std::string state;
+        try {
+          py::gil_scoped_release release;
+          state = entry.machine->rng_state(entry.slot);
+        } catch (const std::logic_error& e) {
+          throw not_implemented(e);
+        }
+        return py::bytes(state);
+      },
+      py::arg("device_index"));
+  m.def(
+      "set_rng_state",
+      [](int device_index, const std::string& state) {
+        DeviceEntry entry = lookup_device(static_cast<c10::DeviceIndex>(device_index));
+        try {
+          entry.machine->set_rng_state(entry.slot, state);
+        } catch (const std::logic_error& e) {
+          throw not_implemented(e);
+        }
+      },
+      py::arg("device_index"), py::arg("state"));
   m.def(
       "storage_id",
       [](const at::Tensor& tensor) {

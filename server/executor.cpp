@@ -160,6 +160,9 @@ void Executor::run_command(const wire::Command& command, PayloadSource& payloads
       case wire::Command::kSeed:
         seed(command.seed().seed());
         break;
+      case wire::Command::kSetRngState:
+        set_rng_state(command.set_rng_state(), payloads);
+        break;
       default:
         break;
     }
@@ -501,6 +504,18 @@ void Executor::run_op(const wire::OpRecord& record, bool dynamic, wire::Response
   }
 }
 
+at::Generator Executor::generator_for(int slot) const {
+  return at::globalContext().defaultGenerator(device_for(slot));
+}
+
+void Executor::set_rng_state(const wire::SetRngState& command, PayloadSource& payloads) {
+  at::Tensor state = at::empty({static_cast<int64_t>(command.nbytes())}, at::kByte);
+  payloads.read(command.payload_index(), static_cast<char*>(state.data_ptr()), command.nbytes());
+  at::Generator generator = generator_for(command.device());
+  std::lock_guard<std::mutex> lock(generator.mutex());
+  generator.set_state(state);
+}
+
 void Executor::seed(uint64_t seed) {
   // Only the generators of the devices served here: at::manual_seed would also
   // reach a mycelya client's generators when the executor runs in-process.
@@ -582,6 +597,12 @@ std::string Executor::handle_request(const std::string& encoded, Payload* payloa
         case wire::Request::kExecute:
           run_op(request.execute().op(), /*dynamic=*/true, &response);
           break;
+        case wire::Request::kRngState: {
+          at::Generator generator = generator_for(request.rng_state().device());
+          std::lock_guard<std::mutex> lock(generator.mutex());
+          payload->bytes = generator.get_state();
+          break;
+        }
         default:
           break;
       }

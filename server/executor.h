@@ -10,6 +10,7 @@
 #pragma once
 
 #include <ATen/Tensor.h>
+#include <ATen/core/Generator.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <c10/core/Storage.h>
 
@@ -84,6 +85,9 @@ class Executor {
   void upload(const wire::Upload& upload, PayloadSource& payloads);
   void resize(const wire::ResizeStorage& resize);
   void seed(uint64_t seed);
+  void set_rng_state(const wire::SetRngState& command, PayloadSource& payloads);
+  // The default generator of the device in `slot`.
+  at::Generator generator_for(int slot) const;
   void download(const wire::TensorRef& ref, Payload* payload);
 
   // An op resolved once per interned id, with the name it was sent under.

@@ -162,7 +162,8 @@ grpc::Status serve(Executor& executor, Stream* stream) {
         // The executor decodes the request too; this copy only tells whether a
         // payload follows, which a failed download must also send (empty).
         wire::Request request;
-        const bool download = request.ParseFromString(message.request()) && request.has_download();
+        const bool download = request.ParseFromString(message.request()) &&
+                              (request.has_download() || request.has_rng_state());
         Payload payload;
         wire::ServerMessage reply;
         reply.set_response(executor.handle_request(message.request(), &payload));

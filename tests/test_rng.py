@@ -1,9 +1,16 @@
 # SPDX-License-Identifier: AGPL-3.0-or-later
 """Random ops run on the machine (no data crosses the wire) and are
-reproducible under torch.manual_seed and torch.mycelya.manual_seed."""
+reproducible under torch.manual_seed and torch.mycelya.manual_seed; their
+state saves and restores (fork_rng, checkpointing)."""
 
 import pytest
 import torch
+
+from conftest import PROVIDER
+
+# Saving a machine's generator state needs generators of its own: mock's are
+# this process's (see test_rng_state_on_mock_says_it_is_the_process_generator).
+own_generators = pytest.mark.skipif(PROVIDER == "mock", reason="mock shares this process's generators")
 
 
 def _draw(device):
@@ -63,3 +70,49 @@ def test_distributions_look_right(device):
     assert abs(normal.mean().item()) < 0.02 and abs(normal.std().item() - 1) < 0.02
     assert 0 <= uniform.min().item() and uniform.max().item() < 1
     assert abs(uniform.mean().item() - 0.5) < 0.01
+
+
+def test_rng_state_on_mock_says_it_is_the_process_generator(device):
+    if PROVIDER != "mock":
+        pytest.skip("mock only: its executor draws from this process's CPU generator")
+    with pytest.raises(NotImplementedError, match="CPU generator"):
+        torch.mycelya.get_rng_state(device)
+    with pytest.raises(NotImplementedError, match="preserve_rng_state=False"):
+        torch.mycelya.set_rng_state(torch.zeros(8, dtype=torch.uint8), device)
+
+
+@own_generators
+def test_rng_state_round_trips(device):
+    torch.manual_seed(11)
+    state = torch.mycelya.get_rng_state(device)
+    assert state.dtype == torch.uint8 and state.device.type == "cpu" and state.numel() > 0
+    first = torch.randn(100, device=device).cpu()
+    torch.mycelya.set_rng_state(state, device)
+    torch.testing.assert_close(torch.randn(100, device=device).cpu(), first, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="uint8"):
+        torch.mycelya.set_rng_state(torch.zeros(3), device)
+
+
+@own_generators
+def test_fork_rng_restores_the_remote_stream(device):
+    torch.manual_seed(5)
+    with torch.random.fork_rng(devices=[device], device_type="mycelya"):
+        inside = torch.rand(50, device=device).cpu()
+    after = torch.rand(50, device=device).cpu()
+    torch.testing.assert_close(after, inside, rtol=0, atol=0)
+
+
+@own_generators
+def test_checkpoint_with_dropout_replays_the_same_mask(device):
+    from torch.utils.checkpoint import checkpoint
+
+    layer = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.Dropout(0.5), torch.nn.Tanh()).to(device)
+    x = torch.randn(4, 8, device=device)
+    grads = []
+    for use_checkpoint in (False, True):
+        torch.manual_seed(21)
+        layer.zero_grad()
+        out = checkpoint(layer, x, use_reentrant=False) if use_checkpoint else layer(x)
+        out.sum().backward()
+        grads.append(layer[0].weight.grad.cpu())
+    torch.testing.assert_close(grads[1], grads[0], rtol=0, atol=0)

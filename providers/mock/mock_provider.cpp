@@ -20,6 +20,8 @@ class MockSession final : public Session {
 
   std::vector<std::string> devices() const override { return executor_.options().device_names; }
 
+  bool shares_process_generators() const override { return true; }
+
   void submit(EncodedBatch& batch) override {
     std::lock_guard<std::mutex> lock(mu_);
     executor_.run_batch(batch.batch, batch.payloads);

@@ -56,19 +56,25 @@ def manual_seed_all(seed):
     manual_seed(seed)
 
 
+def _device_index(device):
+    if isinstance(device, int):
+        return device
+    device = torch.device(device)
+    return current_device() if device.index is None else device.index
+
+
 def get_rng_state(device="mycelya"):
-    """Not supported yet: the generator's state lives on the remote machine."""
-    raise NotImplementedError(
-        "torch.mycelya.get_rng_state is not supported: the random generator's state lives on the "
-        "remote machine. Use torch.manual_seed / torch.mycelya.manual_seed to make remote random "
-        "ops reproducible (torch.random.fork_rng and checkpointing with preserve_rng_state=True "
-        "need get_rng_state)."
-    )
+    """The state of the random generator behind ``device`` on its machine, as a
+    CPU uint8 tensor (a sync point), as torch.cuda.get_rng_state returns."""
+    state = _C.get_rng_state(_device_index(device))
+    return torch.frombuffer(bytearray(state), dtype=torch.uint8)
 
 
 def set_rng_state(new_state, device="mycelya"):
-    """Not supported yet: see get_rng_state."""
-    get_rng_state(device)
+    """Restores a state get_rng_state returned (queued, like an op)."""
+    if not isinstance(new_state, torch.Tensor) or new_state.dtype != torch.uint8:
+        raise ValueError("set_rng_state expects the uint8 tensor get_rng_state returned")
+    _C.set_rng_state(_device_index(device), new_state.cpu().contiguous().numpy().tobytes())
 
 
 def synchronize(device=None):
@@ -83,6 +89,11 @@ def synchronize(device=None):
             machine.synchronize()
 
 
+def get_amp_supported_dtype():
+    """Dtypes torch.autocast may use on mycelya (checkpointing asks)."""
+    return [torch.float16, torch.bfloat16]
+
+
 def _is_in_bad_fork():
     return False
 
@@ -90,6 +101,8 @@ def _is_in_bad_fork():
 def register_device_module():
     module = types.ModuleType("torch.mycelya")
     module.device = device
+    # Read by torch.utils.checkpoint: only an initialized backend's RNG state is preserved.
+    module._initialized = True
     for fn in (
         is_available,
         device_count,
@@ -99,6 +112,7 @@ def register_device_module():
         manual_seed_all,
         get_rng_state,
         set_rng_state,
+        get_amp_supported_dtype,
         synchronize,
         _is_in_bad_fork,
     ):
