@@ -188,8 +188,12 @@ void Machine::enqueue_upload(wire::Upload upload, std::string payload) {
   if (synchronous_) synchronize();
 }
 
+bool Machine::shares_process_generators() const {
+  return session_ && session_->shares_process_generators();
+}
+
 void Machine::check_own_generators() const {
-  if (!session_ || !session_->shares_process_generators()) return;
+  if (!shares_process_generators()) return;
   throw std::logic_error(
       "The " + provider_ +
       " provider runs ops in this process and draws from its CPU generator, whose state "

@@ -69,6 +69,8 @@ class Machine {
 
   // The state of the random generator of the device in `slot` (a sync
   // point), and setting it (queued, like an op).
+  // Whether the machine's ops draw from this process's own generators (mock).
+  bool shares_process_generators() const;
   // Both throw std::logic_error where the session shares this process's
   // generators (mock).
   std::string rng_state(int slot);

@@ -2,6 +2,7 @@
 //
 // mycelya_torch._C: the thin pybind11 layer over core. Everything that blocks
 // on the network releases the GIL.
+#include <ATen/CPUGeneratorImpl.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 #include <torch/csrc/utils/pybind.h>
@@ -31,6 +32,16 @@ std::shared_ptr<Machine> make_machine(const std::string& provider, const std::st
 void seed_all(uint64_t seed) {
   for (const auto& machine : all_registered_machines()) {
     if (!machine->running()) continue;
+    if (machine->shares_process_generators()) {
+      // mock: its ops draw from this process's CPU generator. A queued Seed
+      // would reseed it again later, repeating CPU draws made in between:
+      // let queued ops finish, then seed it here.
+      machine->synchronize();
+      at::Generator generator = at::detail::getDefaultCPUGenerator();
+      std::lock_guard<std::mutex> lock(generator.mutex());
+      generator.set_current_seed(seed);
+      continue;
+    }
     wire::Command command;
     command.mutable_seed()->set_seed(seed);
     machine->enqueue(std::move(command));

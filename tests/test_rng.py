@@ -81,6 +81,20 @@ def test_rng_state_on_mock_says_it_is_the_process_generator(device):
         torch.mycelya.set_rng_state(torch.zeros(8, dtype=torch.uint8), device)
 
 
+def test_seeding_does_not_repeat_cpu_draws(machine, device):
+    # On mock the machine's generator is this process's CPU one: seeding must
+    # not be applied again later, when queued ops run.
+    torch.ones(1, device=device)
+    torch.manual_seed(0)
+    first = torch.rand(5)
+    machine.synchronize()
+    assert not torch.equal(torch.rand(5), first)
+    torch.manual_seed(0)
+    x = torch.randn(4, device=device)
+    torch.manual_seed(0)
+    torch.testing.assert_close(torch.randn(4, device=device).cpu(), x.cpu(), rtol=0, atol=0)
+
+
 @own_generators
 def test_rng_state_round_trips(device):
     torch.manual_seed(11)
