@@ -184,8 +184,12 @@ const Executor::KnownOp& Executor::op_for(const wire::OpRecord& record) {
     const auto dot = name.find('.');
     const std::string base = name.substr(0, dot);
     const std::string overload = dot == std::string::npos ? "" : name.substr(dot + 1);
-    ops_[id] = KnownOp{
-        c10::Dispatcher::singleton().findSchemaOrThrow(base.c_str(), overload.c_str()), name};
+    c10::OperatorHandle handle =
+        c10::Dispatcher::singleton().findSchemaOrThrow(base.c_str(), overload.c_str());
+    const auto& arguments = handle.schema().arguments();
+    const bool in_place = !arguments.empty() && arguments[0].name() == "self" &&
+                          arguments[0].alias_info() && arguments[0].alias_info()->isWrite();
+    ops_[id] = KnownOp{std::move(handle), name, in_place};
   }
   return *ops_[id];
 }
@@ -212,18 +216,17 @@ c10::Storage Executor::new_storage(uint64_t nbytes, c10::Device device) {
 }
 
 void Executor::keep(uint64_t id, c10::Storage storage) {
-  uint64_t& counted = counted_bytes_[id];
-  bytes_in_use_ = bytes_in_use_ - counted + storage.nbytes();
-  counted = storage.nbytes();
-  storages_[id] = std::move(storage);
+  KeptStorage& kept = storages_[id];
+  bytes_in_use_ = bytes_in_use_ - kept.counted_bytes + storage.nbytes();
+  kept.counted_bytes = storage.nbytes();
+  kept.storage = std::move(storage);
 }
 
 void Executor::free(uint64_t id) {
   poison_.erase(id);
   auto it = storages_.find(id);
   if (it == storages_.end()) return;
-  bytes_in_use_ -= counted_bytes_[id];
-  counted_bytes_.erase(id);
+  bytes_in_use_ -= it->second.counted_bytes;
   storages_.erase(it);
 }
 
@@ -240,7 +243,7 @@ at::Tensor Executor::tensor_for(const wire::TensorRef& ref) {
     keep(ref.storage_id(), new_storage(ref.storage_nbytes(), device));
     it = storages_.find(ref.storage_id());
   }
-  const c10::Storage& storage = it->second;
+  const c10::Storage& storage = it->second.storage;
   TORCH_CHECK(required_bytes(ref) <= storage.nbytes(), "storage ", ref.storage_id(), " holds ",
               storage.nbytes(), " bytes, too few for a view that needs ", required_bytes(ref));
   // Built directly, not through empty() + set_(): two dispatcher calls per
@@ -384,11 +387,8 @@ void Executor::run_op(const wire::OpRecord& record, bool dynamic, wire::Response
     }
     // An in-place op must leave its input's shape alone: the client keeps
     // shapes and does not see a kernel resize `self` (CPU's addbmm_ can).
-    const bool in_place = !arguments.empty() && arguments[0].name() == "self" &&
-                          arguments[0].alias_info() && arguments[0].alias_info()->isWrite() &&
-                          stack[0].isTensor();
-    const std::vector<int64_t> self_sizes =
-        in_place ? stack[0].toTensor().sizes().vec() : std::vector<int64_t>();
+    const bool in_place = known.in_place && stack[0].isTensor();
+    const c10::DimVector self_sizes(in_place ? stack[0].toTensor().sizes() : c10::IntArrayRef());
     {
       at::AutoDispatchBelowADInplaceOrView below_autograd;
       op.callBoxed(&stack);
@@ -545,7 +545,8 @@ void Executor::upload(const wire::Upload& upload, PayloadSource& payloads) {
 void Executor::resize(const wire::ResizeStorage& resize) {
   auto it = storages_.find(resize.storage_id());
   if (it == storages_.end()) return;  // not created yet: later refs carry the new size
-  const uint64_t old_nbytes = it->second.nbytes();
+  const c10::Storage& old_storage = it->second.storage;
+  const uint64_t old_nbytes = old_storage.nbytes();
   // The old storage is still counted: only growth needs room.
   reserve_bytes(resize.nbytes() > old_nbytes ? resize.nbytes() - old_nbytes : 0);
   const c10::Device device = device_for(resize.device());
@@ -559,7 +560,7 @@ void Executor::resize(const wire::ResizeStorage& resize) {
       t.set_(storage, 0, {keep_bytes}, {1});
       return t;
     };
-    bytes_of(grown).copy_(bytes_of(it->second));
+    bytes_of(grown).copy_(bytes_of(old_storage));
   }
   keep(resize.storage_id(), std::move(grown));
 }

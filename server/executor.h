@@ -94,6 +94,8 @@ class Executor {
   struct KnownOp {
     c10::OperatorHandle handle;
     std::string name;
+    // Writes its first argument, `self` (add_): a kernel must not resize it.
+    bool in_place = false;
   };
   const KnownOp& op_for(const wire::OpRecord& record);
   c10::Device device_for(int slot) const;
@@ -107,11 +109,14 @@ class Executor {
   void reserve_bytes(uint64_t nbytes) const;
 
   ExecutorOptions options_;
-  std::unordered_map<uint64_t, c10::Storage> storages_;
-  // Bytes counted against the limit for each storage, as of keep(). A kernel
-  // may resize a storage in place (an out= argument), so the storage's own
-  // nbytes() can differ by the time it is freed.
-  std::unordered_map<uint64_t, uint64_t> counted_bytes_;
+  struct KeptStorage {
+    c10::Storage storage;
+    // Bytes counted against the limit, as of keep(). A kernel may resize a
+    // storage in place (an out= argument), so storage.nbytes() can differ by
+    // the time it is freed.
+    uint64_t counted_bytes = 0;
+  };
+  std::unordered_map<uint64_t, KeptStorage> storages_;
   // Storage ID -> the error of the failed op that should have written it. Kept
   // apart from storages_: a failed op's output may never have been created.
   std::unordered_map<uint64_t, std::string> poison_;
