@@ -243,7 +243,7 @@ void upload_cpu_indices(const c10::FunctionSchema& schema, torch::jit::Stack* st
   c10::IValue* args = stack->data() + (stack->size() - num_args);
   if (num_args == 0 || !args[0].isTensor() || !args[0].toTensor().is_privateuseone()) return;
   for (size_t i = 1; i < num_args; ++i) {
-    if (schema.arguments()[i].name() != "indices" || !args[i].isList()) continue;
+    if (!args[i].isList() || schema.arguments()[i].name() != "indices") continue;
     auto indices = args[i].to<c10::List<std::optional<at::Tensor>>>();
     for (size_t k = 0; k < indices.size(); ++k) {
       std::optional<at::Tensor> index = indices.get(k);

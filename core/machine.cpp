@@ -174,14 +174,23 @@ void Machine::enqueue(wire::Command* command) {
 }
 
 void Machine::enqueue_upload(wire::Upload upload, std::string payload) {
+  wire::Command command;
+  *command.mutable_upload() = std::move(upload);
+  enqueue_with_payload(std::move(command), std::move(payload));
+}
+
+void Machine::enqueue_with_payload(wire::Command command, std::string payload) {
   {
     std::lock_guard<std::mutex> lock(queue_mu_);
     check_usable_locked();
-    upload.set_payload_index(static_cast<uint32_t>(payloads_.size()));
-    bytes_uploaded_ += payload.size();
+    const auto index = static_cast<uint32_t>(payloads_.size());
+    if (command.has_upload()) {
+      command.mutable_upload()->set_payload_index(index);
+      bytes_uploaded_ += payload.size();
+    } else {
+      command.mutable_set_rng_state()->set_payload_index(index);
+    }
     payloads_.push_back(std::move(payload));
-    wire::Command command;
-    *command.mutable_upload() = std::move(upload);
     append_locked(command);
   }
   queue_cv_.notify_one();
@@ -217,19 +226,10 @@ std::string Machine::rng_state(int slot) {
 
 void Machine::set_rng_state(int slot, std::string state) {
   check_own_generators();
-  {
-    std::lock_guard<std::mutex> lock(queue_mu_);
-    check_usable_locked();
-    wire::Command command;
-    auto* set = command.mutable_set_rng_state();
-    set->set_device(slot);
-    set->set_nbytes(state.size());
-    set->set_payload_index(static_cast<uint32_t>(payloads_.size()));
-    payloads_.push_back(std::move(state));
-    append_locked(command);
-  }
-  queue_cv_.notify_one();
-  if (synchronous_) synchronize();
+  wire::Command command;
+  command.mutable_set_rng_state()->set_device(slot);
+  command.mutable_set_rng_state()->set_nbytes(state.size());
+  enqueue_with_payload(std::move(command), std::move(state));
 }
 
 void Machine::free_storage(uint64_t storage_id) {

@@ -67,12 +67,11 @@ class Machine {
   // of this request.
   wire::Response request(wire::Request request, std::string* payload = nullptr);
 
-  // The state of the random generator of the device in `slot` (a sync
-  // point), and setting it (queued, like an op).
   // Whether the machine's ops draw from this process's own generators (mock).
   bool shares_process_generators() const;
-  // Both throw std::logic_error where the session shares this process's
-  // generators (mock).
+  // The state of the random generator of the device in `slot` (a sync
+  // point), and setting it (queued, like an op). Both throw std::logic_error
+  // where the session shares this process's generators (mock).
   std::string rng_state(int slot);
   void set_rng_state(int slot, std::string state);
 
@@ -87,6 +86,9 @@ class Machine {
 
  private:
   void check_own_generators() const;
+  // Queues an Upload or SetRngState with `payload` as the batch's next
+  // payload, pointing the command at it.
+  void enqueue_with_payload(wire::Command command, std::string payload);
   void sender_loop();
   // Hands everything queued to the session. Caller holds submit_mu_.
   void flush_locked();
