@@ -351,7 +351,7 @@ def _sweep_other_dtypes(op, device, result):
             _record(result, lambda sample=sample: _check_forward(op, sample, device), prefix)
 
 
-def sweep_op(op, device, max_samples=None):
+def sweep_op(op, device):
     result = OpResult()
     try:
         samples = _samples(op, device)
@@ -359,7 +359,7 @@ def sweep_op(op, device, max_samples=None):
         result.skipped += 1
         result.reasons[f"sample inputs fail: {type(exc).__name__}"] += 1
         return result
-    for sample in samples[:max_samples]:
+    for sample in samples:
         _record(result, lambda sample=sample: check_sample(op, sample, device))
     _sweep_other_dtypes(op, device, result)
     return result
