@@ -7,19 +7,10 @@
 
 #include "proto/mycelya.pb.h"
 #include "server/executor.h"
+#include "tests/cc/wire_refs.h"
 
 namespace mycelya {
 namespace {
-
-wire::TensorRef ref(uint64_t id) {
-  wire::TensorRef r;
-  r.set_storage_id(id);
-  r.set_storage_nbytes(16 * sizeof(float));
-  r.add_sizes(16);
-  r.add_strides(1);
-  r.set_dtype(static_cast<int32_t>(c10::ScalarType::Float));
-  return r;
-}
 
 void BM_TinyAddOps(benchmark::State& state) {
   Executor executor({{c10::Device(c10::kCPU)}, {"cpu"}, 0});
@@ -29,10 +20,10 @@ void BM_TinyAddOps(benchmark::State& state) {
     auto* op = batch.add_commands()->mutable_op();
     op->set_op_id(1);
     if (i == 0) op->set_op_name("aten::add.Tensor");
-    *op->add_args()->mutable_tensor() = ref(1);
-    *op->add_args()->mutable_tensor() = ref(1);
+    *op->add_args()->mutable_tensor() = contiguous_ref(1, {16});
+    *op->add_args()->mutable_tensor() = contiguous_ref(1, {16});
     op->add_args()->set_int_value(1);
-    *op->add_outputs() = ref(2 + i % 64);
+    *op->add_outputs() = contiguous_ref(2 + i % 64, {16});
   }
   std::string encoded;
   batch.SerializeToString(&encoded);

@@ -20,6 +20,7 @@
 #include "core/machine.h"
 #include "core/payload_pool.h"
 #include "core/plugin_loader.h"
+#include "tests/cc/wire_refs.h"
 
 namespace mycelya {
 namespace {
@@ -37,19 +38,11 @@ std::shared_ptr<Machine> machine() {
   return m;
 }
 
-wire::TensorRef float_ref(uint64_t id, int64_t numel) {
-  wire::TensorRef ref;
-  ref.set_storage_id(id);
-  ref.set_storage_nbytes(numel * sizeof(float));
-  ref.add_sizes(numel);
-  ref.add_strides(1);
-  ref.set_dtype(static_cast<int32_t>(c10::ScalarType::Float));
-  ref.set_device(machine()->slot_of("cpu", 0));
-  return ref;
-}
+// The machine's cpu device: its slot in TensorRefs.
+int cpu_slot() { return machine()->slot_of("cpu", 0); }
 
 void BM_RecordSmallOp(benchmark::State& state) {
-  const auto device = register_device(machine(), machine()->slot_of("cpu", 0));
+  const auto device = register_device(machine(), cpu_slot());
   at::Tensor x = at::zeros({16}, at::TensorOptions().device(c10::DeviceType::PrivateUse1, device));
   for (int i = 0; i < 100; ++i) x = x + 1;  // warm the plan cache
   for (auto _ : state) {
@@ -67,10 +60,12 @@ void BM_TinyOps(benchmark::State& state) {
       wire::Command command;
       auto* op = command.mutable_op();
       op->set_op_name("aten::add.Tensor");
-      *op->add_args()->mutable_tensor() = float_ref(1, 16);
-      *op->add_args()->mutable_tensor() = float_ref(1, 16);
+      *op->add_args()->mutable_tensor() =
+          contiguous_ref(1, {16}, c10::ScalarType::Float, cpu_slot());
+      *op->add_args()->mutable_tensor() =
+          contiguous_ref(1, {16}, c10::ScalarType::Float, cpu_slot());
       op->add_args()->set_int_value(1);
-      *op->add_outputs() = float_ref(2 + i % 64, 16);
+      *op->add_outputs() = contiguous_ref(2 + i % 64, {16}, c10::ScalarType::Float, cpu_slot());
       machine()->enqueue(std::move(command));
     }
     machine()->synchronize();
@@ -84,7 +79,7 @@ void BM_Upload(benchmark::State& state) {
   const std::string source(bytes, '\1');
   for (auto _ : state) {
     wire::Upload upload;
-    *upload.mutable_target() = float_ref(100, bytes / 4);
+    *upload.mutable_target() = contiguous_ref(100, {bytes / 4}, c10::ScalarType::Float, cpu_slot());
     // As copy_kernels does: the tensor's bytes copied into a pooled buffer.
     std::string payload = payload_pool().acquire(bytes);
     std::memcpy(payload.data(), source.data(), bytes);
@@ -106,12 +101,13 @@ void BM_Download(benchmark::State& state) {
   const int64_t bytes = state.range(0);
   {
     wire::Upload upload;
-    *upload.mutable_target() = float_ref(200, bytes / 4);
+    *upload.mutable_target() = contiguous_ref(200, {bytes / 4}, c10::ScalarType::Float, cpu_slot());
     machine()->enqueue_upload(std::move(upload), std::string(bytes, '\2'));
   }
   for (auto _ : state) {
     wire::Request request;
-    *request.mutable_download()->mutable_source() = float_ref(200, bytes / 4);
+    *request.mutable_download()->mutable_source() =
+        contiguous_ref(200, {bytes / 4}, c10::ScalarType::Float, cpu_slot());
     // As copy_kernels does: received into a pooled buffer, returned when done.
     std::string payload = payload_pool().acquire(bytes);
     machine()->request(std::move(request), &payload);

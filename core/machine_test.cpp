@@ -20,6 +20,7 @@
 #include "core/plugin_loader.h"
 #include "proto/mycelya.pb.h"
 #include "tests/cc/gtest_helpers.h"
+#include "tests/cc/wire_refs.h"
 
 namespace mycelya {
 namespace {
@@ -37,29 +38,6 @@ MachineSpec spec_with_gpu(const std::string& gpu_type, int gpu_count = 1) {
   spec.gpu_type = gpu_type;
   spec.gpu_count = gpu_count;
   return spec;
-}
-
-wire::TensorRef float_ref(uint64_t storage_id, int64_t n, int device = 0) {
-  wire::TensorRef ref;
-  ref.set_storage_id(storage_id);
-  ref.set_storage_nbytes(static_cast<uint64_t>(n) * sizeof(float));
-  ref.add_sizes(n);
-  ref.add_strides(1);
-  ref.set_dtype(static_cast<int32_t>(at::kFloat));
-  ref.set_device(device);
-  return ref;
-}
-
-wire::TensorRef matrix_ref(uint64_t storage_id, int64_t rows, int64_t cols) {
-  wire::TensorRef ref;
-  ref.set_storage_id(storage_id);
-  ref.set_storage_nbytes(static_cast<uint64_t>(rows * cols) * sizeof(float));
-  ref.add_sizes(rows);
-  ref.add_sizes(cols);
-  ref.add_strides(cols);
-  ref.add_strides(1);
-  ref.set_dtype(static_cast<int32_t>(at::kFloat));
-  return ref;
 }
 
 std::string float_bytes(const std::vector<float>& values) {
@@ -182,10 +160,10 @@ TEST_F(MachineTest, EnqueueAfterStopThrows) {
       message_of<std::runtime_error>([&] { machine.enqueue(seed_command(2)); });
   EXPECT_TRUE(Contains(message, "not running"));
   EXPECT_TRUE(Contains(message, machine.id()));
-  EXPECT_THROW(machine.enqueue_upload(upload_of(float_ref(1, 1)), float_bytes({1.0f})),
+  EXPECT_THROW(machine.enqueue_upload(upload_of(contiguous_ref(1, {1})), float_bytes({1.0f})),
                std::runtime_error);
   EXPECT_THROW(machine.synchronize(), std::runtime_error);
-  EXPECT_THROW(machine.request(download_request(float_ref(1, 1))), std::runtime_error);
+  EXPECT_THROW(machine.request(download_request(contiguous_ref(1, {1}))), std::runtime_error);
   // Frees of a stopped machine are dropped silently (tensors may die after stop).
   EXPECT_NO_THROW(machine.free_storage(1));
   // Stopping again is harmless.
@@ -227,10 +205,10 @@ TEST_F(MachineTest, UploadThenDownloadThroughTheQueue) {
   Machine machine("mock", MachineSpec{});
   machine.start();
   const std::vector<float> values = {1.5f, -2.0f, 3.25f, 4.0f};
-  machine.enqueue_upload(upload_of(float_ref(11, 4)), float_bytes(values));
+  machine.enqueue_upload(upload_of(contiguous_ref(11, {4})), float_bytes(values));
   // The request first ships the queued upload, so it sees the bytes.
   std::string payload;
-  wire::Response response = machine.request(download_request(float_ref(11, 4)), &payload);
+  wire::Response response = machine.request(download_request(contiguous_ref(11, {4})), &payload);
   EXPECT_FALSE(response.has_error());
   EXPECT_EQ(response.version(), static_cast<uint32_t>(wire::PROTOCOL_VERSION_CURRENT));
   EXPECT_EQ(payload, float_bytes(values));
@@ -239,49 +217,51 @@ TEST_F(MachineTest, UploadThenDownloadThroughTheQueue) {
 TEST_F(MachineTest, UploadsKeepTheirOwnPayloads) {
   Machine machine("mock", MachineSpec{});
   machine.start();
-  machine.enqueue_upload(upload_of(float_ref(1, 2)), float_bytes({1.0f, 2.0f}));
-  machine.enqueue_upload(upload_of(float_ref(2, 3)), float_bytes({3.0f, 4.0f, 5.0f}));
+  machine.enqueue_upload(upload_of(contiguous_ref(1, {2})), float_bytes({1.0f, 2.0f}));
+  machine.enqueue_upload(upload_of(contiguous_ref(2, {3})), float_bytes({3.0f, 4.0f, 5.0f}));
   machine.synchronize();
-  machine.enqueue_upload(upload_of(float_ref(3, 1)), float_bytes({6.0f}));
+  machine.enqueue_upload(upload_of(contiguous_ref(3, {1})), float_bytes({6.0f}));
   std::string payload;
-  machine.request(download_request(float_ref(2, 3)), &payload);
+  machine.request(download_request(contiguous_ref(2, {3})), &payload);
   EXPECT_EQ(payload, float_bytes({3.0f, 4.0f, 5.0f}));
-  machine.request(download_request(float_ref(3, 1)), &payload);
+  machine.request(download_request(contiguous_ref(3, {1})), &payload);
   EXPECT_EQ(payload, float_bytes({6.0f}));
-  machine.request(download_request(float_ref(1, 2)), &payload);
+  machine.request(download_request(contiguous_ref(1, {2})), &payload);
   EXPECT_EQ(payload, float_bytes({1.0f, 2.0f}));
 }
 
 TEST_F(MachineTest, OpsRunRemotelyInOrder) {
   Machine machine("mock", MachineSpec{});
   machine.start();
-  machine.enqueue_upload(upload_of(float_ref(1, 3)), float_bytes({1.0f, 2.0f, 3.0f}));
-  machine.enqueue_upload(upload_of(float_ref(2, 3)), float_bytes({10.0f, 20.0f, 30.0f}));
+  machine.enqueue_upload(upload_of(contiguous_ref(1, {3})), float_bytes({1.0f, 2.0f, 3.0f}));
+  machine.enqueue_upload(upload_of(contiguous_ref(2, {3})), float_bytes({10.0f, 20.0f, 30.0f}));
   wire::Command command;
   auto* record = command.mutable_op();
   record->set_op_name("aten::add.Tensor");  // enqueue() interns it
-  *record->add_args()->mutable_tensor() = float_ref(1, 3);
-  *record->add_args()->mutable_tensor() = float_ref(2, 3);
+  *record->add_args()->mutable_tensor() = contiguous_ref(1, {3});
+  *record->add_args()->mutable_tensor() = contiguous_ref(2, {3});
   record->add_args()->set_double_value(2.0);
-  *record->add_outputs() = float_ref(3, 3);
+  *record->add_outputs() = contiguous_ref(3, {3});
   machine.enqueue(command);
 
   std::string payload;
-  machine.request(download_request(float_ref(3, 3)), &payload);
+  machine.request(download_request(contiguous_ref(3, {3})), &payload);
   EXPECT_EQ(payload, float_bytes({21.0f, 42.0f, 63.0f}));
 }
 
 TEST_F(MachineTest, PendingErrorSurfacesAtTheNextSyncPointOnce) {
   Machine machine("mock", MachineSpec{});
   machine.start();
-  machine.enqueue_upload(upload_of(matrix_ref(1, 2, 3)), float_bytes(std::vector<float>(6, 1.0f)));
-  machine.enqueue_upload(upload_of(matrix_ref(2, 4, 5)), float_bytes(std::vector<float>(20, 1.0f)));
+  machine.enqueue_upload(upload_of(contiguous_ref(1, {2, 3})),
+                         float_bytes(std::vector<float>(6, 1.0f)));
+  machine.enqueue_upload(upload_of(contiguous_ref(2, {4, 5})),
+                         float_bytes(std::vector<float>(20, 1.0f)));
   wire::Command command;
   auto* record = command.mutable_op();
   record->set_op_name("aten::mm");
-  *record->add_args()->mutable_tensor() = matrix_ref(1, 2, 3);
-  *record->add_args()->mutable_tensor() = matrix_ref(2, 4, 5);
-  *record->add_outputs() = matrix_ref(3, 2, 5);
+  *record->add_args()->mutable_tensor() = contiguous_ref(1, {2, 3});
+  *record->add_args()->mutable_tensor() = contiguous_ref(2, {4, 5});
+  *record->add_outputs() = contiguous_ref(3, {2, 5});
   machine.enqueue(command);
 
   const std::string message = message_of<std::runtime_error>([&] { machine.synchronize(); });
@@ -290,12 +270,13 @@ TEST_F(MachineTest, PendingErrorSurfacesAtTheNextSyncPointOnce) {
   EXPECT_NO_THROW(machine.synchronize());
   EXPECT_TRUE(machine.running());
   // The failed op's output stays poisoned.
-  EXPECT_TRUE(Contains(message_of<std::runtime_error>(
-                           [&] { machine.request(download_request(matrix_ref(3, 2, 5))); }),
+  EXPECT_TRUE(Contains(message_of<std::runtime_error>([&] {
+                         machine.request(download_request(contiguous_ref(3, {2, 5})));
+                       }),
                        "aten::mm"));
   // Other storages are fine.
   std::string payload;
-  machine.request(download_request(matrix_ref(1, 2, 3)), &payload);
+  machine.request(download_request(contiguous_ref(1, {2, 3})), &payload);
   EXPECT_EQ(payload, float_bytes(std::vector<float>(6, 1.0f)));
 }
 

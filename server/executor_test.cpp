@@ -16,21 +16,12 @@
 
 #include "proto/mycelya.pb.h"
 #include "tests/cc/gtest_helpers.h"
+#include "tests/cc/wire_refs.h"
 
 namespace mycelya {
 namespace {
 
 constexpr uint64_t kMiB = 1ull << 20;
-
-std::vector<int64_t> contiguous_strides(const std::vector<int64_t>& sizes) {
-  std::vector<int64_t> strides(sizes.size());
-  int64_t stride = 1;
-  for (size_t d = sizes.size(); d-- > 0;) {
-    strides[d] = stride;
-    stride *= std::max<int64_t>(sizes[d], 1);
-  }
-  return strides;
-}
 
 int64_t numel(const std::vector<int64_t>& sizes) {
   int64_t n = 1;
@@ -50,13 +41,6 @@ wire::TensorRef make_ref(uint64_t storage_id, uint64_t storage_nbytes,
   ref.set_dtype(static_cast<int32_t>(dtype));
   ref.set_device(device);
   return ref;
-}
-
-// A contiguous tensor that fills its whole storage.
-wire::TensorRef contiguous_ref(uint64_t storage_id, const std::vector<int64_t>& sizes,
-                               at::ScalarType dtype) {
-  const uint64_t nbytes = static_cast<uint64_t>(numel(sizes)) * c10::elementSize(dtype);
-  return make_ref(storage_id, nbytes, sizes, contiguous_strides(sizes), 0, dtype);
 }
 
 wire::TensorRef ref_for(uint64_t storage_id, const at::Tensor& tensor) {

@@ -28,6 +28,7 @@
 
 #include "proto/mycelya.grpc.pb.h"
 #include "proto/mycelya.pb.h"
+#include "tests/cc/wire_refs.h"
 
 extern char** environ;
 
@@ -36,7 +37,6 @@ namespace {
 
 constexpr char kToken[] = "s3cret-token";
 constexpr uint64_t kMiB = 1ull << 20;
-constexpr int32_t kByte = static_cast<int32_t>(c10::ScalarType::Byte);
 
 std::string bearer(const std::string& token) { return "Bearer " + token; }
 
@@ -51,30 +51,6 @@ std::string socket_path() {
   if (path.size() >= 100) path = "/tmp" + name;
   unlink(path.c_str());
   return path;
-}
-
-// The contiguous bytes of a whole 1-D uint8 storage.
-wire::TensorRef byte_ref(uint64_t storage_id, uint64_t nbytes) {
-  wire::TensorRef ref;
-  ref.set_storage_id(storage_id);
-  ref.set_storage_nbytes(nbytes);
-  ref.add_sizes(static_cast<int64_t>(nbytes));
-  ref.add_strides(1);
-  ref.set_dtype(kByte);
-  ref.set_device(0);
-  return ref;
-}
-
-wire::TensorRef float_ref(uint64_t storage_id, int64_t rows, int64_t cols) {
-  wire::TensorRef ref;
-  ref.set_storage_id(storage_id);
-  ref.set_storage_nbytes(static_cast<uint64_t>(rows * cols) * sizeof(float));
-  ref.add_sizes(rows);
-  ref.add_sizes(cols);
-  ref.add_strides(cols);
-  ref.add_strides(1);
-  ref.set_dtype(static_cast<int32_t>(c10::ScalarType::Float));
-  return ref;
 }
 
 std::string pattern(size_t n, unsigned seed) {
@@ -392,9 +368,9 @@ TEST_F(ServiceTest, OpErrorIsThePendingErrorOfTheNextResponse) {
   auto* op = batch.add_commands()->mutable_op();
   op->set_op_id(1);
   op->set_op_name("aten::mm");
-  *op->add_args()->mutable_tensor() = float_ref(1, 2, 3);
-  *op->add_args()->mutable_tensor() = float_ref(2, 4, 5);
-  *op->add_outputs() = float_ref(3, 2, 5);
+  *op->add_args()->mutable_tensor() = contiguous_ref(1, {2, 3});
+  *op->add_args()->mutable_tensor() = contiguous_ref(2, {4, 5});
+  *op->add_outputs() = contiguous_ref(3, {2, 5});
   client->batch(batch, {});
 
   const wire::Response first = client->sync();
