@@ -55,17 +55,16 @@ BENCHMARK(BM_RecordSmallOp);
 
 void BM_TinyOps(benchmark::State& state) {
   const int64_t ops = state.range(0);
+  const int slot = cpu_slot();
   for (auto _ : state) {
     for (int64_t i = 0; i < ops; ++i) {
       wire::Command command;
       auto* op = command.mutable_op();
       op->set_op_name("aten::add.Tensor");
-      *op->add_args()->mutable_tensor() =
-          contiguous_ref(1, {16}, c10::ScalarType::Float, cpu_slot());
-      *op->add_args()->mutable_tensor() =
-          contiguous_ref(1, {16}, c10::ScalarType::Float, cpu_slot());
+      *op->add_args()->mutable_tensor() = contiguous_ref(1, {16}, c10::kFloat, slot);
+      *op->add_args()->mutable_tensor() = contiguous_ref(1, {16}, c10::kFloat, slot);
       op->add_args()->set_int_value(1);
-      *op->add_outputs() = contiguous_ref(2 + i % 64, {16}, c10::ScalarType::Float, cpu_slot());
+      *op->add_outputs() = contiguous_ref(2 + i % 64, {16}, c10::kFloat, slot);
       machine()->enqueue(std::move(command));
     }
     machine()->synchronize();
@@ -77,9 +76,10 @@ BENCHMARK(BM_TinyOps)->Arg(10000)->Unit(benchmark::kMillisecond)->UseRealTime();
 void BM_Upload(benchmark::State& state) {
   const int64_t bytes = state.range(0);
   const std::string source(bytes, '\1');
+  const wire::TensorRef target = contiguous_ref(100, {bytes / 4}, c10::kFloat, cpu_slot());
   for (auto _ : state) {
     wire::Upload upload;
-    *upload.mutable_target() = contiguous_ref(100, {bytes / 4}, c10::ScalarType::Float, cpu_slot());
+    *upload.mutable_target() = target;
     // As copy_kernels does: the tensor's bytes copied into a pooled buffer.
     std::string payload = payload_pool().acquire(bytes);
     std::memcpy(payload.data(), source.data(), bytes);
@@ -99,15 +99,15 @@ BENCHMARK(BM_Upload)
 
 void BM_Download(benchmark::State& state) {
   const int64_t bytes = state.range(0);
+  const wire::TensorRef stored = contiguous_ref(200, {bytes / 4}, c10::kFloat, cpu_slot());
   {
     wire::Upload upload;
-    *upload.mutable_target() = contiguous_ref(200, {bytes / 4}, c10::ScalarType::Float, cpu_slot());
+    *upload.mutable_target() = stored;
     machine()->enqueue_upload(std::move(upload), std::string(bytes, '\2'));
   }
   for (auto _ : state) {
     wire::Request request;
-    *request.mutable_download()->mutable_source() =
-        contiguous_ref(200, {bytes / 4}, c10::ScalarType::Float, cpu_slot());
+    *request.mutable_download()->mutable_source() = stored;
     // As copy_kernels does: received into a pooled buffer, returned when done.
     std::string payload = payload_pool().acquire(bytes);
     machine()->request(std::move(request), &payload);
