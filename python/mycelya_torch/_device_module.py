@@ -23,9 +23,14 @@ def current_device():
     return _current_device
 
 
+def _index_of(device):
+    """The index ``device`` names (an int, "mycelya:1", a torch.device); None for a bare "mycelya"."""
+    return device if isinstance(device, int) else torch.device(device).index
+
+
 def set_device(device):
     global _current_device
-    _current_device = torch.device(device).index if not isinstance(device, int) else device
+    _current_device = _index_of(device)
 
 
 class device:
@@ -33,7 +38,7 @@ class device:
     torch.cuda.device does); torch.load(map_location=...) enters it."""
 
     def __init__(self, device):
-        self._index = torch.device(device).index if not isinstance(device, int) else device
+        self._index = _index_of(device)
         self._previous = None
 
     def __enter__(self):
@@ -57,10 +62,8 @@ def manual_seed_all(seed):
 
 
 def _device_index(device):
-    if isinstance(device, int):
-        return device
-    device = torch.device(device)
-    return current_device() if device.index is None else device.index
+    index = _index_of(device)
+    return current_device() if index is None else index
 
 
 def get_rng_state(device="mycelya"):
