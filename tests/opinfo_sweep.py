@@ -29,7 +29,6 @@ import time
 import warnings
 
 import torch
-from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.testing._internal.common_methods_invocations import op_db
 from torch.testing._internal.opinfo.core import SampleInput
 from torch.utils._pytree import tree_flatten, tree_map
@@ -278,16 +277,10 @@ def _check_grad(op, sample, device):
 
 
 def check_sample(op, sample, device):
-    """Runs every applicable check of one sample. Raises Skip, Wrong, or what mycelya raised."""
-    if op.name == "nn.functional.scaled_dot_product_attention":
-        # PyTorch picks the math backend for mycelya; the CPU reference uses it too.
-        with sdpa_kernel(SDPBackend.MATH):
-            _check_sample(op, sample, device)
-    else:
-        _check_sample(op, sample, device)
+    """Runs every applicable check of one sample. Raises Skip, Wrong, or what mycelya raised.
 
-
-def _check_sample(op, sample, device):
+    Attention on a machine's cpu device picks the backend CPU picks, so the
+    CPU reference runs as it is."""
     _check_forward(op, sample, device)
     if op.inplace_variant is not None:
         with contextlib.suppress(Skip):

@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn as nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils._python_dispatch import TorchDispatchMode
 
 
 def _train_and_compare(device, model, make_input, optimizer_cls, steps=3, **optimizer_kwargs):
@@ -17,12 +18,10 @@ def _train_and_compare(device, model, make_input, optimizer_cls, steps=3, **opti
     remote_optimizer = optimizer_cls(remote.parameters(), **optimizer_kwargs)
     for _ in range(steps):
         x = make_input()
-        # The mycelya device runs attention through the math path; so does the reference.
-        with sdpa_kernel(SDPBackend.MATH):
-            reference_optimizer.zero_grad()
-            reference_loss = reference(x).pow(2).mean()
-            reference_loss.backward()
-            reference_optimizer.step()
+        reference_optimizer.zero_grad()
+        reference_loss = reference(x).pow(2).mean()
+        reference_loss.backward()
+        reference_optimizer.step()
         remote_optimizer.zero_grad()
         remote_loss = remote(x.to(device)).pow(2).mean()
         remote_loss.backward()
@@ -129,3 +128,45 @@ def test_state_dict_saves_and_loads_onto_mycelya_and_cpu(device):
     fresh.load_state_dict(on_cpu)
     x = make_input()
     torch.testing.assert_close(fresh.eval()(x.to(device)).cpu(), remote.eval()(x.to(device)).cpu())
+
+
+class _RecordOps(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.names = set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.names.add(func.__name__)
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+def test_attention_on_a_remote_cpu_runs_the_fused_cpu_kernel(machine, causal):
+    # The machine's cpu device picks the backend CPU picks: one fused kernel
+    # each way instead of the math path's bmm, softmax and friends.
+    device = machine.device("cpu")
+    q, k, v = (torch.randn(2, 4, 8, 16, requires_grad=True) for _ in range(3))
+    expected = nn.functional.scaled_dot_product_attention(q, k, v, is_causal=causal)
+    expected.sum().backward()
+
+    remote = [t.detach().to(device).requires_grad_() for t in (q, k, v)]
+    with _RecordOps() as recorded:
+        actual = nn.functional.scaled_dot_product_attention(*remote, is_causal=causal)
+        actual.sum().backward()
+    assert "_scaled_dot_product_flash_attention_for_cpu.default" in recorded.names
+    assert "_scaled_dot_product_flash_attention_for_cpu_backward.default" in recorded.names
+    assert "bmm.default" not in recorded.names
+    torch.testing.assert_close(actual.cpu(), expected.detach())
+    for name, local, r in zip("qkv", (q, k, v), remote, strict=True):
+        torch.testing.assert_close(r.grad.cpu(), local.grad, msg=lambda m, n=name: f"grad of {n}: {m}")
+
+
+def test_attention_keeps_the_backend_the_user_picked(machine):
+    device = machine.device("cpu")
+    q, k, v = (torch.randn(2, 4, 8, 16) for _ in range(3))
+    with sdpa_kernel(SDPBackend.MATH), _RecordOps() as recorded:
+        actual = nn.functional.scaled_dot_product_attention(q.to(device), k.to(device), v.to(device))
+    assert "_scaled_dot_product_flash_attention_for_cpu.default" not in recorded.names
+    with sdpa_kernel(SDPBackend.MATH):
+        expected = nn.functional.scaled_dot_product_attention(q, k, v)
+    torch.testing.assert_close(actual.cpu(), expected)
