@@ -148,8 +148,8 @@ grpc::Status serve(Executor& executor, Stream* stream) {
         executor.run_batch(batch, payloads);
         grpc::Status status = payloads.finish();
         if (!status.ok()) return status;
-        // The client holds back its next batch until this one has run, so ops
-        // queued meanwhile travel together (see GrpcSession::submit).
+        // The client keeps at most two batches unacknowledged, so ops queued
+        // meanwhile travel together (see GrpcSession::submit).
         wire::ServerMessage done;
         done.set_batch_done(true);
         if (!stream->Write(done, grpc::WriteOptions().clear_buffer_hint())) return stream_broken();

@@ -144,13 +144,13 @@ void GrpcSession::write_payload_locked(const std::string& payload) {
                                             });
 }
 
-void GrpcSession::wait_for_idle_link() {
+void GrpcSession::wait_for_free_slot() {
   std::unique_lock<std::mutex> lock(mu_);
-  cv_.wait(lock, [this] { return batches_in_flight_ == 0 || reader_done_; });
+  cv_.wait(lock, [this] { return batches_in_flight_ < kMaxBatchesInFlight || reader_done_; });
 }
 
 void GrpcSession::submit(EncodedBatch& batch) {
-  wait_for_idle_link();
+  wait_for_free_slot();
   {
     std::lock_guard<std::mutex> lock(mu_);
     ++batches_in_flight_;

@@ -1,8 +1,8 @@
 // SPDX-License-Identifier: AGPL-3.0-or-later
 //
 // The client side of mycelya-server's Session stream, shared by every
-// networked provider. A batch goes out at once when the link is idle; while
-// one is in flight (sent, not yet run), submit() waits, so the ops queued
+// networked provider. A batch goes out at once unless kMaxBatchesInFlight are
+// in flight (sent, not yet run); then submit() waits, so the ops queued
 // meanwhile in core coalesce into the next batch: low latency for single ops,
 // few large batches under a flood. A request waits for its response, which the
 // reader thread hands over. Bulk payloads travel as chunks after their message.
@@ -42,6 +42,12 @@ std::shared_ptr<grpc::Channel> make_channel(const GrpcTarget& target);
 std::string wait_until_healthy(const GrpcTarget& target, std::chrono::milliseconds timeout,
                                const std::function<bool()>& keep_waiting);
 
+// Two, not one: the server then finds the next batch already sent when it
+// finishes one, instead of idling for a round trip (an acknowledgement back,
+// the next batch out) between them. A training step of a small MLP ran about
+// 6% faster on local-cuda; three measured the same as two.
+constexpr int kMaxBatchesInFlight = 2;
+
 class GrpcSession final : public Session {
  public:
   // Connects and opens the stream; throws std::runtime_error when the server
@@ -56,8 +62,8 @@ class GrpcSession final : public Session {
 
  private:
   void reader_loop();
-  // Waits until no batch is in flight (or the stream ended).
-  void wait_for_idle_link();
+  // Waits until fewer than kMaxBatchesInFlight batches are in flight (or the stream ended).
+  void wait_for_free_slot();
   // Writes one message; throws once the stream is broken. Caller holds write_mu_.
   void write_locked(const wire::ClientMessage& message);
   void write_payload_locked(const std::string& payload);
