@@ -5,10 +5,12 @@ machine's cpu device and in plain local PyTorch, with the ratio between them.
     bazel run //bench:train_step                          # local-cuda (a real server process)
     bazel run //bench:train_step -- --provider mock
 Each step ends with loss.item(), the one sync point; the script prints the
-batches sent and the blocking round trips per step.
+median step times, the batches sent and the blocking round trips per step.
+Local and remote steps run in alternating rounds (--rounds of --steps each).
 """
 
 import argparse
+import copy
 import statistics
 import time
 
@@ -32,8 +34,7 @@ def transformer_block():
     return model, lambda: (torch.randn(16, 16, 128), torch.randint(0, 10, (16,)))
 
 
-def time_steps(model, batches, device, steps):
-    model = model.to(device)
+def make_step(model, device):
     optimizer = torch.optim.AdamW(model.parameters())
 
     def step(data, target):
@@ -43,19 +44,23 @@ def time_steps(model, batches, device, steps):
         optimizer.step()
         return loss.item()
 
-    step(*batches[0])  # warm up: optimizer state, caches
+    return step
+
+
+def time_steps(step, batches):
     times = []
-    for data, target in batches[1 : steps + 1]:
+    for data, target in batches:
         start = time.perf_counter()
         step(data, target)
         times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return times
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--provider", default="local-cuda")
-    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--steps", type=int, default=10, help="steps per round, on each side")
+    parser.add_argument("--rounds", type=int, default=20)
     args = parser.parse_args()
     torch.manual_seed(0)
     machine = mycelya_torch.RemoteMachine(args.provider)
@@ -65,12 +70,20 @@ def main():
     )
     for name, make in (("mlp", mlp), ("transformer block", transformer_block)):
         model, make_batch = make()
-        batches = [make_batch() for _ in range(args.steps + 1)]
-        local = time_steps(model, batches, "cpu", args.steps)
-        model, _ = make()
+        batches = [make_batch() for _ in range(args.steps)]
+        local_step = make_step(copy.deepcopy(model), "cpu")
+        remote_step = make_step(model.to(device), device)
+        for step in (local_step, remote_step):  # warm up: optimizer state, caches
+            step(*batches[0])
+        # Rounds of local and remote steps in turn, so that a slow spell of this
+        # noisy machine lands on both sides.
+        local, remote = [], []
         sent, trips = machine.batches_sent, machine.round_trips
-        remote = time_steps(model, batches, device, args.steps)
-        steps = args.steps + 1
+        for _ in range(args.rounds):
+            local += time_steps(local_step, batches)
+            remote += time_steps(remote_step, batches)
+        local, remote = statistics.median(local), statistics.median(remote)
+        steps = args.rounds * args.steps
         print(
             f"{name:18s} local {local * 1e3:7.2f} ms/step   {args.provider} {remote * 1e3:7.2f} ms/step   "
             f"ratio {remote / local:5.2f}x   batches/step {(machine.batches_sent - sent) / steps:5.1f}   "
