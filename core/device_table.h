@@ -26,6 +26,12 @@ struct DeviceEntry {
   std::string remote_name;  // "cuda:0", "cpu"
 };
 
+// Whether the entry's remote device is the machine's CPU ("cpu" or "cpu:k"),
+// for client code that follows what CPU's kernels do.
+inline bool is_remote_cpu(const DeviceEntry& entry) {
+  return entry.remote_name.rfind("cpu", 0) == 0;
+}
+
 // Returns the index for (machine, slot), registering it on first use.
 c10::DeviceIndex register_device(const std::shared_ptr<Machine>& machine, int slot);
 

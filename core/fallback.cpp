@@ -104,7 +104,7 @@ std::shared_ptr<const OutputPlan> as_remote_kernel_returns(const c10::OperatorHa
   const bool batch_norm = no_training || name == "aten::native_batch_norm" ||
                           name == "aten::_native_batch_norm_legit" ||
                           name == "aten::_batch_norm_with_update";
-  if (!(layer_norm || batch_norm) || placement.entry.remote_name.rfind("cpu", 0) != 0) return plan;
+  if (!(layer_norm || batch_norm) || !is_remote_cpu(placement.entry)) return plan;
   if (args.empty() || !args[0].isTensor() || plan->returns.size() < 3) return plan;
 
   // native_batch_norm and _native_batch_norm_legit: (input, weight, bias,
@@ -147,7 +147,7 @@ std::shared_ptr<const OutputPlan> as_remote_kernel_returns(const c10::OperatorHa
 bool shapes_known_only_remotely(const c10::OperatorHandle& op, const OpPlacement& placement) {
   const std::string& name = op.schema().name();
   return (name == "aten::_embedding_bag" || name == "aten::_embedding_bag_forward_only") &&
-         placement.entry.remote_name.rfind("cpu", 0) == 0;
+         is_remote_cpu(placement.entry);
 }
 
 // Gives a local tensor the geometry the machine reports for it after an op
