@@ -281,6 +281,9 @@ void Machine::sender_loop() {
     }
     try {
       std::lock_guard<std::mutex> submit(submit_mu_);
+      // Gathering only once the machine can take the batch lets the ops
+      // recorded while it was busy travel in this batch, not wait for the next.
+      session_->wait_until_ready();
       flush_locked();
     } catch (const std::exception& e) {
       // lost_ is set; callers see it at their next call.

@@ -16,7 +16,7 @@ namespace mycelya {
 
 // Bumped whenever this header changes incompatibly; the loader refuses a plugin
 // built against another version.
-constexpr int kProviderAbiVersion = 2;
+constexpr int kProviderAbiVersion = 3;
 
 // What the user asked for in RemoteMachine(provider, gpu_type, ...).
 struct MachineSpec {
@@ -46,6 +46,12 @@ class Session {
   // wait for execution. Throws std::runtime_error if the machine is lost.
   // The payloads are done with on return; the caller reuses their buffers.
   virtual void submit(EncodedBatch& batch) = 0;
+
+  // Returns once submit() would not have to wait for the machine (a transport
+  // with a bounded number of batches in flight waits here for a free place),
+  // or once the machine is lost. Core gathers its queue only after this, so
+  // ops recorded during the wait travel in that batch.
+  virtual void wait_until_ready() {}
 
   // Waits for everything submitted before, then answers an encoded Request
   // with an encoded Response; a download's bytes go to *payload, whose

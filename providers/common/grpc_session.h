@@ -58,6 +58,7 @@ class GrpcSession final : public Session {
 
   std::vector<std::string> devices() const override { return devices_; }
   void submit(EncodedBatch& batch) override;
+  void wait_until_ready() override { wait_for_free_slot(); }
   std::string request(const std::string& request, std::string* payload) override;
   void stop() override;
 

@@ -182,6 +182,7 @@ class LocalCudaSession final : public Session {
 
   std::vector<std::string> devices() const override { return grpc_->devices(); }
   void submit(EncodedBatch& batch) override { grpc_->submit(batch); }
+  void wait_until_ready() override { grpc_->wait_until_ready(); }
   std::string request(const std::string& request, std::string* payload) override {
     return grpc_->request(request, payload);
   }
