@@ -72,16 +72,16 @@ Flags (--flag=value or --flag value):
 // heap, and trimming it only past 1 GiB of free space, lets freed blocks be
 // reused (as CUDA's caching allocator does on a GPU). Blocks above 32 MiB,
 // glibc's largest threshold, are still mapped and unmapped apiece.
+void keep_freed_memory() {
+  mallopt(M_MMAP_THRESHOLD, 32 << 20);
+  mallopt(M_TRIM_THRESHOLD, 1 << 30);
+}
+
 // Debian builds abseil without NDEBUG, so every absl::Mutex that gRPC locks
 // also ran deadlock detection (a global lock graph): about 1.5% of the
 // server's time per training step. Release builds of abseil skip it.
 void skip_mutex_deadlock_detection() {
   absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);
-}
-
-void keep_freed_memory() {
-  mallopt(M_MMAP_THRESHOLD, 32 << 20);
-  mallopt(M_TRIM_THRESHOLD, 1 << 30);
 }
 
 // How long in-flight calls get to finish once a stop is asked for. Sessions

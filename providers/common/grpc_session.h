@@ -2,10 +2,11 @@
 //
 // The client side of mycelya-server's Session stream, shared by every
 // networked provider. A batch goes out at once unless kMaxBatchesInFlight are
-// in flight (sent, not yet run); then submit() waits, so the ops queued
-// meanwhile in core coalesce into the next batch: low latency for single ops,
-// few large batches under a flood. A request waits for its response, which the
-// reader thread hands over. Bulk payloads travel as chunks after their message.
+// in flight (sent, not yet run); then core's sender waits in wait_until_ready()
+// before gathering, so the ops queued meanwhile coalesce into one batch: low
+// latency for single ops, few large batches under a flood. A request waits for
+// its response, which the reader thread hands over. Bulk payloads travel as
+// chunks after their message.
 //
 // When the connection drops or the server dies, every pending and later call
 // raises std::runtime_error: never a hang.
