@@ -137,9 +137,14 @@ void Executor::run_batch(const std::string& encoded, PayloadSource& payloads) {
       pending_error_.emplace();
       pending_error_->set_message("the executor received a batch it could not decode");
     }
+    commands_counted_ = false;
     return;
   }
-  for (const auto& command : batch.commands()) run_command(command, payloads);
+  for (const auto& command : batch.commands()) {
+    run_command(command, payloads);
+    ++commands_run_;
+    if (after_command_) after_command_();
+  }
 }
 
 void Executor::run_command(const wire::Command& command, PayloadSource& payloads) {

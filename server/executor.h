@@ -15,6 +15,7 @@
 #include <c10/core/Storage.h>
 
 #include <cstdint>
+#include <functional>
 #include <optional>
 #include <string>
 #include <unordered_map>
@@ -75,6 +76,14 @@ class Executor {
   // The same, with the payload copied into a string.
   std::string handle_request(const std::string& encoded, std::string* payload);
 
+  // Commands of batches run so far, counted as the client counts them (see
+  // wire::ReadRequest). Unknown from a batch that could not be decoded on.
+  uint64_t commands_run() const { return commands_run_; }
+  bool commands_counted() const { return commands_counted_; }
+  // Called after every command of a batch, with the executor between
+  // commands: the one point where a transport may serve a read early.
+  void set_after_command(std::function<void()> hook) { after_command_ = std::move(hook); }
+
   uint64_t bytes_in_use() const { return bytes_in_use_; }
   size_t storage_count() const { return storages_.size(); }
 
@@ -123,6 +132,9 @@ class Executor {
   std::vector<std::optional<KnownOp>> ops_;  // by op_id
   uint64_t bytes_in_use_ = 0;
   std::optional<wire::Error> pending_error_;
+  uint64_t commands_run_ = 0;
+  bool commands_counted_ = true;
+  std::function<void()> after_command_;
 };
 
 }  // namespace mycelya

@@ -8,6 +8,7 @@
 #include <cstring>
 #include <iostream>
 #include <mutex>
+#include <random>
 #include <sstream>
 #include <stdexcept>
 #include <utility>
@@ -137,15 +138,43 @@ bool write_payload(Stream* stream, const Payload& payload) {
       [stream](const wire::ServerMessage& message) { return stream->Write(message); });
 }
 
+// Unguessable: a session's key is all a Read needs besides the server's
+// token, which every client of the server shares.
+std::string new_session_key() {
+  std::random_device random;  // /dev/urandom
+  static const char kHex[] = "0123456789abcdef";
+  std::string key;
+  for (int i = 0; i < 8; ++i) {
+    const uint32_t word = random();
+    for (int nibble = 0; nibble < 8; ++nibble) key += kHex[(word >> (4 * nibble)) & 0xf];
+  }
+  return key;
+}
+
+// Marks the session thread's use of the executor, for EarlyReads.
+class Executing {
+ public:
+  explicit Executing(EarlyReads& reads) : reads_(reads) { reads_.begin_executing(); }
+  ~Executing() { reads_.end_executing(); }
+  Executing(const Executing&) = delete;
+  Executing& operator=(const Executing&) = delete;
+
+ private:
+  EarlyReads& reads_;
+};
+
 // The message loop of one session, after the hello.
-grpc::Status serve(Executor& executor, Stream* stream) {
+grpc::Status serve(Executor& executor, EarlyReads& early_reads, Stream* stream) {
   wire::ClientMessage message;
   while (stream->Read(&message)) {
     switch (message.kind_case()) {
       case wire::ClientMessage::kBatch: {
         const std::string batch = std::move(*message.mutable_batch());
         StreamPayloads payloads(stream, message.payload_count());
-        executor.run_batch(batch, payloads);
+        {
+          Executing executing(early_reads);
+          executor.run_batch(batch, payloads);
+        }
         grpc::Status status = payloads.finish();
         if (!status.ok()) return status;
         // The client keeps at most two batches unacknowledged, so ops queued
@@ -166,7 +195,10 @@ grpc::Status serve(Executor& executor, Stream* stream) {
                               (request.has_download() || request.has_rng_state());
         Payload payload;
         wire::ServerMessage reply;
-        reply.set_response(executor.handle_request(message.request(), &payload));
+        {
+          Executing executing(early_reads);
+          reply.set_response(executor.handle_request(message.request(), &payload));
+        }
         reply.set_has_payload(download);
         // The client is blocked on this answer: send it now, not when gRPC
         // would find it convenient to.
@@ -235,6 +267,12 @@ grpc::Status MycelyaService::Session(grpc::ServerContext* context, Stream* strea
     // executor and its storages are gone.
     OpenSession counted(&open_sessions_);
     Executor executor(options_.executor);
+    auto early_reads = std::make_shared<EarlyReads>(executor);
+    const std::string key = new_session_key();
+    {
+      std::lock_guard<std::mutex> lock(sessions_mu_);
+      sessions_[key] = early_reads;
+    }
     log("session ", id, " from ", context->peer(), " opened (", open_sessions_.load(), " open)");
 
     wire::ServerMessage hello;
@@ -242,9 +280,17 @@ grpc::Status MycelyaService::Session(grpc::ServerContext* context, Stream* strea
     for (const std::string& name : options_.executor.device_names) {
       hello.mutable_hello()->add_devices(name);
     }
+    hello.mutable_hello()->set_session_key(key);
     status = stream->Write(hello, grpc::WriteOptions().clear_buffer_hint())
-                 ? serve(executor, stream)
+                 ? serve(executor, *early_reads, stream)
                  : stream_broken();
+    {
+      std::lock_guard<std::mutex> lock(sessions_mu_);
+      sessions_.erase(key);
+    }
+    // Before the executor goes: reads still waiting fail instead.
+    early_reads->end("session " + std::to_string(id) + " ended" +
+                     (status.ok() ? std::string() : ": " + status.error_message()));
   }
   // Read fails alike for a client that closed and one that vanished or was
   // cancelled (by a shutdown, say); the log tells them apart.
@@ -264,6 +310,24 @@ grpc::Status MycelyaService::Health(grpc::ServerContext* context,
   for (const std::string& name : options_.executor.device_names) response->add_devices(name);
   response->set_sessions(static_cast<uint32_t>(std::max(open_sessions_.load(), 0)));
   return grpc::Status::OK;
+}
+
+grpc::Status MycelyaService::Read(grpc::ServerContext* context, const wire::ReadRequest* request,
+                                  wire::ReadResponse* response) {
+  grpc::Status status = authenticate(*context);
+  if (!status.ok()) return status;
+  std::shared_ptr<EarlyReads> session;
+  {
+    std::lock_guard<std::mutex> lock(sessions_mu_);
+    const auto it = sessions_.find(request->session_key());
+    if (it != sessions_.end()) session = it->second;
+  }
+  if (!session) {
+    return grpc::Status(grpc::StatusCode::NOT_FOUND,
+                        "no open session has this key (the session ended, or the key is not "
+                        "one this server gave out)");
+  }
+  return session->read(*request, response, context);
 }
 
 bool is_local_address(const std::string& address) {

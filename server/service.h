@@ -22,11 +22,15 @@
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
+#include <memory>
+#include <mutex>
 #include <string>
+#include <unordered_map>
 
 #include "proto/mycelya.grpc.pb.h"
 #include "proto/mycelya.pb.h"
 #include "proto/payload_chunks.h"
+#include "server/early_reads.h"
 #include "server/executor.h"
 
 namespace mycelya {
@@ -51,6 +55,11 @@ class MycelyaService final : public wire::Mycelya::Service {
   grpc::Status Health(grpc::ServerContext* context, const wire::HealthRequest* request,
                       wire::HealthResponse* response) override;
 
+  // A download of the session named by request->session_key(), answered
+  // once that session has run request->after_command() commands.
+  grpc::Status Read(grpc::ServerContext* context, const wire::ReadRequest* request,
+                    wire::ReadResponse* response) override;
+
   // Sessions that passed authentication and have not ended yet.
   int open_sessions() const { return open_sessions_.load(); }
 
@@ -60,6 +69,10 @@ class MycelyaService final : public wire::Mycelya::Service {
   const ServiceOptions options_;
   std::atomic<int> open_sessions_{0};
   std::atomic<uint64_t> next_session_id_{1};  // tells sessions apart in the log
+
+  // Open sessions by their key (Hello.session_key), for Read.
+  std::mutex sessions_mu_;
+  std::unordered_map<std::string, std::shared_ptr<EarlyReads>> sessions_;
 };
 
 // True for addresses only this machine can reach: "unix:..." sockets and TCP on

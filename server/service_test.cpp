@@ -486,6 +486,162 @@ TEST_F(ServiceTest, ClosingInsideAPayloadIsInvalidArgument) {
   EXPECT_EQ(client->close().error_code(), grpc::StatusCode::INVALID_ARGUMENT);
 }
 
+// Read: a download beside the stream, answered once its command has run.
+class ReadTest : public ServiceTest {
+ protected:
+  grpc::Status read(const std::string& key, uint64_t after_command, const wire::TensorRef& source,
+                    wire::Response* response, std::string* payload,
+                    const std::optional<std::string>& authorization = bearer(kToken)) {
+    wire::Request request;
+    request.set_version(wire::PROTOCOL_VERSION_CURRENT);
+    *request.mutable_download()->mutable_source() = source;
+    wire::ReadRequest read;
+    read.set_session_key(key);
+    read.set_after_command(after_command);
+    read.set_request(request.SerializeAsString());
+    grpc::ClientContext context;
+    if (authorization) context.AddMetadata("authorization", *authorization);
+    wire::ReadResponse answer;
+    grpc::Status status = stub_->Read(&context, read, &answer);
+    if (status.ok()) {
+      EXPECT_TRUE(response->ParseFromString(answer.response()));
+      *payload = answer.payload();
+    }
+    return status;
+  }
+};
+
+TEST_F(ReadTest, EachSessionHasItsOwnKey) {
+  auto a = session();
+  auto b = session();
+  const std::string key_a = a->hello().session_key();
+  const std::string key_b = b->hello().session_key();
+  EXPECT_GE(key_a.size(), 32u);
+  EXPECT_NE(key_a, key_b);
+  EXPECT_TRUE(a->close().ok());
+  EXPECT_TRUE(b->close().ok());
+}
+
+TEST_F(ReadTest, ReadWaitsForItsCommandThenAnswersWithoutTheStream) {
+  const uint64_t nbytes = 64;
+  auto client = session();
+  const std::string key = client->hello().session_key();
+  client->batch(upload_batch({byte_ref(5, nbytes)}), {{pattern(nbytes, 1)}});  // command 1
+
+  wire::Response response;
+  std::string payload;
+  ASSERT_TRUE(read(key, 1, byte_ref(5, nbytes), &response, &payload).ok());
+  EXPECT_FALSE(response.has_error()) << response.error().message();
+  EXPECT_TRUE(payload == pattern(nbytes, 1));
+
+  // Command 3 has not been sent: the read waits for it.
+  std::atomic<bool> answered{false};
+  wire::Response later;
+  std::string later_payload;
+  grpc::Status later_status;
+  std::thread reader([&] {
+    later_status = read(key, 3, byte_ref(5, nbytes), &later, &later_payload);
+    answered = true;
+  });
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  EXPECT_FALSE(answered.load());
+  wire::Batch batch = upload_batch({byte_ref(6, nbytes), byte_ref(5, nbytes)});  // commands 2, 3
+  client->batch(batch, {{pattern(nbytes, 2)}, {pattern(nbytes, 3)}});
+  reader.join();
+  ASSERT_TRUE(later_status.ok()) << later_status.error_message();
+  EXPECT_TRUE(later_payload == pattern(nbytes, 3));
+  // The stream answers as ever, and in step: both batches acknowledged.
+  EXPECT_TRUE(client->download(byte_ref(6, nbytes)) == pattern(nbytes, 2));
+  EXPECT_EQ(client->batches_done, 2);
+  EXPECT_TRUE(client->close().ok());
+}
+
+TEST_F(ReadTest, ReadReportsAFailedOpLikeAnyResponse) {
+  auto client = session();
+  const std::string key = client->hello().session_key();
+  wire::Batch batch;
+  batch.set_version(wire::PROTOCOL_VERSION_CURRENT);
+  auto* op = batch.add_commands()->mutable_op();
+  op->set_op_id(1);
+  op->set_op_name("aten::mm");
+  *op->add_args()->mutable_tensor() = contiguous_ref(1, {2, 3});
+  *op->add_args()->mutable_tensor() = contiguous_ref(2, {4, 5});
+  *op->add_outputs() = contiguous_ref(3, {2, 5});
+  client->batch(batch, {});
+
+  wire::Response response;
+  std::string payload;
+  ASSERT_TRUE(read(key, 1, contiguous_ref(3, {2, 5}), &response, &payload).ok());
+  ASSERT_TRUE(response.has_pending_error());
+  EXPECT_EQ(response.pending_error().op_name(), "aten::mm");
+  // The output of the failed op is poisoned, never garbage.
+  ASSERT_TRUE(response.has_error());
+  EXPECT_NE(response.error().message().find("aten::mm"), std::string::npos)
+      << response.error().message();
+  // Reported once: the stream's next response has no pending error left.
+  EXPECT_FALSE(client->sync().has_pending_error());
+  EXPECT_TRUE(client->close().ok());
+}
+
+TEST_F(ReadTest, ReadNeedsTheTokenAndAnOpenSessionsKey) {
+  auto a = session();
+  auto b = session();
+  const std::string key_a = a->hello().session_key();
+  const std::string key_b = b->hello().session_key();
+  a->batch(upload_batch({byte_ref(5, 16)}), {{pattern(16, 1)}});
+  b->batch(upload_batch({byte_ref(5, 16)}), {{pattern(16, 2)}});
+  wire::Response response;
+  std::string payload;
+  // Each key reads its own session's storage 5.
+  ASSERT_TRUE(read(key_a, 1, byte_ref(5, 16), &response, &payload).ok());
+  EXPECT_TRUE(payload == pattern(16, 1));
+  ASSERT_TRUE(read(key_b, 1, byte_ref(5, 16), &response, &payload).ok());
+  EXPECT_TRUE(payload == pattern(16, 2));
+
+  EXPECT_EQ(read(key_a, 1, byte_ref(5, 16), &response, &payload, std::nullopt).error_code(),
+            grpc::StatusCode::UNAUTHENTICATED);
+  EXPECT_EQ(read("not-a-key", 0, byte_ref(5, 16), &response, &payload).error_code(),
+            grpc::StatusCode::NOT_FOUND);
+  EXPECT_TRUE(a->close().ok());
+  EXPECT_EQ(read(key_a, 0, byte_ref(5, 16), &response, &payload).error_code(),
+            grpc::StatusCode::NOT_FOUND);
+  EXPECT_TRUE(b->close().ok());
+}
+
+TEST_F(ReadTest, ReadAnswersDownloadsOnly) {
+  auto client = session();
+  const std::string key = client->hello().session_key();
+  wire::Request sync;
+  sync.mutable_sync();
+  wire::ReadRequest read;
+  read.set_session_key(key);
+  read.set_request(sync.SerializeAsString());
+  grpc::ClientContext context;
+  context.AddMetadata("authorization", bearer(kToken));
+  wire::ReadResponse answer;
+  EXPECT_EQ(stub_->Read(&context, read, &answer).error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_TRUE(client->close().ok());
+}
+
+TEST_F(ReadTest, WaitingReadFailsWhenItsSessionEnds) {
+  auto client = session();
+  const std::string key = client->hello().session_key();
+  grpc::Status status;
+  std::thread reader([&] {
+    wire::Response response;
+    std::string payload;
+    status = read(key, 10, byte_ref(5, 16), &response, &payload);  // never sent
+  });
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  EXPECT_TRUE(client->close().ok());
+  reader.join();
+  // The read may also have come after the session ended: NOT_FOUND then.
+  EXPECT_TRUE(status.error_code() == grpc::StatusCode::UNAVAILABLE ||
+              status.error_code() == grpc::StatusCode::NOT_FOUND)
+      << status.error_code() << " " << status.error_message();
+  EXPECT_FALSE(status.ok());
+}
+
 TEST(LocalAddressTest, LoopbackAndUnixSocketsAreLocal) {
   for (const char* address : {"127.0.0.1:0", "127.1.2.3:50051", "localhost:80", "[::1]:9000",
                               "unix:/tmp/mycelya.sock", "unix-abstract:mycelya"}) {
