@@ -7,6 +7,11 @@ machine's cpu device and in plain local PyTorch, with the ratio between them.
 Each step ends with loss.item(), the one sync point; the script prints the
 median step times, the batches sent and the blocking round trips per step.
 Local and remote steps run in alternating rounds (--rounds of --steps each).
+loss.item() returns once the forward pass has run remotely, so the machine
+may still run a step's backward pass while the next step is recorded: each
+remote round ends with machine.synchronize(), outside the step times, so
+that no remote work spills into the next local round. "rounds" gives the
+time per step of whole rounds, that final wait included.
 """
 
 import argparse
@@ -47,13 +52,16 @@ def make_step(model, device):
     return step
 
 
-def time_steps(step, batches):
+def time_steps(step, batches, drain=lambda: None):
+    """Per-step times, and the round's time with drain() (the machine's queue)."""
     times = []
+    round_start = time.perf_counter()
     for data, target in batches:
         start = time.perf_counter()
         step(data, target)
         times.append(time.perf_counter() - start)
-    return times
+    drain()
+    return times, time.perf_counter() - round_start
 
 
 def main():
@@ -77,17 +85,26 @@ def main():
             step(*batches[0])
         # Rounds of local and remote steps in turn, so that a slow spell of this
         # noisy machine lands on both sides.
-        local, remote = [], []
+        machine.synchronize()
+        local, remote, local_rounds, remote_rounds = [], [], [], []
         sent, trips = machine.batches_sent, machine.round_trips
         for _ in range(args.rounds):
-            local += time_steps(local_step, batches)
-            remote += time_steps(remote_step, batches)
+            times, round_time = time_steps(local_step, batches)
+            local += times
+            local_rounds.append(round_time)
+            times, round_time = time_steps(remote_step, batches, machine.synchronize)
+            remote += times
+            remote_rounds.append(round_time)
         local, remote = statistics.median(local), statistics.median(remote)
+        local_round = statistics.median(local_rounds) / args.steps
+        remote_round = statistics.median(remote_rounds) / args.steps
         steps = args.rounds * args.steps
+        # The synchronize() after each round is a round trip of the benchmark's own.
+        trips = (machine.round_trips - trips - args.rounds) / steps
         print(
             f"{name:18s} local {local * 1e3:7.2f} ms/step   {args.provider} {remote * 1e3:7.2f} ms/step   "
-            f"ratio {remote / local:5.2f}x   batches/step {(machine.batches_sent - sent) / steps:5.1f}   "
-            f"round trips/step {(machine.round_trips - trips) / steps:4.1f}"
+            f"ratio {remote / local:5.2f}x   (rounds {remote_round / local_round:5.2f}x)   "
+            f"batches/step {(machine.batches_sent - sent) / steps:5.1f}   round trips/step {trips:4.1f}"
         )
     machine.stop()
 

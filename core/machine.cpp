@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: AGPL-3.0-or-later
 #include "core/machine.h"
 
+#include <c10/core/ScalarType.h>
 #include <google/protobuf/io/coded_stream.h>
 #include <google/protobuf/wire_format_lite.h>
 #include <unistd.h>
@@ -28,6 +29,47 @@ std::string make_machine_id(const std::string& provider) {
 std::string describe(const wire::Error& error) {
   if (error.op_name().empty()) return error.message();
   return "Remote op " + error.op_name() + " failed: " + error.message();
+}
+
+// Bigger downloads stream in chunks (the stream's path is the one tuned for
+// bandwidth); a read ahead of the queue is for values like loss.item().
+constexpr size_t kMaxEarlyReadBytes = 1 << 20;
+
+// Calls `visit` with every storage ID a command reads or writes.
+template <typename Visit>
+void for_each_storage(const wire::Value& value, const Visit& visit) {
+  if (value.has_tensor()) {
+    visit(value.tensor().storage_id());
+  } else if (value.has_list()) {
+    for (const auto& item : value.list().values()) for_each_storage(item, visit);
+  }
+}
+
+template <typename Visit>
+void for_each_storage(const wire::Command& command, const Visit& visit) {
+  switch (command.kind_case()) {
+    case wire::Command::kOp:
+      for (const auto& arg : command.op().args()) for_each_storage(arg, visit);
+      for (const auto& output : command.op().outputs()) {
+        if (output.storage_id() != 0) visit(output.storage_id());
+      }
+      break;
+    case wire::Command::kUpload:
+      visit(command.upload().target().storage_id());
+      break;
+    case wire::Command::kResize:
+      visit(command.resize().storage_id());
+      break;
+    default:
+      // Frees name dead storages; seeds and generator states name none.
+      break;
+  }
+}
+
+size_t ref_nbytes(const wire::TensorRef& ref) {
+  size_t numel = 1;
+  for (const int64_t size : ref.sizes()) numel *= static_cast<size_t>(size);
+  return numel * c10::elementSize(static_cast<c10::ScalarType>(ref.dtype()));
 }
 
 bool synchronous_mode() {
@@ -68,8 +110,12 @@ void Machine::start() {
     running_ = true;
     stopping_ = false;
     lost_.clear();
-    // A new session knows no op names yet.
+    // A new session knows no op names yet, and counts commands from 1.
     op_ids_.clear();
+    commands_appended_ = 0;
+    commands_flushed_ = 0;
+    last_mention_.clear();
+    session_reads_early_ = true;
   }
   sender_ = std::thread([this] { sender_loop(); });
 }
@@ -83,7 +129,7 @@ void Machine::stop() {
   queue_cv_.notify_all();
   if (sender_.joinable()) sender_.join();
   std::lock_guard<std::mutex> submit(submit_mu_);
-  std::unique_ptr<Session> session;
+  std::shared_ptr<Session> session;
   {
     std::lock_guard<std::mutex> lock(queue_mu_);
     running_ = false;
@@ -160,6 +206,17 @@ void Machine::append_locked(const wire::Command& command) {
   const size_t offset = queued_.size();
   queued_.resize(offset + size);
   command.SerializeWithCachedSizesToArray(reinterpret_cast<uint8_t*>(&queued_[offset]));
+  const uint64_t index = ++commands_appended_;
+  for_each_storage(command, [&](uint64_t id) { last_mention_[id] = index; });
+}
+
+std::optional<uint64_t> Machine::read_after_locked(const wire::Request& request) const {
+  if (!session_reads_early_ || !request.has_download() ||
+      ref_nbytes(request.download().source()) > kMaxEarlyReadBytes) {
+    return std::nullopt;
+  }
+  const auto it = last_mention_.find(request.download().source().storage_id());
+  return it == last_mention_.end() ? 0 : it->second;
 }
 
 void Machine::enqueue(wire::Command* command) {
@@ -237,6 +294,7 @@ void Machine::free_storage(uint64_t storage_id) {
   if (!running_ || !lost_.empty()) return;
   // Frees ride along with the next batch; they never wake the sender alone.
   frees_.push_back(storage_id);
+  last_mention_.erase(storage_id);
 }
 
 void Machine::flush_locked() {
@@ -261,6 +319,7 @@ void Machine::flush_locked() {
     header.AppendToString(&encoded.batch);
     encoded.payloads = std::move(payloads_);
     payloads_.clear();
+    commands_flushed_ = commands_appended_;
     ++batches_sent_;
   }
   try {
@@ -297,30 +356,56 @@ void Machine::sender_loop() {
 
 wire::Response Machine::request(wire::Request request, std::string* payload) {
   std::string encoded_response;
+  std::unique_lock<std::mutex> submit(submit_mu_);
+  std::optional<uint64_t> read_after;
+  std::shared_ptr<Session> session;
   {
-    std::lock_guard<std::mutex> submit(submit_mu_);
-    {
-      std::lock_guard<std::mutex> lock(queue_mu_);
-      check_usable_locked();
+    std::lock_guard<std::mutex> lock(queue_mu_);
+    check_usable_locked();
+    read_after = read_after_locked(request);
+    ++round_trips_;
+    session = session_;  // stop() may run while an early read is out
+  }
+  // Numbered after the batch it must follow.
+  auto numbered = [&] {
+    std::lock_guard<std::mutex> lock(queue_mu_);
+    request.set_version(wire::PROTOCOL_VERSION_CURRENT);
+    request.set_sequence(next_sequence_++);
+    return request.SerializeAsString();
+  };
+  try {
+    bool answered = false;
+    if (read_after) {
+      bool source_queued = false;
+      {
+        std::lock_guard<std::mutex> lock(queue_mu_);
+        source_queued = *read_after > commands_flushed_;
+      }
+      // Queued commands that do not mention the source stay queued: the
+      // sender may ship them while this waits.
+      if (source_queued) flush_locked();
+      const std::string encoded_request = numbered();
+      submit.unlock();
+      answered = session->read_after(encoded_request, *read_after, &encoded_response, payload);
+      if (!answered) {
+        submit.lock();
+        std::lock_guard<std::mutex> lock(queue_mu_);
+        session_reads_early_ = false;
+      }
     }
-    flush_locked();
-    {
-      // Numbered after the batch it must follow.
-      std::lock_guard<std::mutex> lock(queue_mu_);
-      request.set_version(wire::PROTOCOL_VERSION_CURRENT);
-      request.set_sequence(next_sequence_++);
-      ++round_trips_;
-      if (request.has_execute()) intern_record_locked(request.mutable_execute()->mutable_op());
+    if (!answered) {
+      flush_locked();
+      if (request.has_execute()) {
+        std::lock_guard<std::mutex> lock(queue_mu_);
+        intern_record_locked(request.mutable_execute()->mutable_op());
+      }
+      encoded_response = session->request(numbered(), payload);
+      submit.unlock();
     }
-    std::string encoded_request;
-    request.SerializeToString(&encoded_request);
-    try {
-      encoded_response = session_->request(encoded_request, payload);
-    } catch (const std::exception& e) {
-      std::lock_guard<std::mutex> lock(queue_mu_);
-      lost_ = "Machine " + id_ + " was lost: " + e.what();
-      throw std::runtime_error(lost_);
-    }
+  } catch (const std::exception& e) {
+    std::lock_guard<std::mutex> lock(queue_mu_);
+    if (lost_.empty()) lost_ = "Machine " + id_ + " was lost: " + e.what();
+    throw std::runtime_error(lost_);
   }
   wire::Response response;
   if (!response.ParseFromString(encoded_response)) {

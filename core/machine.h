@@ -6,13 +6,18 @@
 // Commands are appended without waiting; the sender thread ships whatever has
 // accumulated as one batch, so a flood of small ops coalesces while a batch is
 // in flight. Sync points (request) first hand every queued command to the
-// session, so a request always observes the effects of all earlier ops.
+// session, so a request always observes the effects of all earlier ops. A
+// small download is the exception where the session can (Session::read_after):
+// it waits only for the last command that mentions its source, so
+// loss.item() returns once the forward pass has run, and the next step is
+// recorded while the machine still runs this step's backward pass.
 #pragma once
 
 #include <condition_variable>
 #include <cstdint>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <thread>
 #include <unordered_map>
@@ -95,6 +100,9 @@ class Machine {
   void check_usable_locked() const;
   // Appends `command` to queued_, encoded as an entry of Batch.commands.
   void append_locked(const wire::Command& command);
+  // The download in `request` may skip the commands after this one (0: all);
+  // nullopt when it must go the ordinary way. Caller holds queue_mu_.
+  std::optional<uint64_t> read_after_locked(const wire::Request& request) const;
   uint32_t intern_locked(const std::string& name, bool* first_use);
   // Replaces a record's op_name by its id, keeping the name on first use.
   void intern_record_locked(wire::OpRecord* record);
@@ -105,7 +113,8 @@ class Machine {
   // MYCELYA_SYNC=1: every queued command is waited for, so errors raise at the op.
   const bool synchronous_;
 
-  std::unique_ptr<Session> session_;
+  // Shared with an early read in flight, which stop() does not wait for.
+  std::shared_ptr<Session> session_;
   std::vector<std::string> devices_;
 
   // Guards the queue and the state below.
@@ -123,6 +132,13 @@ class Machine {
   uint64_t round_trips_ = 0;
   uint64_t bytes_uploaded_ = 0;
   uint64_t next_sequence_ = 1;
+  // Commands appended and handed to the session this session, counted as
+  // the machine counts them (wire::ReadRequest), and for each live storage
+  // the last command that mentions it.
+  uint64_t commands_appended_ = 0;
+  uint64_t commands_flushed_ = 0;
+  std::unordered_map<uint64_t, uint64_t> last_mention_;
+  bool session_reads_early_ = true;  // until read_after() says otherwise
 
   std::unordered_map<std::string, uint32_t> op_ids_;
 

@@ -16,7 +16,7 @@ namespace mycelya {
 
 // Bumped whenever this header changes incompatibly; the loader refuses a plugin
 // built against another version.
-constexpr int kProviderAbiVersion = 3;
+constexpr int kProviderAbiVersion = 4;
 
 // What the user asked for in RemoteMachine(provider, gpu_type, ...).
 struct MachineSpec {
@@ -34,7 +34,7 @@ struct EncodedBatch {
 
 // One running machine. Calls come from core's sender thread and from sync
 // points, never concurrently (core serializes them), in the order they must
-// take effect.
+// take effect; read_after() is the one exception.
 class Session {
  public:
   virtual ~Session() = default;
@@ -57,6 +57,17 @@ class Session {
   // with an encoded Response; a download's bytes go to *payload, whose
   // memory (capacity) should be reused when it is big enough.
   virtual std::string request(const std::string& request, std::string* payload) = 0;
+
+  // Optional: answers an encoded Request holding a download once the machine
+  // has run `after_command` commands, counting every Command of every batch
+  // submitted, from 1, without waiting for later batches (see
+  // wire::ReadRequest). Core calls it only for a source no later command
+  // mentions, and concurrently with submit() and wait_until_ready(). Returns
+  // false where the session cannot; core then sends an ordinary request().
+  virtual bool read_after(const std::string& /*request*/, uint64_t /*after_command*/,
+                          std::string* /*response*/, std::string* /*payload*/) {
+    return false;
+  }
 
   virtual void stop() = 0;
 

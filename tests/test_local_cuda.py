@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 
 import pytest
@@ -95,6 +96,25 @@ def test_server_death_is_a_clear_error_not_a_hang(sig):
     # other machines are unaffected
     with mycelya_torch.RemoteMachine("local-cuda") as fresh:
         assert torch.arange(4.0, device=fresh.device()).sum().item() == 6.0
+
+
+def test_server_death_while_a_read_waits_is_a_clear_error_not_a_hang():
+    machine = mycelya_torch.RemoteMachine("local-cuda")
+    x = torch.randn(1024, 1024, device=machine.device())
+    for _ in range(100):  # seconds of queued work on the server
+        x = torch.tanh(x @ x / 1024)
+    total = x.sum()  # its read waits, beside the stream, for all of it
+    (server,) = _children_named("mycelya-server")
+    killer = threading.Timer(0.5, os.kill, (server, signal.SIGKILL))
+    killer.start()
+    start = time.monotonic()
+    try:
+        with pytest.raises(RuntimeError, match="was lost"):
+            total.item()
+        assert time.monotonic() - start < 30
+    finally:
+        killer.join()
+        machine.stop()
 
 
 def test_no_orphan_server_when_the_client_process_dies_abruptly():

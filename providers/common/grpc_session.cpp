@@ -65,7 +65,9 @@ std::string wait_until_healthy(const GrpcTarget& target, std::chrono::millisecon
 }
 
 GrpcSession::GrpcSession(const GrpcTarget& target, std::chrono::milliseconds connect_timeout)
-    : channel_(make_channel(target)), stub_(wire::Mycelya::NewStub(channel_)) {
+    : channel_(make_channel(target)),
+      stub_(wire::Mycelya::NewStub(channel_)),
+      token_(target.token) {
   if (!channel_->WaitForConnected(std::chrono::system_clock::now() + connect_timeout)) {
     throw std::runtime_error("could not connect to mycelya-server at " + target.address);
   }
@@ -82,6 +84,7 @@ GrpcSession::GrpcSession(const GrpcTarget& target, std::chrono::milliseconds con
                              ": use matching builds.");
   }
   devices_.assign(hello.hello().devices().begin(), hello.hello().devices().end());
+  session_key_ = hello.hello().session_key();
   reader_ = std::thread([this] { reader_loop(); });
 }
 
@@ -129,6 +132,10 @@ void GrpcSession::reader_loop() {
 
 void GrpcSession::throw_lost() {
   std::lock_guard<std::mutex> lock(mu_);
+  throw_lost_locked();
+}
+
+void GrpcSession::throw_lost_locked() {
   throw std::runtime_error(lost_.empty() ? "the connection to the server broke" : lost_);
 }
 
@@ -176,14 +183,38 @@ std::string GrpcSession::request(const std::string& request, std::string* payloa
   }
   std::unique_lock<std::mutex> lock(mu_);
   cv_.wait(lock, [this] { return response_.has_value() || reader_done_; });
-  if (!response_) {
-    throw std::runtime_error(lost_.empty() ? "the connection to the server broke" : lost_);
-  }
+  if (!response_) throw_lost_locked();
   std::string response = std::move(*response_);
   response_.reset();
   if (payload) *payload = std::move(response_payload_);
   response_payload_.clear();
   return response;
+}
+
+bool GrpcSession::read_after(const std::string& request, uint64_t after_command,
+                             std::string* response, std::string* payload) {
+  if (session_key_.empty()) return false;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (reader_done_) throw_lost_locked();
+  }
+  grpc::ClientContext context;
+  authorize(&context, token_);
+  wire::ReadRequest read;
+  read.set_session_key(session_key_);
+  read.set_after_command(after_command);
+  read.set_request(request);
+  wire::ReadResponse answer;
+  const grpc::Status status = stub_->Read(&context, read, &answer);
+  if (!status.ok()) {
+    // The session's stream breaks too; its reason is the clearer one.
+    std::lock_guard<std::mutex> lock(mu_);
+    if (lost_.empty()) throw std::runtime_error(describe(status));
+    throw_lost_locked();
+  }
+  response->swap(*answer.mutable_response());
+  if (payload) payload->swap(*answer.mutable_payload());
+  return true;
 }
 
 void GrpcSession::stop() {

@@ -6,7 +6,9 @@
 // before gathering, so the ops queued meanwhile coalesce into one batch: low
 // latency for single ops, few large batches under a flood. A request waits for
 // its response, which the reader thread hands over. Bulk payloads travel as
-// chunks after their message.
+// chunks after their message. A small download whose source no later command
+// mentions goes beside the stream (the Read RPC), answered as soon as the
+// server has run the last command before it.
 //
 // When the connection drops or the server dies, every pending and later call
 // raises std::runtime_error: never a hang.
@@ -61,6 +63,8 @@ class GrpcSession final : public Session {
   void submit(EncodedBatch& batch) override;
   void wait_until_ready() override { wait_for_free_slot(); }
   std::string request(const std::string& request, std::string* payload) override;
+  bool read_after(const std::string& request, uint64_t after_command, std::string* response,
+                  std::string* payload) override;
   void stop() override;
 
  private:
@@ -71,12 +75,15 @@ class GrpcSession final : public Session {
   void write_locked(const wire::ClientMessage& message);
   void write_payload_locked(const std::string& payload);
   [[noreturn]] void throw_lost();
+  [[noreturn]] void throw_lost_locked();  // caller holds mu_
 
   std::shared_ptr<grpc::Channel> channel_;
   std::unique_ptr<wire::Mycelya::Stub> stub_;
   grpc::ClientContext context_;
   std::unique_ptr<grpc::ClientReaderWriter<wire::ClientMessage, wire::ServerMessage>> stream_;
   std::vector<std::string> devices_;
+  std::string token_;
+  std::string session_key_;  // empty: the server has no Read
 
   std::mutex write_mu_;
   bool writes_done_ = false;

@@ -186,6 +186,10 @@ class LocalCudaSession final : public Session {
   std::string request(const std::string& request, std::string* payload) override {
     return grpc_->request(request, payload);
   }
+  bool read_after(const std::string& request, uint64_t after_command, std::string* response,
+                  std::string* payload) override {
+    return grpc_->read_after(request, after_command, response, payload);
+  }
 
   void stop() override {
     if (grpc_) grpc_->stop();
