@@ -38,21 +38,27 @@ void EarlyReads::end(const std::string& why) {
 }
 
 void EarlyReads::serve_locked(Waiting* read) {
+  read->done = true;
   if (!executor_.commands_counted()) {
-    // After a batch that could not be decoded, no command number means
-    // anything any more: answer as a failed request.
-    wire::Response response;
-    response.set_version(wire::PROTOCOL_VERSION_CURRENT);
-    response.mutable_error()->set_message(
-        "the machine cannot answer reads early after a batch it could not decode");
-    response.SerializeToString(read->response->mutable_response());
-  } else {
+    // After a batch that could not be decoded no command number means
+    // anything: the client reads in order from then on.
+    read->refused = true;
+    return;
+  }
+  try {
     Payload payload;
     read->response->set_response(executor_.handle_request(*read->request, &payload));
     // Copied while no later command can run: the bytes are this point's.
     read->response->set_payload(payload.data(), payload.size());
+  } catch (const std::exception& e) {
+    // handle_request reports failures in its response; this is memory
+    // running out around it. The session thread serving it must go on.
+    wire::Response response;
+    response.set_version(wire::PROTOCOL_VERSION_CURRENT);
+    response.mutable_error()->set_message(std::string("the read failed: ") + e.what());
+    read->response->Clear();
+    response.SerializeToString(read->response->mutable_response());
   }
-  read->done = true;
 }
 
 void EarlyReads::serve_ready_locked() {
@@ -74,6 +80,18 @@ void EarlyReads::serve_ready_locked() {
   served_.notify_all();
 }
 
+grpc::Status EarlyReads::answered(const Waiting& read) {
+  if (!read.refused) return grpc::Status::OK;
+  return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION,
+                      "the session received a batch it could not decode, so it cannot tell "
+                      "where to answer a read: send downloads on the stream");
+}
+
+size_t EarlyReads::waiting() {
+  std::lock_guard<std::mutex> lock(mu_);
+  return waiting_.size();
+}
+
 grpc::Status EarlyReads::read(const wire::ReadRequest& request, wire::ReadResponse* response,
                               grpc::ServerContext* context) {
   wire::Request parsed;
@@ -89,7 +107,7 @@ grpc::Status EarlyReads::read(const wire::ReadRequest& request, wire::ReadRespon
   if (ended_.empty() && !executing_ &&
       (executor_.commands_run() >= read.after_command || !executor_.commands_counted())) {
     serve_locked(&read);
-    return grpc::Status::OK;
+    return answered(read);
   }
   waiting_.push_back(&read);
   anyone_waiting_.store(true, std::memory_order_relaxed);
@@ -98,7 +116,7 @@ grpc::Status EarlyReads::read(const wire::ReadRequest& request, wire::ReadRespon
   while (!read.done && ended_.empty() && !context->IsCancelled()) {
     served_.wait_for(lock, std::chrono::milliseconds(200));
   }
-  if (read.done) return grpc::Status::OK;
+  if (read.done) return answered(read);
   waiting_.erase(std::remove(waiting_.begin(), waiting_.end(), &read), waiting_.end());
   anyone_waiting_.store(!waiting_.empty(), std::memory_order_relaxed);
   if (!ended_.empty()) return grpc::Status(grpc::StatusCode::UNAVAILABLE, ended_);

@@ -15,6 +15,7 @@
 
 #include <atomic>
 #include <condition_variable>
+#include <cstddef>
 #include <cstdint>
 #include <mutex>
 #include <string>
@@ -46,18 +47,23 @@ class EarlyReads {
   grpc::Status read(const wire::ReadRequest& request, wire::ReadResponse* response,
                     grpc::ServerContext* context);
 
+  // Reads waiting for their command (for tests).
+  size_t waiting();
+
  private:
   struct Waiting {
     uint64_t after_command = 0;
     const std::string* request = nullptr;
     wire::ReadResponse* response = nullptr;
     bool done = false;
+    bool refused = false;  // done, but the session can no longer place reads
   };
 
   void after_command();
   // Serves every waiting read whose command has run. Caller holds mu_.
   void serve_ready_locked();
   void serve_locked(Waiting* read);
+  static grpc::Status answered(const Waiting& read);
 
   Executor& executor_;
   std::mutex mu_;

@@ -6,6 +6,7 @@
 #include <c10/core/DeviceGuard.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
@@ -385,11 +386,25 @@ void Executor::run_op(const wire::OpRecord& record, bool dynamic, wire::Response
       stack.push_back(decode(record.args(static_cast<int>(i)), arguments[i].type()));
     }
     std::vector<const c10::StorageImpl*> input_storages;
+    // Storages of tensors inside Tensor[] and Tensor?[] arguments: a result
+    // in one of them is copied out, never kept under a second ID (the client
+    // places reads by storage ID, so one storage must have one ID).
+    std::vector<const c10::StorageImpl*> list_storages;
     for (const auto& value : stack) {
       input_storages.push_back(value.isTensor() && value.toTensor().defined()
                                    ? value.toTensor().storage().unsafeGetStorageImpl()
                                    : nullptr);
+      if (!value.isList()) continue;
+      for (const c10::IValue& item : value.toListRef()) {
+        if (item.isTensor() && item.toTensor().defined()) {
+          list_storages.push_back(item.toTensor().storage().unsafeGetStorageImpl());
+        }
+      }
     }
+    auto in_list_argument = [&](const at::Tensor& t) {
+      return std::find(list_storages.begin(), list_storages.end(),
+                       t.storage().unsafeGetStorageImpl()) != list_storages.end();
+    };
     // An in-place op must leave its input's shape alone: the client keeps
     // shapes and does not see a kernel resize `self` (CPU's addbmm_ can).
     const bool in_place = known.in_place && stack[0].isTensor();
@@ -419,8 +434,9 @@ void Executor::run_op(const wire::OpRecord& record, bool dynamic, wire::Response
       auto register_output = [&](const at::Tensor& returned, wire::OutputInfo* info) {
         const int input = returned.defined() ? aliases_input(returned) : -1;
         // The client's tensors carry no lazy conjugate/negative bits: new outputs hold values.
-        const at::Tensor t =
+        at::Tensor t =
             returned.defined() && input < 0 ? returned.resolve_conj().resolve_neg() : returned;
+        if (t.defined() && input < 0 && in_list_argument(t)) t = t.clone();
         if (input >= 0) {
           info->set_input_index(input);
           describe(t, 0, 0, info->mutable_view());
@@ -466,8 +482,9 @@ void Executor::run_op(const wire::OpRecord& record, bool dynamic, wire::Response
       const at::Tensor& result = results[i];
       // A result that is a lazy conjugate/negative view (lu_solve's can be)
       // is copied out: the client's tensor has no such bits.
-      const bool exact = result.defined() && aliases_input(result) < 0 && !result.is_conj() &&
-                         !result.is_neg() && result.storage_offset() == ref.storage_offset() &&
+      const bool exact = result.defined() && aliases_input(result) < 0 &&
+                         !in_list_argument(result) && !result.is_conj() && !result.is_neg() &&
+                         result.storage_offset() == ref.storage_offset() &&
                          result.storage().nbytes() == ref.storage_nbytes() &&
                          static_cast<int32_t>(result.scalar_type()) == ref.dtype() &&
                          result.sizes().equals(to_vector(ref.sizes())) &&

@@ -610,6 +610,45 @@ TEST_F(ExecutorTest, RemoteRandomOpsFollowTheSeed) {
   EXPECT_TRUE(at::all(first < 1).item<bool>());
 }
 
+TEST_F(ExecutorTest, CountsEveryCommandOfEveryBatchAfterEachOne) {
+  std::vector<uint64_t> seen;
+  executor_.set_after_command([&] { seen.push_back(executor_.commands_run()); });
+  const at::Tensor a = at::ones({2, 3});
+  const at::Tensor b = at::ones({4, 5});
+  // A failed op counts as a command like any other.
+  BatchBuilder()
+      .upload(ref_for(1, a), bytes_of(a))
+      .op(op_record(1, "aten::mm", {tensor_value(ref_for(1, a)), tensor_value(ref_for(2, b))},
+                    {ref_for(3, at::empty({2, 5}))}))
+      .free({1})
+      .run(executor_);
+  BatchBuilder().seed(7).run(executor_);
+  EXPECT_EQ(seen, (std::vector<uint64_t>{1, 2, 3, 4}));
+  EXPECT_TRUE(executor_.commands_counted());
+  executor_.run_batch("\xff\xff\xff not a batch", {});
+  EXPECT_FALSE(executor_.commands_counted());
+}
+
+TEST_F(ExecutorTest, AResultInAListArgumentIsCopiedNotKeptUnderASecondId) {
+  // atleast_1d returns a tensor of its list as it is; storage 2 must not
+  // share storage 1's memory, or a write to 1 would change 2 behind the
+  // client's back.
+  const at::Tensor source = at::tensor({1.0f, 2.0f});
+  upload(1, source);
+  wire::Value list;
+  *list.mutable_list()->add_values() = tensor_value(ref_for(1, source));
+  wire::TensorRef reserved;
+  reserved.set_storage_id(2);
+  wire::Response response = execute(op_record(1, "aten::atleast_1d.Sequence", {list}, {reserved}));
+  ASSERT_FALSE(response.has_error()) << response.error().message();
+  ASSERT_EQ(response.outputs_size(), 1);
+  ASSERT_EQ(response.outputs(0).kind_case(), wire::OutputInfo::kList);
+  const wire::TensorRef& copy = response.outputs(0).list().items(0).tensor();
+  ASSERT_EQ(copy.storage_id(), 2u);
+  upload(1, at::tensor({5.0f, 6.0f}));
+  EXPECT_TRUE(at::equal(download(copy), source));
+}
+
 TEST_F(ExecutorTest, UndecodableBatchIsAPendingError) {
   executor_.run_batch("\xff\xff\xff not a batch", {});
   wire::Response response = sync();

@@ -273,6 +273,9 @@ grpc::Status MycelyaService::Session(grpc::ServerContext* context, Stream* strea
       std::lock_guard<std::mutex> lock(sessions_mu_);
       sessions_[key] = early_reads;
     }
+    // However the session ends (an exception included), reads stop reaching
+    // the executor before it goes.
+    Unregister unregister{this, key, early_reads.get(), id, {}};
     log("session ", id, " from ", context->peer(), " opened (", open_sessions_.load(), " open)");
 
     wire::ServerMessage hello;
@@ -284,13 +287,7 @@ grpc::Status MycelyaService::Session(grpc::ServerContext* context, Stream* strea
     status = stream->Write(hello, grpc::WriteOptions().clear_buffer_hint())
                  ? serve(executor, *early_reads, stream)
                  : stream_broken();
-    {
-      std::lock_guard<std::mutex> lock(sessions_mu_);
-      sessions_.erase(key);
-    }
-    // Before the executor goes: reads still waiting fail instead.
-    early_reads->end("session " + std::to_string(id) + " ended" +
-                     (status.ok() ? std::string() : ": " + status.error_message()));
+    if (!status.ok()) unregister.reason = status.error_message();
   }
   // Read fails alike for a client that closed and one that vanished or was
   // cancelled (by a shutdown, say); the log tells them apart.
@@ -310,6 +307,25 @@ grpc::Status MycelyaService::Health(grpc::ServerContext* context,
   for (const std::string& name : options_.executor.device_names) response->add_devices(name);
   response->set_sessions(static_cast<uint32_t>(std::max(open_sessions_.load(), 0)));
   return grpc::Status::OK;
+}
+
+MycelyaService::Unregister::~Unregister() {
+  {
+    std::lock_guard<std::mutex> lock(service->sessions_mu_);
+    service->sessions_.erase(key);
+  }
+  reads->end("session " + std::to_string(id) + " ended" + (reason.empty() ? "" : ": " + reason));
+}
+
+size_t MycelyaService::reads_waiting() {
+  std::vector<std::shared_ptr<EarlyReads>> sessions;
+  {
+    std::lock_guard<std::mutex> lock(sessions_mu_);
+    for (const auto& entry : sessions_) sessions.push_back(entry.second);
+  }
+  size_t waiting = 0;
+  for (const auto& session : sessions) waiting += session->waiting();
+  return waiting;
 }
 
 grpc::Status MycelyaService::Read(grpc::ServerContext* context, const wire::ReadRequest* request,

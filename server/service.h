@@ -62,6 +62,8 @@ class MycelyaService final : public wire::Mycelya::Service {
 
   // Sessions that passed authentication and have not ended yet.
   int open_sessions() const { return open_sessions_.load(); }
+  // Reads of all sessions waiting for their command (for tests).
+  size_t reads_waiting();
 
  private:
   grpc::Status authenticate(const grpc::ServerContext& context) const;
@@ -73,6 +75,16 @@ class MycelyaService final : public wire::Mycelya::Service {
   // Open sessions by their key (Hello.session_key), for Read.
   std::mutex sessions_mu_;
   std::unordered_map<std::string, std::shared_ptr<EarlyReads>> sessions_;
+
+  // Takes a session out of sessions_ and ends its reads, on every way out.
+  struct Unregister {
+    MycelyaService* service;
+    std::string key;
+    EarlyReads* reads;
+    uint64_t id;
+    std::string reason;  // why the session failed, if it did
+    ~Unregister();
+  };
 };
 
 // True for addresses only this machine can reach: "unix:..." sockets and TCP on
