@@ -140,6 +140,10 @@ void Machine::stop() {
   }
   log_info("stopping machine " + id_);
   if (session) session->stop();
+  // A read beside the queue fails or returns once the session has stopped;
+  // it uses this machine until then.
+  std::unique_lock<std::mutex> lock(queue_mu_);
+  early_reads_cv_.wait(lock, [this] { return early_reads_in_flight_ == 0; });
 }
 
 bool Machine::running() const {
@@ -354,58 +358,83 @@ void Machine::sender_loop() {
   }
 }
 
-wire::Response Machine::request(wire::Request request, std::string* payload) {
-  std::string encoded_response;
-  std::unique_lock<std::mutex> submit(submit_mu_);
-  std::optional<uint64_t> read_after;
+bool Machine::read_early(wire::Request& request, std::string* payload, std::string* response) {
   std::shared_ptr<Session> session;
+  uint64_t after_command = 0;
   {
-    std::lock_guard<std::mutex> lock(queue_mu_);
+    std::unique_lock<std::mutex> lock(queue_mu_);
     check_usable_locked();
-    read_after = read_after_locked(request);
-    ++round_trips_;
-    session = session_;  // stop() may run while an early read is out
-  }
-  // Numbered after the batch it must follow.
-  auto numbered = [&] {
-    std::lock_guard<std::mutex> lock(queue_mu_);
+    const std::optional<uint64_t> read_after = read_after_locked(request);
+    if (!read_after) return false;
+    after_command = *read_after;
+    if (after_command > commands_flushed_) {
+      // The source's last command is still queued: send the queue first.
+      lock.unlock();
+      {
+        std::lock_guard<std::mutex> submit(submit_mu_);
+        flush_locked();
+      }
+      lock.lock();
+      check_usable_locked();
+    }
+    // Queued commands that do not mention the source stay queued. No
+    // submit_mu_ from here: the sender may ship them while this waits.
     request.set_version(wire::PROTOCOL_VERSION_CURRENT);
     request.set_sequence(next_sequence_++);
-    return request.SerializeAsString();
-  };
+    ++early_reads_in_flight_;
+    session = session_;
+  }
+  bool answered = false;
+  std::string error;
   try {
-    bool answered = false;
-    if (read_after) {
-      bool source_queued = false;
-      {
-        std::lock_guard<std::mutex> lock(queue_mu_);
-        source_queued = *read_after > commands_flushed_;
-      }
-      // Queued commands that do not mention the source stay queued: the
-      // sender may ship them while this waits.
-      if (source_queued) flush_locked();
-      const std::string encoded_request = numbered();
-      submit.unlock();
-      answered = session->read_after(encoded_request, *read_after, &encoded_response, payload);
-      if (!answered) {
-        submit.lock();
-        std::lock_guard<std::mutex> lock(queue_mu_);
-        session_reads_early_ = false;
-      }
-    }
-    if (!answered) {
-      flush_locked();
-      if (request.has_execute()) {
-        std::lock_guard<std::mutex> lock(queue_mu_);
-        intern_record_locked(request.mutable_execute()->mutable_op());
-      }
-      encoded_response = session->request(numbered(), payload);
-      submit.unlock();
-    }
+    answered = session->read_after(request.SerializeAsString(), after_command, response, payload);
   } catch (const std::exception& e) {
-    std::lock_guard<std::mutex> lock(queue_mu_);
-    if (lost_.empty()) lost_ = "Machine " + id_ + " was lost: " + e.what();
+    error = e.what();
+  }
+  std::lock_guard<std::mutex> lock(queue_mu_);
+  if (--early_reads_in_flight_ == 0) early_reads_cv_.notify_all();
+  if (answered) {
+    ++round_trips_;
+    ++early_reads_;
+    return true;
+  }
+  if (session != session_) {
+    throw std::runtime_error("Machine " + id_ + " was stopped while a read from it waited.");
+  }
+  if (!error.empty()) {
+    if (lost_.empty()) lost_ = "Machine " + id_ + " was lost: " + error;
     throw std::runtime_error(lost_);
+  }
+  session_reads_early_ = false;  // the session cannot: every read goes in order
+  return false;
+}
+
+wire::Response Machine::request(wire::Request request, std::string* payload) {
+  std::string encoded_response;
+  if (!read_early(request, payload, &encoded_response)) {
+    std::lock_guard<std::mutex> submit(submit_mu_);
+    {
+      std::lock_guard<std::mutex> lock(queue_mu_);
+      check_usable_locked();
+    }
+    flush_locked();
+    std::string encoded_request;
+    {
+      // Numbered after the batch it must follow.
+      std::lock_guard<std::mutex> lock(queue_mu_);
+      request.set_version(wire::PROTOCOL_VERSION_CURRENT);
+      request.set_sequence(next_sequence_++);
+      ++round_trips_;
+      if (request.has_execute()) intern_record_locked(request.mutable_execute()->mutable_op());
+    }
+    request.SerializeToString(&encoded_request);
+    try {
+      encoded_response = session_->request(encoded_request, payload);
+    } catch (const std::exception& e) {
+      std::lock_guard<std::mutex> lock(queue_mu_);
+      lost_ = "Machine " + id_ + " was lost: " + e.what();
+      throw std::runtime_error(lost_);
+    }
   }
   wire::Response response;
   if (!response.ParseFromString(encoded_response)) {
@@ -430,6 +459,11 @@ uint64_t Machine::batches_sent() const {
 uint64_t Machine::round_trips() const {
   std::lock_guard<std::mutex> lock(queue_mu_);
   return round_trips_;
+}
+
+uint64_t Machine::early_reads() const {
+  std::lock_guard<std::mutex> lock(queue_mu_);
+  return early_reads_;
 }
 
 uint64_t Machine::bytes_uploaded() const {

@@ -84,9 +84,11 @@ class Machine {
   void synchronize();
 
   // Batches handed to the session so far, blocking requests (round trips)
-  // made, and tensor bytes uploaded: for tests and benchmarks.
+  // made, those of them answered ahead of the queue (Session::read_after),
+  // and tensor bytes uploaded: for tests and benchmarks.
   uint64_t batches_sent() const;
   uint64_t round_trips() const;
+  uint64_t early_reads() const;
   uint64_t bytes_uploaded() const;
 
  private:
@@ -103,6 +105,9 @@ class Machine {
   // The download in `request` may skip the commands after this one (0: all);
   // nullopt when it must go the ordinary way. Caller holds queue_mu_.
   std::optional<uint64_t> read_after_locked(const wire::Request& request) const;
+  // Answers a small download through Session::read_after, beside the queue;
+  // false when it must go in order instead.
+  bool read_early(wire::Request& request, std::string* payload, std::string* response);
   uint32_t intern_locked(const std::string& name, bool* first_use);
   // Replaces a record's op_name by its id, keeping the name on first use.
   void intern_record_locked(wire::OpRecord* record);
@@ -113,7 +118,7 @@ class Machine {
   // MYCELYA_SYNC=1: every queued command is waited for, so errors raise at the op.
   const bool synchronous_;
 
-  // Shared with an early read in flight, which stop() does not wait for.
+  // Shared with the reads beside the queue, which hold no lock while they wait.
   std::shared_ptr<Session> session_;
   std::vector<std::string> devices_;
 
@@ -139,6 +144,10 @@ class Machine {
   uint64_t commands_flushed_ = 0;
   std::unordered_map<uint64_t, uint64_t> last_mention_;
   bool session_reads_early_ = true;  // until read_after() says otherwise
+  uint64_t early_reads_ = 0;
+  // Reads beside the queue still out; stop() waits for them.
+  int early_reads_in_flight_ = 0;
+  std::condition_variable early_reads_cv_;
 
   std::unordered_map<std::string, uint32_t> op_ids_;
 

@@ -79,6 +79,7 @@ PYBIND11_MODULE(_C, m) {
       .def("synchronize", &Machine::synchronize, py::call_guard<py::gil_scoped_release>())
       .def_property_readonly("batches_sent", &Machine::batches_sent)
       .def_property_readonly("round_trips", &Machine::round_trips)
+      .def_property_readonly("early_reads", &Machine::early_reads)
       .def_property_readonly("bytes_uploaded", &Machine::bytes_uploaded);
 
   m.def("add_plugin_dir", &add_plugin_dir);

@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: AGPL-3.0-or-later
 #include "providers/common/grpc_session.h"
 
+#include <algorithm>
 #include <stdexcept>
 
 #include "proto/payload_chunks.h"
@@ -194,27 +195,34 @@ std::string GrpcSession::request(const std::string& request, std::string* payloa
 bool GrpcSession::read_after(const std::string& request, uint64_t after_command,
                              std::string* response, std::string* payload) {
   if (session_key_.empty()) return false;
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    if (reader_done_) throw_lost_locked();
-  }
   grpc::ClientContext context;
   authorize(&context, token_);
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (reader_done_ || stopped_) throw_lost_locked();
+    reads_.push_back(&context);  // for stop() to cancel
+  }
   wire::ReadRequest read;
   read.set_session_key(session_key_);
   read.set_after_command(after_command);
   read.set_request(request);
   wire::ReadResponse answer;
   const grpc::Status status = stub_->Read(&context, read, &answer);
-  if (!status.ok()) {
-    // The session's stream breaks too; its reason is the clearer one.
-    std::lock_guard<std::mutex> lock(mu_);
-    if (lost_.empty()) throw std::runtime_error(describe(status));
-    throw_lost_locked();
+  std::unique_lock<std::mutex> lock(mu_);
+  reads_.erase(std::find(reads_.begin(), reads_.end(), &context));
+  if (status.ok()) {
+    response->swap(*answer.mutable_response());
+    if (payload) payload->swap(*answer.mutable_payload());
+    return true;
   }
-  response->swap(*answer.mutable_response());
-  if (payload) payload->swap(*answer.mutable_payload());
-  return true;
+  // The server lost count of the session's commands (a batch it could not
+  // decode): reads go in order from now on.
+  if (status.error_code() == grpc::StatusCode::FAILED_PRECONDITION) return false;
+  // A failed Read usually means the session failed too; its stream says why.
+  cv_.wait_for(lock, std::chrono::seconds(2), [this] { return reader_done_; });
+  if (reader_done_ || stopped_) throw_lost_locked();
+  // The stream lives on: read in order from now on rather than lose the machine.
+  return false;
 }
 
 void GrpcSession::stop() {
@@ -222,6 +230,10 @@ void GrpcSession::stop() {
     std::lock_guard<std::mutex> lock(write_mu_);
     if (!writes_done_ && stream_) stream_->WritesDone();
     writes_done_ = true;
+  }
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    stopped_ = true;  // no new reads
   }
   if (!reader_.joinable()) return;
   {
@@ -231,6 +243,9 @@ void GrpcSession::stop() {
     if (!cv_.wait_for(lock, std::chrono::seconds(5), [this] { return reader_done_; })) {
       context_.TryCancel();
     }
+    // The server answers reads as the session's last batches run, or fails
+    // them as the session ends; one that does neither must not hold stop().
+    for (grpc::ClientContext* read : reads_) read->TryCancel();
   }
   reader_.join();
 }

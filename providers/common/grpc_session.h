@@ -98,6 +98,8 @@ class GrpcSession final : public Session {
   std::string lost_;  // why the stream ended, once it has
   int batches_in_flight_ = 0;
   bool reader_done_ = false;
+  bool stopped_ = false;
+  std::vector<grpc::ClientContext*> reads_;  // Read calls in flight
   std::thread reader_;
 };
 

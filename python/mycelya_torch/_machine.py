@@ -118,6 +118,13 @@ class RemoteMachine:
         """Blocking requests made so far: sync points (.item(), .cpu(), ...)."""
         return self._machine.round_trips
 
+    @property
+    def early_reads(self):
+        """Round trips answered ahead of the queued ops that do not touch the
+        tensor read (small downloads such as loss.item(), where the provider
+        supports it)."""
+        return self._machine.early_reads
+
     def __enter__(self):
         self.start()
         return self
