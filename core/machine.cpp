@@ -139,11 +139,16 @@ void Machine::stop() {
     session = std::move(session_);
   }
   log_info("stopping machine " + id_);
+  // A read beside the queue returns or fails once the session has stopped
+  // (Session's contract); it uses this machine until then.
+  struct WaitForReads {
+    Machine* machine;
+    ~WaitForReads() {
+      std::unique_lock<std::mutex> lock(machine->queue_mu_);
+      machine->early_reads_cv_.wait(lock, [this] { return machine->early_reads_in_flight_ == 0; });
+    }
+  } wait_for_reads{this};
   if (session) session->stop();
-  // A read beside the queue fails or returns once the session has stopped;
-  // it uses this machine until then.
-  std::unique_lock<std::mutex> lock(queue_mu_);
-  early_reads_cv_.wait(lock, [this] { return early_reads_in_flight_ == 0; });
 }
 
 bool Machine::running() const {
@@ -367,6 +372,7 @@ bool Machine::read_early(wire::Request& request, std::string* payload, std::stri
     const std::optional<uint64_t> read_after = read_after_locked(request);
     if (!read_after) return false;
     after_command = *read_after;
+    session = session_;
     if (after_command > commands_flushed_) {
       // The source's last command is still queued: send the queue first.
       lock.unlock();
@@ -376,23 +382,37 @@ bool Machine::read_early(wire::Request& request, std::string* payload, std::stri
       }
       lock.lock();
       check_usable_locked();
+      // Command numbers count within one session.
+      if (session != session_) {
+        throw std::runtime_error("Machine " + id_ + " was restarted while a read from it waited.");
+      }
     }
     // Queued commands that do not mention the source stay queued. No
     // submit_mu_ from here: the sender may ship them while this waits.
     request.set_version(wire::PROTOCOL_VERSION_CURRENT);
     request.set_sequence(next_sequence_++);
     ++early_reads_in_flight_;
-    session = session_;
   }
   bool answered = false;
+  bool failed = false;
   std::string error;
-  try {
-    answered = session->read_after(request.SerializeAsString(), after_command, response, payload);
-  } catch (const std::exception& e) {
-    error = e.what();
+  {
+    // However read_after ends, stop() must learn that this read is over.
+    struct Done {
+      Machine* machine;
+      ~Done() {
+        std::lock_guard<std::mutex> lock(machine->queue_mu_);
+        if (--machine->early_reads_in_flight_ == 0) machine->early_reads_cv_.notify_all();
+      }
+    } done{this};
+    try {
+      answered = session->read_after(request.SerializeAsString(), after_command, response, payload);
+    } catch (const std::exception& e) {
+      failed = true;
+      error = e.what();
+    }
   }
   std::lock_guard<std::mutex> lock(queue_mu_);
-  if (--early_reads_in_flight_ == 0) early_reads_cv_.notify_all();
   if (answered) {
     ++round_trips_;
     ++early_reads_;
@@ -401,7 +421,7 @@ bool Machine::read_early(wire::Request& request, std::string* payload, std::stri
   if (session != session_) {
     throw std::runtime_error("Machine " + id_ + " was stopped while a read from it waited.");
   }
-  if (!error.empty()) {
+  if (failed) {
     if (lost_.empty()) lost_ = "Machine " + id_ + " was lost: " + error;
     throw std::runtime_error(lost_);
   }

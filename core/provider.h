@@ -64,6 +64,8 @@ class Session {
   // wire::ReadRequest). Core calls it only for a source no later command
   // mentions, and concurrently with submit() and wait_until_ready(). Returns
   // false where the session cannot; core then sends an ordinary request().
+  // stop() must make a read_after() in progress return or throw: core's
+  // stop waits for it.
   virtual bool read_after(const std::string& /*request*/, uint64_t /*after_command*/,
                           std::string* /*response*/, std::string* /*payload*/) {
     return false;

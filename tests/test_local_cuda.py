@@ -117,6 +117,34 @@ def test_server_death_while_a_read_waits_is_a_clear_error_not_a_hang():
         machine.stop()
 
 
+def test_stopping_while_a_read_waits_neither_hangs_nor_loses_the_answer():
+    machine = mycelya_torch.RemoteMachine("local-cuda")
+    x = torch.randn(256, 256)
+    remote = x.to(machine.device())
+    for _ in range(30):
+        x = torch.tanh(x @ x / 256)
+        remote = torch.tanh(remote @ remote / 256)
+    total = remote.sum()
+    outcome = {}
+
+    def read():
+        try:
+            outcome["value"] = total.item()
+        except RuntimeError as error:
+            outcome["error"] = str(error)
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    time.sleep(0.05)
+    machine.stop()  # lets the server finish what was sent, then ends the session
+    reader.join(timeout=30)
+    assert not reader.is_alive()
+    if "value" in outcome:
+        assert outcome["value"] == pytest.approx(x.sum().item(), rel=1e-3, abs=1e-3)
+    else:
+        assert "stopped" in outcome["error"] or "not running" in outcome["error"], outcome
+
+
 def test_no_orphan_server_when_the_client_process_dies_abruptly():
     script = textwrap.dedent(
         """

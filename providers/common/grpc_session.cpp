@@ -195,21 +195,35 @@ std::string GrpcSession::request(const std::string& request, std::string* payloa
 bool GrpcSession::read_after(const std::string& request, uint64_t after_command,
                              std::string* response, std::string* payload) {
   if (session_key_.empty()) return false;
-  grpc::ClientContext context;
-  authorize(&context, token_);
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    if (reader_done_ || stopped_) throw_lost_locked();
-    reads_.push_back(&context);  // for stop() to cancel
-  }
   wire::ReadRequest read;
   read.set_session_key(session_key_);
   read.set_after_command(after_command);
   read.set_request(request);
   wire::ReadResponse answer;
-  const grpc::Status status = stub_->Read(&context, read, &answer);
+  grpc::ClientContext context;
+  authorize(&context, token_);
+  grpc::Status status;
+  {
+    // Listed while the call runs, for stop() to cancel.
+    struct Listed {
+      GrpcSession* session;
+      grpc::ClientContext* context;
+      ~Listed() {
+        std::lock_guard<std::mutex> lock(session->mu_);
+        auto& reads = session->reads_;
+        reads.erase(std::find(reads.begin(), reads.end(), context));
+      }
+    };
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (reader_done_ || stopped_) throw_lost_locked();
+      reads_.reserve(reads_.size() + 1);
+      reads_.push_back(&context);
+    }
+    Listed listed{this, &context};
+    status = stub_->Read(&context, read, &answer);
+  }
   std::unique_lock<std::mutex> lock(mu_);
-  reads_.erase(std::find(reads_.begin(), reads_.end(), &context));
   if (status.ok()) {
     response->swap(*answer.mutable_response());
     if (payload) payload->swap(*answer.mutable_payload());
