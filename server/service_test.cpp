@@ -81,6 +81,20 @@ wire::Batch upload_batch(const std::vector<wire::TensorRef>& targets) {
   return batch;
 }
 
+// One command, an mm of storages 1 (2x3) and 2 (4x5) into storage 3, that
+// fails on the server: the shapes do not match.
+wire::Batch failing_mm_batch() {
+  wire::Batch batch;
+  batch.set_version(wire::PROTOCOL_VERSION_CURRENT);
+  auto* op = batch.add_commands()->mutable_op();
+  op->set_op_id(1);
+  op->set_op_name("aten::mm");
+  *op->add_args()->mutable_tensor() = contiguous_ref(1, {2, 3});
+  *op->add_args()->mutable_tensor() = contiguous_ref(2, {4, 5});
+  *op->add_outputs() = contiguous_ref(3, {2, 5});
+  return batch;
+}
+
 // A payload chunk; the first chunk of a payload carries the payload's total size.
 wire::ClientMessage chunk_message(const std::string& data, bool last, uint64_t total_bytes = 0) {
   wire::ClientMessage message;
@@ -363,15 +377,7 @@ TEST_F(ServiceTest, ConcurrentSessionsDoNotShareStorages) {
 TEST_F(ServiceTest, OpErrorIsThePendingErrorOfTheNextResponse) {
   auto client = session();
   client->hello();
-  wire::Batch batch;
-  batch.set_version(wire::PROTOCOL_VERSION_CURRENT);
-  auto* op = batch.add_commands()->mutable_op();
-  op->set_op_id(1);
-  op->set_op_name("aten::mm");
-  *op->add_args()->mutable_tensor() = contiguous_ref(1, {2, 3});
-  *op->add_args()->mutable_tensor() = contiguous_ref(2, {4, 5});
-  *op->add_outputs() = contiguous_ref(3, {2, 5});
-  client->batch(batch, {});
+  client->batch(failing_mm_batch(), {});
 
   const wire::Response first = client->sync();
   ASSERT_TRUE(first.has_pending_error());
@@ -567,15 +573,7 @@ TEST_F(ReadTest, ReadWaitsForItsCommandThenAnswersWithoutTheStream) {
 TEST_F(ReadTest, ReadReportsAFailedOpLikeAnyResponse) {
   auto client = session();
   const std::string key = client->hello().session_key();
-  wire::Batch batch;
-  batch.set_version(wire::PROTOCOL_VERSION_CURRENT);
-  auto* op = batch.add_commands()->mutable_op();
-  op->set_op_id(1);
-  op->set_op_name("aten::mm");
-  *op->add_args()->mutable_tensor() = contiguous_ref(1, {2, 3});
-  *op->add_args()->mutable_tensor() = contiguous_ref(2, {4, 5});
-  *op->add_outputs() = contiguous_ref(3, {2, 5});
-  client->batch(batch, {});
+  client->batch(failing_mm_batch(), {});
 
   wire::Response response;
   std::string payload;
