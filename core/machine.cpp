@@ -14,6 +14,7 @@
 #include "core/logging.h"
 #include "core/payload_pool.h"
 #include "core/plugin_loader.h"
+#include "proto/storage_ids.h"
 
 namespace mycelya {
 namespace {
@@ -37,19 +38,10 @@ constexpr size_t kMaxEarlyReadBytes = 1 << 20;
 
 // Calls `visit` with every storage ID a command reads or writes.
 template <typename Visit>
-void for_each_storage(const wire::Value& value, const Visit& visit) {
-  if (value.has_tensor()) {
-    visit(value.tensor().storage_id());
-  } else if (value.has_list()) {
-    for (const auto& item : value.list().values()) for_each_storage(item, visit);
-  }
-}
-
-template <typename Visit>
 void for_each_storage(const wire::Command& command, const Visit& visit) {
   switch (command.kind_case()) {
     case wire::Command::kOp:
-      for (const auto& arg : command.op().args()) for_each_storage(arg, visit);
+      for (const auto& arg : command.op().args()) for_each_storage_id(arg, visit);
       for (const auto& output : command.op().outputs()) {
         if (output.storage_id() != 0) visit(output.storage_id());
       }

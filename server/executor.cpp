@@ -12,6 +12,8 @@
 #include <fstream>
 #include <mutex>
 
+#include "proto/storage_ids.h"
+
 namespace mycelya {
 namespace {
 
@@ -58,14 +60,6 @@ uint64_t required_bytes(const wire::TensorRef& ref) {
   }
   return static_cast<uint64_t>(last + 1) *
          c10::elementSize(static_cast<c10::ScalarType>(ref.dtype()));
-}
-
-// Storage IDs of every TensorRef inside a value.
-void collect_storage_ids(const wire::Value& value, std::vector<uint64_t>* ids) {
-  if (value.has_tensor()) ids->push_back(value.tensor().storage_id());
-  if (value.has_list()) {
-    for (const auto& item : value.list().values()) collect_storage_ids(item, ids);
-  }
 }
 
 // Returned tensors in order, lists flattened (as the client numbers outputs).
@@ -359,8 +353,9 @@ void Executor::run_op(const wire::OpRecord& record, bool dynamic, wire::Response
     std::vector<uint64_t> read;
     for (size_t i = 0; i < arguments.size(); ++i) {
       const auto& info = arguments[i].alias_info();
-      collect_storage_ids(record.args(static_cast<int>(i)),
-                          info && info->isWrite() ? &written : &read);
+      std::vector<uint64_t>* ids = info && info->isWrite() ? &written : &read;
+      for_each_storage_id(record.args(static_cast<int>(i)),
+                          [ids](uint64_t id) { ids->push_back(id); });
     }
     if (!dynamic) {
       for (const auto& out : record.outputs()) {
