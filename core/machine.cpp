@@ -2,6 +2,7 @@
 #include "core/machine.h"
 
 #include <c10/core/ScalarType.h>
+#include <c10/util/ScopeExit.h>
 #include <google/protobuf/io/coded_stream.h>
 #include <google/protobuf/wire_format_lite.h>
 #include <unistd.h>
@@ -133,13 +134,10 @@ void Machine::stop() {
   log_info("stopping machine " + id_);
   // A read beside the queue returns or fails once the session has stopped
   // (Session's contract); it uses this machine until then.
-  struct WaitForReads {
-    Machine* machine;
-    ~WaitForReads() {
-      std::unique_lock<std::mutex> lock(machine->queue_mu_);
-      machine->early_reads_cv_.wait(lock, [this] { return machine->early_reads_in_flight_ == 0; });
-    }
-  } wait_for_reads{this};
+  const auto wait_for_reads = c10::make_scope_exit([this] {
+    std::unique_lock<std::mutex> lock(queue_mu_);
+    early_reads_cv_.wait(lock, [this] { return early_reads_in_flight_ == 0; });
+  });
   if (session) session->stop();
 }
 
@@ -328,9 +326,15 @@ void Machine::flush_locked() {
     for (auto& payload : encoded.payloads) payload_pool().release(std::move(payload));
   } catch (const std::exception& e) {
     std::lock_guard<std::mutex> lock(queue_mu_);
-    lost_ = "Machine " + id_ + " was lost: " + e.what();
-    throw std::runtime_error(lost_);
+    throw_lost_locked(e.what());
   }
+}
+
+void Machine::throw_lost_locked(const std::string& why) {
+  // The first failure is the cause; a later one (another thread's call to
+  // the same broken session) is its consequence.
+  if (lost_.empty()) lost_ = "Machine " + id_ + " was lost: " + why;
+  throw std::runtime_error(lost_);
 }
 
 void Machine::sender_loop() {
@@ -390,13 +394,10 @@ bool Machine::read_early(wire::Request& request, std::string* payload, std::stri
   std::string error;
   {
     // However read_after ends, stop() must learn that this read is over.
-    struct Done {
-      Machine* machine;
-      ~Done() {
-        std::lock_guard<std::mutex> lock(machine->queue_mu_);
-        if (--machine->early_reads_in_flight_ == 0) machine->early_reads_cv_.notify_all();
-      }
-    } done{this};
+    const auto done = c10::make_scope_exit([this] {
+      std::lock_guard<std::mutex> lock(queue_mu_);
+      if (--early_reads_in_flight_ == 0) early_reads_cv_.notify_all();
+    });
     try {
       answered = session->read_after(request.SerializeAsString(), after_command, response, payload);
     } catch (const std::exception& e) {
@@ -413,10 +414,7 @@ bool Machine::read_early(wire::Request& request, std::string* payload, std::stri
   if (session != session_) {
     throw std::runtime_error("Machine " + id_ + " was stopped while a read from it waited.");
   }
-  if (failed) {
-    if (lost_.empty()) lost_ = "Machine " + id_ + " was lost: " + error;
-    throw std::runtime_error(lost_);
-  }
+  if (failed) throw_lost_locked(error);
   session_reads_early_ = false;  // the session cannot: every read goes in order
   return false;
 }
@@ -444,8 +442,7 @@ wire::Response Machine::request(wire::Request request, std::string* payload) {
       encoded_response = session_->request(encoded_request, payload);
     } catch (const std::exception& e) {
       std::lock_guard<std::mutex> lock(queue_mu_);
-      lost_ = "Machine " + id_ + " was lost: " + e.what();
-      throw std::runtime_error(lost_);
+      throw_lost_locked(e.what());
     }
   }
   wire::Response response;

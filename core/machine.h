@@ -100,6 +100,8 @@ class Machine {
   // Hands everything queued to the session. Caller holds submit_mu_.
   void flush_locked();
   void check_usable_locked() const;
+  // Marks the session lost (keeping the first reason) and throws that.
+  [[noreturn]] void throw_lost_locked(const std::string& why);
   // Appends `command` to queued_, encoded as an entry of Batch.commands.
   void append_locked(const wire::Command& command);
   // The download in `request` may skip the commands after this one (0: all);
