@@ -2,6 +2,7 @@
 #include "server/service.h"
 
 #include <arpa/inet.h>
+#include <c10/util/ScopeExit.h>
 #include <netinet/in.h>
 
 #include <algorithm>
@@ -273,9 +274,17 @@ grpc::Status MycelyaService::Session(grpc::ServerContext* context, Stream* strea
       std::lock_guard<std::mutex> lock(sessions_mu_);
       sessions_[key] = early_reads;
     }
+    std::string failure;  // why the session failed, if it did
     // However the session ends (an exception included), reads stop reaching
     // the executor before it goes.
-    Unregister unregister{this, key, early_reads.get(), id, {}};
+    const auto unregister = c10::make_scope_exit([&] {
+      {
+        std::lock_guard<std::mutex> lock(sessions_mu_);
+        sessions_.erase(key);
+      }
+      early_reads->end("session " + std::to_string(id) + " ended" +
+                       (failure.empty() ? "" : ": " + failure));
+    });
     log("session ", id, " from ", context->peer(), " opened (", open_sessions_.load(), " open)");
 
     wire::ServerMessage hello;
@@ -287,7 +296,7 @@ grpc::Status MycelyaService::Session(grpc::ServerContext* context, Stream* strea
     status = stream->Write(hello, grpc::WriteOptions().clear_buffer_hint())
                  ? serve(executor, *early_reads, stream)
                  : stream_broken();
-    if (!status.ok()) unregister.reason = status.error_message();
+    if (!status.ok()) failure = status.error_message();
   }
   // Read fails alike for a client that closed and one that vanished or was
   // cancelled (by a shutdown, say); the log tells them apart.
@@ -307,14 +316,6 @@ grpc::Status MycelyaService::Health(grpc::ServerContext* context,
   for (const std::string& name : options_.executor.device_names) response->add_devices(name);
   response->set_sessions(static_cast<uint32_t>(std::max(open_sessions_.load(), 0)));
   return grpc::Status::OK;
-}
-
-MycelyaService::Unregister::~Unregister() {
-  {
-    std::lock_guard<std::mutex> lock(service->sessions_mu_);
-    service->sessions_.erase(key);
-  }
-  reads->end("session " + std::to_string(id) + " ended" + (reason.empty() ? "" : ": " + reason));
 }
 
 size_t MycelyaService::reads_waiting() {

@@ -75,16 +75,6 @@ class MycelyaService final : public wire::Mycelya::Service {
   // Open sessions by their key (Hello.session_key), for Read.
   std::mutex sessions_mu_;
   std::unordered_map<std::string, std::shared_ptr<EarlyReads>> sessions_;
-
-  // Takes a session out of sessions_ and ends its reads, on every way out.
-  struct Unregister {
-    MycelyaService* service;
-    std::string key;
-    EarlyReads* reads;
-    uint64_t id;
-    std::string reason;  // why the session failed, if it did
-    ~Unregister();
-  };
 };
 
 // True for addresses only this machine can reach: "unix:..." sockets and TCP on

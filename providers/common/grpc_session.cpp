@@ -217,7 +217,6 @@ bool GrpcSession::read_after(const std::string& request, uint64_t after_command,
     {
       std::lock_guard<std::mutex> lock(mu_);
       if (reader_done_ || stopped_) throw_lost_locked();
-      reads_.reserve(reads_.size() + 1);
       reads_.push_back(&context);
     }
     Listed listed{this, &context};
