@@ -6,8 +6,8 @@
 #include <benchmark/benchmark.h>
 
 #include "proto/mycelya.pb.h"
+#include "proto/tensor_geometry.h"
 #include "server/executor.h"
-#include "tests/cc/wire_refs.h"
 
 namespace mycelya {
 namespace {

@@ -20,7 +20,7 @@
 #include "core/machine.h"
 #include "core/payload_pool.h"
 #include "core/plugin_loader.h"
-#include "tests/cc/wire_refs.h"
+#include "proto/tensor_geometry.h"
 
 namespace mycelya {
 namespace {
@@ -42,7 +42,7 @@ std::shared_ptr<Machine> machine() {
 int cpu_slot() { return machine()->slot_of("cpu", 0); }
 
 void BM_RecordSmallOp(benchmark::State& state) {
-  const auto device = register_device(machine(), cpu_slot());
+  const auto device = machine()->device_index(cpu_slot());
   at::Tensor x = at::zeros({16}, at::TensorOptions().device(c10::DeviceType::PrivateUse1, device));
   for (int i = 0; i < 100; ++i) x = x + 1;  // warm the plan cache
   for (auto _ : state) {

@@ -54,7 +54,6 @@ void EarlyReads::serve_locked(Waiting* read) {
     // handle_request reports failures in its response; this is memory
     // running out around it. The session thread serving it must go on.
     wire::Response response;
-    response.set_version(wire::PROTOCOL_VERSION_CURRENT);
     response.mutable_error()->set_message(std::string("the read failed: ") + e.what());
     read->response->Clear();
     response.SerializeToString(read->response->mutable_response());

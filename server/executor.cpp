@@ -2,8 +2,8 @@
 #include "server/executor.h"
 
 #include <ATen/ATen.h>
-#include <ATen/core/stack.h>
 #include <c10/core/DeviceGuard.h>
+#include <c10/util/strides.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -12,10 +12,15 @@
 #include <fstream>
 #include <mutex>
 
+#include "proto/schema_types.h"
 #include "proto/storage_ids.h"
+#include "proto/tensor_geometry.h"
 
 namespace mycelya {
 namespace {
+
+// Distinct ops one session may name: ATen has a few thousand overloads.
+constexpr uint32_t kMaxOpIds = 1 << 16;
 
 std::string error_text(const std::exception& e) {
   if (auto* c10_error = dynamic_cast<const c10::Error*>(&e))
@@ -47,19 +52,22 @@ uint64_t cgroup_limit() {
   return 0;
 }
 
-std::vector<int64_t> to_vector(const google::protobuf::RepeatedField<int64_t>& field) {
-  return {field.begin(), field.end()};
+c10::IntArrayRef sizes_of(const wire::TensorRef& ref) {
+  return c10::IntArrayRef(ref.sizes().data(), ref.sizes_size());
 }
 
-// Bytes a view needs from the start of its storage.
-uint64_t required_bytes(const wire::TensorRef& ref) {
-  int64_t last = ref.storage_offset();
+c10::IntArrayRef strides_of(const wire::TensorRef& ref) {
+  return c10::IntArrayRef(ref.strides().data(), ref.strides_size());
+}
+
+// Whether a view lays its elements out one after another, as a contiguous
+// tensor does (dimensions of size 1 may have any stride).
+bool is_row_major(const wire::TensorRef& ref) {
+  const auto expected = c10::contiguous_strides(sizes_of(ref));
   for (int d = 0; d < ref.sizes_size(); ++d) {
-    if (ref.sizes(d) == 0) return 0;
-    last += (ref.sizes(d) - 1) * ref.strides(d);
+    if (ref.sizes(d) != 1 && ref.strides(d) != expected[d]) return false;
   }
-  return static_cast<uint64_t>(last + 1) *
-         c10::elementSize(static_cast<c10::ScalarType>(ref.dtype()));
+  return ref.sizes_size() == ref.strides_size();
 }
 
 // Returned tensors in order, lists flattened (as the client numbers outputs).
@@ -75,14 +83,13 @@ std::vector<at::Tensor> flatten_tensors(const torch::jit::Stack& results) {
   return tensors;
 }
 
-void describe(const at::Tensor& tensor, uint64_t id, int slot, wire::TensorRef* ref) {
-  ref->set_storage_id(id);
-  ref->set_storage_nbytes(tensor.storage().nbytes());
-  ref->mutable_sizes()->Add(tensor.sizes().begin(), tensor.sizes().end());
-  ref->mutable_strides()->Add(tensor.strides().begin(), tensor.strides().end());
-  ref->set_storage_offset(tensor.storage_offset());
-  ref->set_dtype(static_cast<int32_t>(tensor.scalar_type()));
-  ref->set_device(slot);
+// Sets the bytes of `storage` from byte `from` on to zero.
+void zero_bytes(const c10::Storage& storage, uint64_t from) {
+  if (from >= storage.nbytes()) return;
+  at::Tensor bytes = at::empty({0}, at::TensorOptions().dtype(at::kByte).device(storage.device()));
+  bytes.set_(storage, static_cast<int64_t>(from), {static_cast<int64_t>(storage.nbytes() - from)},
+             {1});
+  bytes.zero_();
 }
 
 }  // namespace
@@ -98,7 +105,8 @@ uint64_t default_memory_limit() {
   return physical / 2;
 }
 
-Executor::Executor(ExecutorOptions options) : options_(std::move(options)) {
+Executor::Executor(ExecutorOptions options)
+    : options_(std::move(options)), generators_(options_.devices) {
   if (options_.memory_limit_bytes == 0) options_.memory_limit_bytes = default_memory_limit();
 }
 
@@ -150,6 +158,7 @@ void Executor::run_command(const wire::Command& command, PayloadSource& payloads
         break;
       case wire::Command::kFree:
         for (uint64_t id : command.free().storage_ids()) free(id);
+        for (uint64_t id : command.free().generator_ids()) generators_.free(id);
         break;
       case wire::Command::kResize:
         resize(command.resize());
@@ -158,7 +167,7 @@ void Executor::run_command(const wire::Command& command, PayloadSource& payloads
         upload(command.upload(), payloads);
         break;
       case wire::Command::kSeed:
-        seed(command.seed().seed());
+        seed(command.seed());
         break;
       case wire::Command::kSetRngState:
         set_rng_state(command.set_rng_state(), payloads);
@@ -177,6 +186,7 @@ void Executor::run_command(const wire::Command& command, PayloadSource& payloads
 
 const Executor::KnownOp& Executor::op_for(const wire::OpRecord& record) {
   const uint32_t id = record.op_id();
+  TORCH_CHECK(id < kMaxOpIds, "op id ", id, " is beyond the ", kMaxOpIds, " a session may name");
   if (id >= ops_.size()) ops_.resize(id + 1);
   if (!ops_[id]) {
     TORCH_CHECK(!record.op_name().empty(), "op id ", id, " was used before it was named");
@@ -189,7 +199,7 @@ const Executor::KnownOp& Executor::op_for(const wire::OpRecord& record) {
     const auto& arguments = handle.schema().arguments();
     const bool in_place = !arguments.empty() && arguments[0].name() == "self" &&
                           arguments[0].alias_info() && arguments[0].alias_info()->isWrite();
-    ops_[id] = KnownOp{std::move(handle), name, in_place};
+    ops_[id] = KnownOp{std::move(handle), name, in_place, name == "aten::native_dropout"};
   }
   return *ops_[id];
 }
@@ -200,19 +210,33 @@ c10::Device Executor::device_for(int slot) const {
   return options_.devices[slot];
 }
 
+int Executor::slot_of(c10::Device device) const {
+  for (size_t s = 0; s < options_.devices.size(); ++s) {
+    if (options_.devices[s] == device) return static_cast<int>(s);
+  }
+  TORCH_CHECK(false, "a kernel returned a tensor on ", device,
+              ", which this machine does not serve");
+}
+
 void Executor::reserve_bytes(uint64_t nbytes) const {
-  if (bytes_in_use_ + nbytes <= options_.memory_limit_bytes) return;
+  if (nbytes <= options_.memory_limit_bytes &&
+      bytes_in_use_ <= options_.memory_limit_bytes - nbytes)
+    return;
   TORCH_CHECK(false, "out of memory on the remote machine: ", format_bytes(nbytes), " requested, ",
               format_bytes(bytes_in_use_), " in use, limit ",
               format_bytes(options_.memory_limit_bytes),
               ". Free tensors you no longer need or use a bigger machine.");
 }
 
-c10::Storage Executor::new_storage(uint64_t nbytes, c10::Device device) {
+c10::Storage Executor::new_storage(uint64_t nbytes, c10::Device device, bool zeroed) {
   reserve_bytes(nbytes);
   c10::DeviceGuard guard(device);
-  return c10::Storage(c10::Storage::use_byte_size_t(), nbytes, c10::GetAllocator(device.type()),
-                      /*resizable=*/true);
+  c10::Storage storage(c10::Storage::use_byte_size_t(), nbytes, c10::GetAllocator(device.type()),
+                       /*resizable=*/true);
+  // Freed memory comes back from the allocator as it was left, possibly by
+  // another session: a storage is never handed out with those bytes.
+  if (zeroed) zero_bytes(storage, 0);
+  return storage;
 }
 
 void Executor::keep(uint64_t id, c10::Storage storage) {
@@ -232,30 +256,46 @@ void Executor::free(uint64_t id) {
 
 void Executor::check_not_poisoned(uint64_t id) const {
   auto it = poison_.find(id);
-  if (it != poison_.end()) throw std::runtime_error(it->second);
+  if (it != poison_.end()) throw PoisonedStorage(it->second);
 }
 
 at::Tensor Executor::tensor_for(const wire::TensorRef& ref) {
+  return tensor_for(ref, /*zero_new_storage=*/true);
+}
+
+at::Tensor Executor::tensor_to_overwrite(const wire::TensorRef& ref) {
+  const uint64_t needed = required_storage_bytes(ref);  // checks the geometry first
+  const bool covers_storage =
+      ref.storage_offset() == 0 && is_row_major(ref) && needed == ref.storage_nbytes();
+  return tensor_for(ref, /*zero_new_storage=*/!covers_storage);
+}
+
+at::Tensor Executor::tensor_for(const wire::TensorRef& ref, bool zero_new_storage) {
   const c10::Device device = device_for(ref.device());
+  const c10::ScalarType dtype = ref_dtype(ref.dtype());
+  const uint64_t needed = required_storage_bytes(ref);
   auto it = storages_.find(ref.storage_id());
   if (it == storages_.end()) {
+    TORCH_CHECK(ref.storage_id() != 0, "storage ID 0 names no storage");
     // First use: the storage is created now, as the client's allocation promised.
-    keep(ref.storage_id(), new_storage(ref.storage_nbytes(), device));
+    TORCH_CHECK(needed <= ref.storage_nbytes(), "a view of storage ", ref.storage_id(), " needs ",
+                needed, " bytes, but the storage is to hold ", ref.storage_nbytes());
+    keep(ref.storage_id(), new_storage(ref.storage_nbytes(), device, zero_new_storage));
     it = storages_.find(ref.storage_id());
   }
   const c10::Storage& storage = it->second.storage;
-  TORCH_CHECK(required_bytes(ref) <= storage.nbytes(), "storage ", ref.storage_id(), " holds ",
-              storage.nbytes(), " bytes, too few for a view that needs ", required_bytes(ref));
+  TORCH_CHECK(storage.device() == device, "storage ", ref.storage_id(), " lives on ",
+              storage.device(), ", not on device slot ", ref.device());
+  TORCH_CHECK(needed <= storage.nbytes(), "storage ", ref.storage_id(), " holds ", storage.nbytes(),
+              " bytes, too few for a view that needs ", needed);
   // Built directly, not through empty() + set_(): two dispatcher calls per
   // tensor argument were a large share of a small op's cost.
-  const auto dtype = static_cast<c10::ScalarType>(ref.dtype());
   at::Tensor tensor = at::detail::make_tensor<c10::TensorImpl>(
       c10::Storage(storage),
       c10::DispatchKeySet(c10::computeDispatchKey(dtype, c10::kStrided, storage.device())),
       c10::scalarTypeToTypeMeta(dtype));
-  tensor.unsafeGetTensorImpl()->set_sizes_and_strides(
-      c10::IntArrayRef(ref.sizes().data(), ref.sizes_size()),
-      c10::IntArrayRef(ref.strides().data(), ref.strides_size()), ref.storage_offset());
+  tensor.unsafeGetTensorImpl()->set_sizes_and_strides(sizes_of(ref), strides_of(ref),
+                                                      ref.storage_offset());
   if (ref.conj()) tensor._set_conj(true);
   if (ref.neg()) tensor._set_neg(true);
   return tensor;
@@ -265,6 +305,10 @@ c10::IValue Executor::decode(const wire::Value& value, const c10::TypePtr& type)
   switch (value.kind_case()) {
     case wire::Value::kNone:
     case wire::Value::KIND_NOT_SET:
+      // A random kernel given no generator would draw from the process's
+      // own, shared by every session: the client always names one.
+      TORCH_CHECK(!is_generator_type(type),
+                  "a Generator argument arrived empty; name the device's generator");
       return c10::IValue();
     case wire::Value::kTensor:
       return tensor_for(value.tensor());
@@ -279,7 +323,8 @@ c10::IValue Executor::decode(const wire::Value& value, const c10::TypePtr& type)
     case wire::Value::kStringValue:
       return value.string_value();
     case wire::Value::kIntList:
-      return c10::List<int64_t>(to_vector(value.int_list().values()));
+      return c10::List<int64_t>(
+          std::vector<int64_t>(value.int_list().values().begin(), value.int_list().values().end()));
     case wire::Value::kDoubleList:
       return c10::List<double>(std::vector<double>(value.double_list().values().begin(),
                                                    value.double_list().values().end()));
@@ -290,10 +335,11 @@ c10::IValue Executor::decode(const wire::Value& value, const c10::TypePtr& type)
     }
     case wire::Value::kDevice:
       return device_for(value.device());
+    case wire::Value::kGenerator:
+      return generators_.get(value.generator());
     case wire::Value::kCpuScalar: {
       const auto& scalar = value.cpu_scalar();
-      at::Tensor tensor =
-          at::empty({}, at::TensorOptions().dtype(static_cast<c10::ScalarType>(scalar.dtype())));
+      at::Tensor tensor = at::empty({}, at::TensorOptions().dtype(ref_dtype(scalar.dtype())));
       TORCH_CHECK(scalar.data().size() == tensor.nbytes(), "malformed CPU scalar");
       std::memcpy(tensor.data_ptr(), scalar.data().data(), scalar.data().size());
       tensor.unsafeGetTensorImpl()->set_wrapped_number(scalar.wrapped_number());
@@ -335,217 +381,274 @@ c10::IValue Executor::decode(const wire::Value& value, const c10::TypePtr& type)
   return c10::IValue();
 }
 
+Executor::ArgumentStorages::ArgumentStorages(const torch::jit::Stack& arguments) {
+  for (const auto& value : arguments) {
+    by_argument.push_back(value.isTensor() && value.toTensor().defined()
+                              ? value.toTensor().storage().unsafeGetStorageImpl()
+                              : nullptr);
+    if (!value.isList()) continue;
+    for (const c10::IValue& item : value.toListRef()) {
+      if (item.isTensor() && item.toTensor().defined()) {
+        in_lists.push_back(item.toTensor().storage().unsafeGetStorageImpl());
+      }
+    }
+  }
+}
+
+int Executor::ArgumentStorages::input_of(const at::Tensor& t) const {
+  for (size_t i = 0; i < by_argument.size(); ++i) {
+    if (by_argument[i] && by_argument[i] == t.storage().unsafeGetStorageImpl()) {
+      return static_cast<int>(i);
+    }
+  }
+  return -1;
+}
+
+bool Executor::ArgumentStorages::in_list_argument(const at::Tensor& t) const {
+  return std::find(in_lists.begin(), in_lists.end(), t.storage().unsafeGetStorageImpl()) !=
+         in_lists.end();
+}
+
+void Executor::add_planned_outputs(const wire::OpRecord& record, StorageUse* use) {
+  for (const auto& out : record.outputs()) {
+    if (out.storage_id() != 0) use->written.push_back(out.storage_id());
+  }
+}
+
+void Executor::add_arguments(const KnownOp& op, const wire::OpRecord& record, StorageUse* use) {
+  const auto& arguments = op.handle.schema().arguments();
+  TORCH_CHECK(static_cast<size_t>(record.args_size()) == arguments.size(), op.name, " expects ",
+              arguments.size(), " arguments, the record has ", record.args_size());
+  for (size_t i = 0; i < arguments.size(); ++i) {
+    const auto& info = arguments[i].alias_info();
+    std::vector<uint64_t>* ids = info && info->isWrite() ? &use->written : &use->read;
+    for_each_storage_id(record.args(static_cast<int>(i)),
+                        [ids](uint64_t id) { ids->push_back(id); });
+  }
+}
+
+void Executor::check_inputs(const StorageUse& use, const wire::OpRecord& record) const {
+  // Inputs that a failed op produced poison what is computed from them.
+  if (!poison_.empty()) {
+    for (uint64_t id : use.read) check_not_poisoned(id);
+    for (uint64_t id : use.written) check_not_poisoned(id);
+  }
+  // Refuse outputs beyond the memory limit before the kernel allocates them.
+  uint64_t output_bytes = 0;
+  for (const auto& out : record.outputs()) {
+    if (out.storage_id() == 0 || storages_.count(out.storage_id())) continue;
+    if (__builtin_add_overflow(output_bytes, out.storage_nbytes(), &output_bytes)) {
+      output_bytes = UINT64_MAX;  // beyond any limit
+      break;
+    }
+  }
+  reserve_bytes(output_bytes);
+}
+
+torch::jit::Stack Executor::decode_and_call(const KnownOp& op, const wire::OpRecord& record,
+                                            std::optional<ArgumentStorages>* storages) {
+  const auto& arguments = op.handle.schema().arguments();
+  torch::jit::Stack stack;
+  stack.reserve(arguments.size());
+  for (size_t i = 0; i < arguments.size(); ++i) {
+    stack.push_back(decode(record.args(static_cast<int>(i)), arguments[i].type()));
+  }
+  storages->emplace(stack);
+  // An in-place op must leave its input's shape alone: the client keeps
+  // shapes and does not see a kernel resize `self` (CPU's addbmm_ can).
+  const bool in_place = op.in_place && stack[0].isTensor();
+  const c10::DimVector self_sizes(in_place ? stack[0].toTensor().sizes() : c10::IntArrayRef());
+  {
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    if (op.native_dropout) {
+      run_native_dropout(&stack);
+    } else {
+      op.handle.callBoxed(&stack);
+    }
+  }
+  if (in_place && !stack.empty() && stack[0].isTensor()) {
+    const at::Tensor& self = stack[0].toTensor();
+    TORCH_CHECK(self.sizes().equals(self_sizes), op.name, " resized its input in place from ",
+                c10::IntArrayRef(self_sizes), " to ", self.sizes(),
+                "; mycelya keeps the input's shape. Use the out-of-place op instead.");
+  }
+  return stack;
+}
+
+void Executor::run_native_dropout(torch::jit::Stack* stack) {
+  // native_dropout(Tensor input, float p, bool? train) -> (Tensor, Tensor):
+  // what CPU's kernel computes, drawing from the session's generator of the
+  // input's device instead of the process's.
+  TORCH_CHECK(stack->size() == 3 && (*stack)[0].isTensor(), "malformed native_dropout call");
+  const at::Tensor input = (*stack)[0].toTensor();
+  const double p = (*stack)[1].toDouble();
+  const bool train = (*stack)[2].isNone() || (*stack)[2].toBool();
+  at::Tensor output, mask;
+  if (!train || input.numel() == 0) {
+    output = input.clone();
+    mask = at::ones_like(input, input.options().dtype(at::kBool));
+  } else {
+    const double keep = 1.0 - p;
+    const double scale = keep == 0 ? 0.0 : 1.0 / keep;
+    wire::GeneratorRef device_generator;
+    device_generator.set_device(slot_of(input.device()));
+    at::Tensor noise = at::empty_like(input).bernoulli_(keep, generators_.get(device_generator));
+    output = input.mul(noise).mul_(scale);
+    mask = noise.to(at::kBool);
+  }
+  stack->clear();
+  stack->push_back(std::move(output));
+  stack->push_back(std::move(mask));
+}
+
+void Executor::adopt_planned_outputs(const KnownOp& op, const wire::OpRecord& record,
+                                     const torch::jit::Stack& stack,
+                                     const ArgumentStorages& arguments) {
+  // The client already decided each output's geometry; check rather than trust.
+  std::vector<at::Tensor> results = flatten_tensors(stack);
+  TORCH_CHECK(results.size() == static_cast<size_t>(record.outputs_size()), op.name, " returned ",
+              results.size(), " tensors, the client expected ", record.outputs_size());
+  for (size_t i = 0; i < results.size(); ++i) {
+    const auto& ref = record.outputs(static_cast<int>(i));
+    if (ref.storage_id() == 0) continue;
+    const at::Tensor& result = results[i];
+    // A result that is a lazy conjugate/negative view (lu_solve's can be)
+    // is copied out: the client's tensor has no such bits.
+    const bool exact =
+        result.defined() && arguments.input_of(result) < 0 && !arguments.in_list_argument(result) &&
+        !result.is_conj() && !result.is_neg() && result.storage_offset() == ref.storage_offset() &&
+        result.storage().nbytes() == ref.storage_nbytes() &&
+        static_cast<int32_t>(result.scalar_type()) == ref.dtype() &&
+        result.sizes().equals(sizes_of(ref)) && result.strides().equals(strides_of(ref)) &&
+        result.device() == device_for(ref.device()) &&
+        required_storage_bytes(ref) <= ref.storage_nbytes();
+    if (exact) {
+      keep(ref.storage_id(), result.storage());
+    } else if (result.defined() && result.sizes().equals(sizes_of(ref))) {
+      tensor_for(ref).copy_(result);
+    } else {
+      // The kernel disagrees with the meta kernel the client planned with
+      // (CPU's eval-mode batch norm returns empty saved statistics). The
+      // client's tensor cannot hold this result: reading it raises, while
+      // the op's other outputs, usually all the caller wants, stay good.
+      poison_.emplace(ref.storage_id(),
+                      c10::str(op.name, " returned output ", i, " with shape ",
+                               result.defined() ? c10::str(result.sizes()) : "(none)",
+                               " on the remote machine, where its meta kernel said ", sizes_of(ref),
+                               "; this output cannot be used on mycelya."));
+    }
+  }
+}
+
+void Executor::report_dynamic_outputs(const KnownOp& op, const wire::OpRecord& record,
+                                      const torch::jit::Stack& stack,
+                                      const ArgumentStorages& arguments, wire::Response* response) {
+  // Results go under the IDs the client reserved, in order.
+  int next_id = 0;
+  auto report_tensor = [&](const at::Tensor& returned, wire::OutputInfo* info) {
+    const int input = returned.defined() ? arguments.input_of(returned) : -1;
+    if (input >= 0) {
+      info->set_input_index(input);
+      describe_tensor(returned, 0, 0, info->mutable_view());
+      return;
+    }
+    // The client's tensors carry no lazy conjugate/negative bits: new outputs hold values.
+    at::Tensor t = returned.defined() ? returned.resolve_conj().resolve_neg() : returned;
+    if (t.defined() && arguments.in_list_argument(t)) t = t.clone();
+    TORCH_CHECK(next_id < record.outputs_size(), op.name, " returned more tensors than reserved");
+    const uint64_t id = record.outputs(next_id++).storage_id();
+    if (!t.defined()) return;
+    TORCH_CHECK(id != 0 && !storages_.count(id), "output storage ID ", id,
+                " is already in use; reserve fresh IDs for an op's results");
+    reserve_bytes(t.storage().nbytes());
+    keep(id, t.storage());
+    describe_tensor(t, id, slot_of(t.device()), info->mutable_tensor());
+  };
+  for (const auto& result : stack) {
+    auto* info = response->add_outputs();
+    if (result.isTensor()) {
+      report_tensor(result.toTensor(), info);
+    } else if (result.isTensorList()) {
+      for (const at::Tensor& t : result.toTensorVector()) {
+        report_tensor(t, info->mutable_list()->add_items());
+      }
+    } else if (result.isBool()) {
+      info->mutable_value()->set_bool_value(result.toBool());
+    } else if (result.isInt()) {
+      info->mutable_value()->set_int_value(result.toInt());
+    } else if (result.isDouble()) {
+      info->mutable_value()->set_double_value(result.toDouble());
+    }
+  }
+}
+
 void Executor::run_op(const wire::OpRecord& record, bool dynamic, wire::Response* response) {
   // The name for messages: the record's until the op is resolved, then the
   // one it was interned under (no string is built per op).
-  const std::string* op_name_ptr = &record.op_name();
-  std::vector<uint64_t> written;  // storages the op writes: outputs and mutated arguments
+  const std::string* op_name = &record.op_name();
+  StorageUse use;
+  // A dynamic op's outputs are IDs the client reserved, used only if it
+  // succeeds; a queued op's are poisoned however it fails.
+  if (!dynamic) add_planned_outputs(record, &use);
   try {
-    const KnownOp& known = op_for(record);
-    op_name_ptr = &known.name;
-    const std::string& op_name = known.name;
-    const c10::OperatorHandle& op = known.handle;
-    const auto& schema = op.schema();
-    const auto& arguments = schema.arguments();
-    TORCH_CHECK(static_cast<size_t>(record.args_size()) == arguments.size(), op_name, " expects ",
-                arguments.size(), " arguments, the record has ", record.args_size());
-
-    std::vector<uint64_t> read;
-    for (size_t i = 0; i < arguments.size(); ++i) {
-      const auto& info = arguments[i].alias_info();
-      std::vector<uint64_t>* ids = info && info->isWrite() ? &written : &read;
-      for_each_storage_id(record.args(static_cast<int>(i)),
-                          [ids](uint64_t id) { ids->push_back(id); });
-    }
-    if (!dynamic) {
-      for (const auto& out : record.outputs()) {
-        if (out.storage_id() != 0) written.push_back(out.storage_id());
-      }
-    }
-    // Inputs that a failed op produced poison what is computed from them.
-    if (!poison_.empty()) {
-      for (uint64_t id : read) check_not_poisoned(id);
-      for (uint64_t id : written) check_not_poisoned(id);
-    }
-    // Refuse outputs beyond the memory limit before the kernel allocates them.
-    uint64_t output_bytes = 0;
-    for (const auto& out : record.outputs()) {
-      if (out.storage_id() != 0 && !storages_.count(out.storage_id()))
-        output_bytes += out.storage_nbytes();
-    }
-    reserve_bytes(output_bytes);
-
-    torch::jit::Stack stack;
-    stack.reserve(arguments.size());
-    for (size_t i = 0; i < arguments.size(); ++i) {
-      stack.push_back(decode(record.args(static_cast<int>(i)), arguments[i].type()));
-    }
-    std::vector<const c10::StorageImpl*> input_storages;
-    // Storages of tensors inside Tensor[] and Tensor?[] arguments: a result
-    // in one of them is copied out, never kept under a second ID (the client
-    // places reads by storage ID, so one storage must have one ID).
-    std::vector<const c10::StorageImpl*> list_storages;
-    for (const auto& value : stack) {
-      input_storages.push_back(value.isTensor() && value.toTensor().defined()
-                                   ? value.toTensor().storage().unsafeGetStorageImpl()
-                                   : nullptr);
-      if (!value.isList()) continue;
-      for (const c10::IValue& item : value.toListRef()) {
-        if (item.isTensor() && item.toTensor().defined()) {
-          list_storages.push_back(item.toTensor().storage().unsafeGetStorageImpl());
-        }
-      }
-    }
-    auto in_list_argument = [&](const at::Tensor& t) {
-      return std::find(list_storages.begin(), list_storages.end(),
-                       t.storage().unsafeGetStorageImpl()) != list_storages.end();
-    };
-    // An in-place op must leave its input's shape alone: the client keeps
-    // shapes and does not see a kernel resize `self` (CPU's addbmm_ can).
-    const bool in_place = known.in_place && stack[0].isTensor();
-    const c10::DimVector self_sizes(in_place ? stack[0].toTensor().sizes() : c10::IntArrayRef());
-    {
-      at::AutoDispatchBelowADInplaceOrView below_autograd;
-      op.callBoxed(&stack);
-    }
-    if (in_place && !stack.empty() && stack[0].isTensor()) {
-      const at::Tensor& self = stack[0].toTensor();
-      TORCH_CHECK(self.sizes().equals(self_sizes), op_name, " resized its input in place from ",
-                  c10::IntArrayRef(self_sizes), " to ", self.sizes(),
-                  "; mycelya keeps the input's shape. Use the out-of-place op instead.");
-    }
-    auto aliases_input = [&](const at::Tensor& t) -> int {
-      for (size_t i = 0; i < input_storages.size(); ++i) {
-        if (input_storages[i] && input_storages[i] == t.storage().unsafeGetStorageImpl()) {
-          return static_cast<int>(i);
-        }
-      }
-      return -1;
-    };
-
+    const KnownOp& op = op_for(record);
+    op_name = &op.name;
+    add_arguments(op, record, &use);
+    check_inputs(use, record);
+    std::optional<ArgumentStorages> arguments;
+    const torch::jit::Stack results = decode_and_call(op, record, &arguments);
     if (dynamic) {
-      // Results go under the IDs the client reserved, in order.
-      int next_id = 0;
-      auto register_output = [&](const at::Tensor& returned, wire::OutputInfo* info) {
-        const int input = returned.defined() ? aliases_input(returned) : -1;
-        // The client's tensors carry no lazy conjugate/negative bits: new outputs hold values.
-        at::Tensor t =
-            returned.defined() && input < 0 ? returned.resolve_conj().resolve_neg() : returned;
-        if (t.defined() && input < 0 && in_list_argument(t)) t = t.clone();
-        if (input >= 0) {
-          info->set_input_index(input);
-          describe(t, 0, 0, info->mutable_view());
-          return;
-        }
-        TORCH_CHECK(next_id < record.outputs_size(), op_name,
-                    " returned more tensors than reserved");
-        const auto& reserved = record.outputs(next_id++);
-        if (!t.defined()) return;
-        reserve_bytes(t.storage().nbytes());
-        int slot = 0;
-        for (size_t s = 0; s < options_.devices.size(); ++s) {
-          if (options_.devices[s] == t.device()) slot = static_cast<int>(s);
-        }
-        keep(reserved.storage_id(), t.storage());
-        describe(t, reserved.storage_id(), slot, info->mutable_tensor());
-      };
-      for (const auto& result : stack) {
-        auto* info = response->add_outputs();
-        if (result.isTensor()) {
-          register_output(result.toTensor(), info);
-        } else if (result.isTensorList()) {
-          for (const at::Tensor& t : result.toTensorVector())
-            register_output(t, info->mutable_list()->add_items());
-        } else if (result.isBool()) {
-          info->mutable_value()->set_bool_value(result.toBool());
-        } else if (result.isInt()) {
-          info->mutable_value()->set_int_value(result.toInt());
-        } else if (result.isDouble()) {
-          info->mutable_value()->set_double_value(result.toDouble());
-        }
-      }
-      return;
+      report_dynamic_outputs(op, record, results, *arguments, response);
+    } else {
+      adopt_planned_outputs(op, record, results, *arguments);
     }
-
-    // Queued op: the client already decided each output's geometry; check rather than trust.
-    std::vector<at::Tensor> results = flatten_tensors(stack);
-    TORCH_CHECK(results.size() == static_cast<size_t>(record.outputs_size()), op_name, " returned ",
-                results.size(), " tensors, the client expected ", record.outputs_size());
-    for (size_t i = 0; i < results.size(); ++i) {
-      const auto& ref = record.outputs(static_cast<int>(i));
-      if (ref.storage_id() == 0) continue;
-      const at::Tensor& result = results[i];
-      // A result that is a lazy conjugate/negative view (lu_solve's can be)
-      // is copied out: the client's tensor has no such bits.
-      const bool exact = result.defined() && aliases_input(result) < 0 &&
-                         !in_list_argument(result) && !result.is_conj() && !result.is_neg() &&
-                         result.storage_offset() == ref.storage_offset() &&
-                         result.storage().nbytes() == ref.storage_nbytes() &&
-                         static_cast<int32_t>(result.scalar_type()) == ref.dtype() &&
-                         result.sizes().equals(to_vector(ref.sizes())) &&
-                         result.strides().equals(to_vector(ref.strides())) &&
-                         result.device() == device_for(ref.device());
-      if (exact) {
-        keep(ref.storage_id(), result.storage());
-      } else if (result.defined() && result.sizes().equals(to_vector(ref.sizes()))) {
-        at::Tensor target = tensor_for(ref);
-        target.copy_(result);
-      } else {
-        // The kernel disagrees with the meta kernel the client planned with
-        // (CPU's eval-mode batch norm returns empty saved statistics). The
-        // client's tensor cannot hold this result: reading it raises, while
-        // the op's other outputs, usually all the caller wants, stay good.
-        poison_.emplace(ref.storage_id(),
-                        c10::str(op_name, " returned output ", i, " with shape ",
-                                 result.defined() ? c10::str(result.sizes()) : "(none)",
-                                 " on the remote machine, where its meta kernel said ",
-                                 c10::IntArrayRef(to_vector(ref.sizes())),
-                                 "; this output cannot be used on mycelya."));
-      }
-    }
+  } catch (const PoisonedStorage& e) {
+    // An earlier failure, reported already: it only spreads.
+    for (uint64_t id : use.written) poison_.emplace(id, e.what());
+    if (dynamic) response->mutable_error()->set_message(e.what());
   } catch (const std::exception& e) {
-    const std::string& op_name = *op_name_ptr;
-    std::string message = error_text(e);
-    const std::string poison = "Remote op " + op_name + " failed: " + message;
-    for (uint64_t id : written) poison_.emplace(id, poison);  // the first error stays
+    const std::string message = error_text(e);
+    const std::string poison = "Remote op " + *op_name + " failed: " + message;
+    for (uint64_t id : use.written) poison_.emplace(id, poison);  // the first error stays
     if (dynamic) {
-      response->mutable_error()->set_op_name(op_name);
+      response->mutable_error()->set_op_name(*op_name);
       response->mutable_error()->set_message(message);
-      return;
-    }
-    if (!pending_error_ && message.rfind("Remote op ", 0) != 0) {
+    } else if (!pending_error_) {
       pending_error_.emplace();
-      pending_error_->set_op_name(op_name);
+      pending_error_->set_op_name(*op_name);
       pending_error_->set_message(message);
     }
   }
 }
 
-at::Generator Executor::generator_for(int slot) const {
-  return at::globalContext().defaultGenerator(device_for(slot));
+void Executor::seed(const wire::Seed& command) {
+  at::Generator generator = generators_.get(command.generator());
+  std::lock_guard<std::mutex> lock(generator.mutex());
+  generator.set_current_seed(command.seed());
 }
 
 void Executor::set_rng_state(const wire::SetRngState& command, PayloadSource& payloads) {
+  at::Generator generator = generators_.get(command.generator());
+  // A generator's state is a few KiB at most; a bigger one is not a state.
+  TORCH_CHECK(command.nbytes() <= (1 << 20), "a generator state of ", command.nbytes(),
+              " bytes is not one this machine gave out");
   at::Tensor state = at::empty({static_cast<int64_t>(command.nbytes())}, at::kByte);
   payloads.read(command.payload_index(), static_cast<char*>(state.data_ptr()), command.nbytes());
-  at::Generator generator = generator_for(command.device());
   std::lock_guard<std::mutex> lock(generator.mutex());
   generator.set_state(state);
 }
 
-void Executor::seed(uint64_t seed) {
-  // Only the generators of the devices served here: at::manual_seed would also
-  // reach a mycelya client's generators when the executor runs in-process.
-  for (const c10::Device& device : options_.devices) {
-    at::Generator generator = at::globalContext().defaultGenerator(device);
-    std::lock_guard<std::mutex> lock(generator.mutex());
-    generator.set_current_seed(seed);
-  }
+void Executor::rng_state(const wire::GeneratorRef& ref, Payload* payload,
+                         wire::Response* response) {
+  at::Generator generator = generators_.get(ref);
+  std::lock_guard<std::mutex> lock(generator.mutex());
+  payload->bytes = generator.get_state();
+  response->set_seed(generator.current_seed());
 }
 
 void Executor::upload(const wire::Upload& upload, PayloadSource& payloads) {
   // A target that fails here leaves its payload unread; the source skips it.
-  at::Tensor target = tensor_for(upload.target());
+  at::Tensor target = tensor_to_overwrite(upload.target());
   const size_t nbytes = static_cast<size_t>(target.numel()) * target.element_size();
   if (target.is_cpu() && target.is_contiguous()) {
     // The bytes land in the storage itself.
@@ -562,11 +665,13 @@ void Executor::upload(const wire::Upload& upload, PayloadSource& payloads) {
 void Executor::resize(const wire::ResizeStorage& resize) {
   auto it = storages_.find(resize.storage_id());
   if (it == storages_.end()) return;  // not created yet: later refs carry the new size
+  const c10::Device device = device_for(resize.device());
   const c10::Storage& old_storage = it->second.storage;
+  TORCH_CHECK(old_storage.device() == device, "storage ", resize.storage_id(), " lives on ",
+              old_storage.device(), ", not on device slot ", resize.device());
   const uint64_t old_nbytes = old_storage.nbytes();
   // The old storage is still counted: only growth needs room.
   reserve_bytes(resize.nbytes() > old_nbytes ? resize.nbytes() - old_nbytes : 0);
-  const c10::Device device = device_for(resize.device());
   c10::DeviceGuard guard(device);
   c10::Storage grown(c10::Storage::use_byte_size_t(), resize.nbytes(),
                      c10::GetAllocator(device.type()), /*resizable=*/true);
@@ -579,6 +684,7 @@ void Executor::resize(const wire::ResizeStorage& resize) {
     };
     bytes_of(grown).copy_(bytes_of(old_storage));
   }
+  zero_bytes(grown, static_cast<uint64_t>(keep_bytes));
   keep(resize.storage_id(), std::move(grown));
 }
 
@@ -602,11 +708,9 @@ std::string Executor::handle_request(const std::string& encoded, std::string* pa
 std::string Executor::handle_request(const std::string& encoded, Payload* payload) {
   wire::Request request;
   wire::Response response;
-  response.set_version(wire::PROTOCOL_VERSION_CURRENT);
   if (!request.ParseFromString(encoded)) {
     response.mutable_error()->set_message("the executor received a request it could not decode");
   } else {
-    response.set_sequence(request.sequence());
     try {
       switch (request.kind_case()) {
         case wire::Request::kDownload:
@@ -615,12 +719,9 @@ std::string Executor::handle_request(const std::string& encoded, Payload* payloa
         case wire::Request::kExecute:
           run_op(request.execute().op(), /*dynamic=*/true, &response);
           break;
-        case wire::Request::kRngState: {
-          at::Generator generator = generator_for(request.rng_state().device());
-          std::lock_guard<std::mutex> lock(generator.mutex());
-          payload->bytes = generator.get_state();
+        case wire::Request::kRngState:
+          rng_state(request.rng_state().generator(), payload, &response);
           break;
-        }
         default:
           break;
       }

@@ -7,21 +7,29 @@
 // reported by the next response. Its outputs are poisoned, and so is anything
 // later computed from them, so a failure can never turn into silently wrong
 // numbers: reading a poisoned tensor raises the original error again.
+//
+// Nothing a message says is trusted: every device slot, dtype, size, stride,
+// offset and generator is checked before memory is touched, and a storage the
+// executor creates starts zeroed unless the message fills it whole, so a
+// session never sees bytes another session (or an earlier storage) left.
 #pragma once
 
 #include <ATen/Tensor.h>
 #include <ATen/core/Generator.h>
 #include <ATen/core/dispatch/Dispatcher.h>
+#include <ATen/core/stack.h>
 #include <c10/core/Storage.h>
 
 #include <cstdint>
 #include <functional>
 #include <optional>
+#include <stdexcept>
 #include <string>
 #include <unordered_map>
 #include <vector>
 
 #include "proto/mycelya.pb.h"
+#include "server/session_generators.h"
 
 namespace mycelya {
 
@@ -55,6 +63,14 @@ class PayloadSource {
   virtual void read(uint32_t index, char* dst, size_t size) = 0;
 };
 
+// Thrown when an op reads or writes a storage that a failed op left invalid.
+// It carries that op's error, which was reported already, so it is never
+// reported again; it only spreads to what this op would have written.
+class PoisonedStorage : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
 // Half of this machine's memory (or of its cgroup limit), unless
 // MYCELYA_MEMORY_LIMIT gives a number of bytes.
 uint64_t default_memory_limit();
@@ -70,8 +86,8 @@ class Executor {
   // The same, with the payloads in memory (mock, tests).
   void run_batch(const std::string& encoded, const std::vector<std::string>& payloads);
 
-  // Answers an encoded Request with an encoded Response; a download's bytes go
-  // to *payload.
+  // Answers an encoded Request with an encoded Response; a download's bytes
+  // (or a generator's state) go to *payload.
   std::string handle_request(const std::string& encoded, Payload* payload);
   // The same, with the payload copied into a string.
   std::string handle_request(const std::string& encoded, std::string* payload);
@@ -86,32 +102,75 @@ class Executor {
 
   uint64_t bytes_in_use() const { return bytes_in_use_; }
   size_t storage_count() const { return storages_.size(); }
+  size_t client_generators() const { return generators_.client_generators(); }
 
  private:
-  void run_command(const wire::Command& command, PayloadSource& payloads);
-  // Runs one op; fills `outputs` with what it produced when `dynamic`.
-  void run_op(const wire::OpRecord& record, bool dynamic, wire::Response* response);
-  void upload(const wire::Upload& upload, PayloadSource& payloads);
-  void resize(const wire::ResizeStorage& resize);
-  void seed(uint64_t seed);
-  void set_rng_state(const wire::SetRngState& command, PayloadSource& payloads);
-  // The default generator of the device in `slot`.
-  at::Generator generator_for(int slot) const;
-  void download(const wire::TensorRef& ref, Payload* payload);
-
   // An op resolved once per interned id, with the name it was sent under.
   struct KnownOp {
     c10::OperatorHandle handle;
     std::string name;
     // Writes its first argument, `self` (add_): a kernel must not resize it.
     bool in_place = false;
+    // aten::native_dropout has no Generator argument: its kernels would draw
+    // from the process's generator, so the executor runs it with the
+    // session's (run_native_dropout).
+    bool native_dropout = false;
   };
+  // The storage IDs one op record reads and writes.
+  struct StorageUse {
+    std::vector<uint64_t> read;
+    std::vector<uint64_t> written;  // outputs and mutated arguments
+  };
+  // The storages of one call's arguments, to tell which results are inputs.
+  struct ArgumentStorages {
+    std::vector<const c10::StorageImpl*> by_argument;  // null: not a tensor
+    // Storages of tensors inside Tensor[] and Tensor?[] arguments: a result
+    // in one of them is copied out, never kept under a second ID (the client
+    // places reads by storage ID, so one storage must have one ID).
+    std::vector<const c10::StorageImpl*> in_lists;
+
+    explicit ArgumentStorages(const torch::jit::Stack& arguments);
+    // The argument whose storage `t` uses, or -1.
+    int input_of(const at::Tensor& t) const;
+    bool in_list_argument(const at::Tensor& t) const;
+  };
+
+  void run_command(const wire::Command& command, PayloadSource& payloads);
+  // Runs one op; a dynamic op (ExecuteRequest) reports its outputs in
+  // `response`, a queued one writes them where the client planned them.
+  void run_op(const wire::OpRecord& record, bool dynamic, wire::Response* response);
+  // The steps of run_op.
+  static void add_planned_outputs(const wire::OpRecord& record, StorageUse* use);
+  static void add_arguments(const KnownOp& op, const wire::OpRecord& record, StorageUse* use);
+  void check_inputs(const StorageUse& use, const wire::OpRecord& record) const;
+  torch::jit::Stack decode_and_call(const KnownOp& op, const wire::OpRecord& record,
+                                    std::optional<ArgumentStorages>* arguments);
+  void adopt_planned_outputs(const KnownOp& op, const wire::OpRecord& record,
+                             const torch::jit::Stack& results, const ArgumentStorages& arguments);
+  void report_dynamic_outputs(const KnownOp& op, const wire::OpRecord& record,
+                              const torch::jit::Stack& results, const ArgumentStorages& arguments,
+                              wire::Response* response);
+  void run_native_dropout(torch::jit::Stack* stack);
+
+  void upload(const wire::Upload& upload, PayloadSource& payloads);
+  void resize(const wire::ResizeStorage& resize);
+  void seed(const wire::Seed& seed);
+  void set_rng_state(const wire::SetRngState& command, PayloadSource& payloads);
+  void rng_state(const wire::GeneratorRef& ref, Payload* payload, wire::Response* response);
+  void download(const wire::TensorRef& ref, Payload* payload);
+
   const KnownOp& op_for(const wire::OpRecord& record);
   c10::Device device_for(int slot) const;
+  int slot_of(c10::Device device) const;
+  // The tensor a ref describes, its storage made (zeroed) on first use.
   at::Tensor tensor_for(const wire::TensorRef& ref);
+  // The same for a tensor the caller writes whole, so a new storage that
+  // the tensor covers exactly is not zeroed first.
+  at::Tensor tensor_to_overwrite(const wire::TensorRef& ref);
+  at::Tensor tensor_for(const wire::TensorRef& ref, bool zero_new_storage);
   c10::IValue decode(const wire::Value& value, const c10::TypePtr& type);
-  c10::Storage new_storage(uint64_t nbytes, c10::Device device);
-  // Throws the error that left a storage invalid, if any.
+  c10::Storage new_storage(uint64_t nbytes, c10::Device device, bool zeroed);
+  // Throws PoisonedStorage with the error that left a storage invalid, if any.
   void check_not_poisoned(uint64_t id) const;
   void keep(uint64_t id, c10::Storage storage);
   void free(uint64_t id);
@@ -130,6 +189,7 @@ class Executor {
   // apart from storages_: a failed op's output may never have been created.
   std::unordered_map<uint64_t, std::string> poison_;
   std::vector<std::optional<KnownOp>> ops_;  // by op_id
+  SessionGenerators generators_;
   uint64_t bytes_in_use_ = 0;
   std::optional<wire::Error> pending_error_;
   uint64_t commands_run_ = 0;

@@ -6,10 +6,12 @@
 #include "server/executor.h"
 
 #include <ATen/ATen.h>
+#include <ATen/CPUGeneratorImpl.h>
 #include <gtest/gtest.h>
 
 #include <cstdint>
 #include <cstring>
+#include <limits>
 #include <string>
 #include <utility>
 #include <vector>
@@ -114,14 +116,15 @@ class BatchBuilder {
     resize->set_device(device);
     return *this;
   }
-  BatchBuilder& seed(uint64_t seed) {
-    batch_.add_commands()->mutable_seed()->set_seed(seed);
+  BatchBuilder& seed(uint64_t seed, int device = 0, uint64_t generator = 0) {
+    auto* command = batch_.add_commands()->mutable_seed();
+    command->set_seed(seed);
+    command->mutable_generator()->set_device(device);
+    command->mutable_generator()->set_id(generator);
     return *this;
   }
 
   void run(Executor& executor) {
-    batch_.set_version(wire::PROTOCOL_VERSION_CURRENT);
-    batch_.set_sequence(1);
     std::string encoded;
     ASSERT_TRUE(batch_.SerializeToString(&encoded));
     executor.run_batch(encoded, payloads_);
@@ -144,23 +147,17 @@ class ExecutorTest : public ::testing::Test {
     const std::string answer = executor_.handle_request(encoded, payload ? payload : &ignored);
     wire::Response response;
     EXPECT_TRUE(response.ParseFromString(answer));
-    EXPECT_EQ(response.version(), static_cast<uint32_t>(wire::PROTOCOL_VERSION_CURRENT));
-    EXPECT_EQ(response.sequence(), request.sequence());
     return response;
   }
 
   wire::Response sync() {
     wire::Request req;
-    req.set_version(wire::PROTOCOL_VERSION_CURRENT);
-    req.set_sequence(++sequence_);
     req.mutable_sync();
     return request(req);
   }
 
   wire::Response download_response(const wire::TensorRef& ref, std::string* payload) {
     wire::Request req;
-    req.set_version(wire::PROTOCOL_VERSION_CURRENT);
-    req.set_sequence(++sequence_);
     *req.mutable_download()->mutable_source() = ref;
     return request(req, payload);
   }
@@ -176,8 +173,6 @@ class ExecutorTest : public ::testing::Test {
 
   wire::Response execute(wire::OpRecord record) {
     wire::Request req;
-    req.set_version(wire::PROTOCOL_VERSION_CURRENT);
-    req.set_sequence(++sequence_);
     *req.mutable_execute()->mutable_op() = std::move(record);
     return request(req);
   }
@@ -187,7 +182,6 @@ class ExecutorTest : public ::testing::Test {
   }
 
   Executor executor_;
-  uint64_t sequence_ = 100;
 };
 
 class SmallExecutorTest : public ExecutorTest {
@@ -583,31 +577,153 @@ TEST_F(ExecutorTest, ResizeOfAnUnknownStorageIsIgnored) {
   EXPECT_EQ(executor_.bytes_in_use(), 0u);
 }
 
-TEST_F(ExecutorTest, SeedSeedsTheServedDevices) {
-  BatchBuilder().seed(1234).run(executor_);
-  at::Tensor first = at::rand({6});
-  BatchBuilder().seed(1234).run(executor_);
-  at::Tensor second = at::rand({6});
-  EXPECT_TRUE(at::equal(first, second));
+wire::Value generator_value(int device, uint64_t id = 0) {
+  wire::Value value;
+  value.mutable_generator()->set_device(device);
+  value.mutable_generator()->set_id(id);
+  return value;
+}
+
+// aten::uniform_(Tensor(a!) self, float from=0, float to=1, *, Generator? generator=None)
+// into `out`, drawing from `generator`; the in-place return is the argument
+// itself, which the client answers (storage_id 0).
+wire::OpRecord uniform_into(const wire::TensorRef& out, wire::Value generator, uint32_t op_id = 1) {
+  return op_record(op_id, "aten::uniform_",
+                   {tensor_value(out), double_value(0.0), double_value(1.0), std::move(generator)},
+                   {wire::TensorRef()});
 }
 
 TEST_F(ExecutorTest, RemoteRandomOpsFollowTheSeed) {
   const wire::TensorRef out = contiguous_ref(1, {8}, at::kFloat);
-  // aten::uniform_(Tensor(a!) self, float from=0, float to=1, *, Generator? generator=None)
-  auto uniform = [&](const std::string& name) {
-    wire::Value none;
-    none.set_none(true);
-    // The in-place return is the argument itself, which the client answers (storage_id 0).
-    return op_record(1, name, {tensor_value(out), double_value(0.0), double_value(1.0), none},
-                     {wire::TensorRef()});
-  };
-  BatchBuilder().seed(99).op(uniform("aten::uniform_")).run(executor_);
+  BatchBuilder().seed(99).op(uniform_into(out, generator_value(0))).run(executor_);
   at::Tensor first = download(out);
-  BatchBuilder().seed(99).op(uniform("")).run(executor_);
+  BatchBuilder().seed(99).op(uniform_into(out, generator_value(0))).run(executor_);
   at::Tensor second = download(out);
   EXPECT_TRUE(at::equal(first, second));
   EXPECT_TRUE(at::all(first >= 0).item<bool>());
   EXPECT_TRUE(at::all(first < 1).item<bool>());
+  // The same stream as a CPU generator seeded alike.
+  at::Generator cpu = at::make_generator<at::CPUGeneratorImpl>(99);
+  EXPECT_TRUE(at::equal(first, at::empty({8}).uniform_(0, 1, cpu)));
+}
+
+TEST_F(ExecutorTest, SeedingLeavesTheProcessGeneratorAlone) {
+  at::manual_seed(5);
+  const at::Tensor expected = at::rand({6});
+  at::manual_seed(5);
+  BatchBuilder()
+      .seed(1234)
+      .op(uniform_into(contiguous_ref(1, {8}), generator_value(0)))
+      .run(executor_);
+  EXPECT_FALSE(sync().has_pending_error());
+  EXPECT_TRUE(at::equal(at::rand({6}), expected));
+}
+
+class TwoDeviceExecutorTest : public ::testing::Test {
+ protected:
+  // Two slots on the CPU, as mock serves a GPU machine.
+  Executor executor_{ExecutorOptions{
+      {c10::Device(c10::kCPU), c10::Device(c10::kCPU)}, {"cuda:0", "cpu"}, 64 * kMiB}};
+
+  at::Tensor draw(int device, uint64_t generator, uint64_t storage_id) {
+    const wire::TensorRef out = contiguous_ref(storage_id, {16}, at::kFloat, device);
+    BatchBuilder().op(uniform_into(out, generator_value(device, generator))).run(executor_);
+    wire::Request request;
+    *request.mutable_download()->mutable_source() = out;
+    std::string payload;
+    wire::Response response;
+    EXPECT_TRUE(
+        response.ParseFromString(executor_.handle_request(request.SerializeAsString(), &payload)));
+    EXPECT_FALSE(response.has_error() || response.has_pending_error())
+        << response.error().message() << response.pending_error().message();
+    return tensor_from(payload, out);
+  }
+};
+
+TEST_F(TwoDeviceExecutorTest, EachDeviceAndGeneratorHasItsOwnStream) {
+  BatchBuilder().seed(1, 0).seed(1, 1).run(executor_);
+  const at::Tensor device0 = draw(0, 0, 1);
+  const at::Tensor device1 = draw(1, 0, 2);
+  EXPECT_TRUE(at::equal(device0, device1));  // seeded alike, drawn apart
+  // Reseeding device 0 leaves device 1's stream where it was.
+  BatchBuilder().seed(1, 0).run(executor_);
+  EXPECT_TRUE(at::equal(draw(0, 0, 3), device0));
+  EXPECT_FALSE(at::equal(draw(1, 0, 4), device1));
+  // A generator the client made starts from PyTorch's default seed.
+  at::Generator fresh = at::make_generator<at::CPUGeneratorImpl>(c10::default_rng_seed_val);
+  EXPECT_TRUE(at::equal(draw(1, 77, 5), at::empty({16}).uniform_(0, 1, fresh)));
+  EXPECT_EQ(executor_.client_generators(), 1u);
+  BatchBuilder().free({}).run(executor_);
+  wire::Batch free_generator;
+  free_generator.add_commands()->mutable_free()->add_generator_ids(77);
+  executor_.run_batch(free_generator.SerializeAsString(), {});
+  EXPECT_EQ(executor_.client_generators(), 0u);
+}
+
+TEST_F(TwoDeviceExecutorTest, RngStateRoundTripsPerGenerator) {
+  wire::Request get;
+  get.mutable_rng_state()->mutable_generator()->set_device(1);
+  std::string state;
+  wire::Response response;
+  ASSERT_TRUE(response.ParseFromString(executor_.handle_request(get.SerializeAsString(), &state)));
+  ASSERT_FALSE(response.has_error()) << response.error().message();
+  EXPECT_EQ(response.seed(), c10::default_rng_seed_val);
+  const at::Tensor first = draw(1, 0, 1);
+  wire::Batch restore;
+  auto* set = restore.add_commands()->mutable_set_rng_state();
+  set->mutable_generator()->set_device(1);
+  set->set_nbytes(state.size());
+  executor_.run_batch(restore.SerializeAsString(), {state});
+  EXPECT_TRUE(at::equal(draw(1, 0, 2), first));
+}
+
+TEST_F(ExecutorTest, GeneratorsAreCheckedBeforeUse) {
+  const wire::TensorRef out = contiguous_ref(1, {4});
+  wire::Value none;
+  none.set_none(true);
+  // No generator: the kernel would draw from the process's.
+  BatchBuilder().op(uniform_into(out, none)).run(executor_);
+  wire::Response response = sync();
+  ASSERT_TRUE(response.has_pending_error());
+  EXPECT_TRUE(Contains(response.pending_error().message(), "Generator argument arrived empty"));
+  // The failed op poisoned `out`: the next ones write fresh storages.
+  BatchBuilder().op(uniform_into(contiguous_ref(2, {4}), generator_value(5))).run(executor_);
+  EXPECT_TRUE(Contains(sync().pending_error().message(), "device slot 5"));
+  BatchBuilder().seed(1, 0, 9).run(executor_);
+  BatchBuilder().op(uniform_into(contiguous_ref(3, {4}), generator_value(0, 9))).run(executor_);
+  EXPECT_FALSE(sync().has_pending_error());
+  // Client generators are bounded.
+  BatchBuilder many;
+  for (uint64_t id = 100; id < 100 + kMaxClientGenerators; ++id) many.seed(1, 0, id);
+  many.run(executor_);
+  EXPECT_TRUE(Contains(sync().pending_error().message(), "at most"));
+  EXPECT_EQ(executor_.client_generators(), kMaxClientGenerators);
+}
+
+TEST_F(ExecutorTest, NativeDropoutDrawsFromTheSessionGeneratorAsCpuWould) {
+  const at::Tensor input = at::arange(1, 41, at::kFloat).reshape({5, 8});
+  upload(1, input);
+  const wire::TensorRef output = contiguous_ref(2, {5, 8});
+  const wire::TensorRef mask = contiguous_ref(3, {5, 8}, at::kBool);
+  wire::Value train;
+  train.set_bool_value(true);
+  at::manual_seed(3);
+  const at::Tensor process_draw = at::rand({4});
+  at::manual_seed(3);
+  BatchBuilder()
+      .seed(21)
+      .op(op_record(1, "aten::native_dropout",
+                    {tensor_value(ref_for(1, input)), double_value(0.4), train}, {output, mask}))
+      .run(executor_);
+  EXPECT_TRUE(at::equal(at::rand({4}), process_draw));
+  at::Tensor expected_output, expected_mask;
+  {
+    // CPU's own kernel, on a process generator seeded alike.
+    at::manual_seed(21);
+    std::tie(expected_output, expected_mask) = at::native_dropout(input, 0.4, true);
+  }
+  EXPECT_TRUE(at::equal(download(output), expected_output));
+  EXPECT_TRUE(at::equal(download(mask), expected_mask));
 }
 
 TEST_F(ExecutorTest, CountsEveryCommandOfEveryBatchAfterEachOne) {
@@ -673,11 +789,59 @@ TEST_F(ExecutorTest, UnknownDeviceSlotIsAnError) {
   EXPECT_TRUE(Contains(response.error().message(), "device slot 3"));
 }
 
+TEST_F(ExecutorTest, HostileRefsAreRefusedBeforeMemoryIsTouched) {
+  upload(1, at::arange(16, at::kFloat));
+  const int64_t huge = std::numeric_limits<int64_t>::max();
+  struct Case {
+    wire::TensorRef ref;
+    const char* says;
+  };
+  wire::TensorRef bad_dtype = contiguous_ref(1, {4});
+  bad_dtype.set_dtype(4242);
+  const std::vector<Case> cases = {
+      {make_ref(1, 64, {4}, {-1}, 3, at::kFloat), "negative size or stride"},
+      {make_ref(1, 64, {4}, {1}, -2, at::kFloat), "negative storage offset"},
+      {make_ref(1, 64, {2, huge}, {huge, 1}, 0, at::kFloat), "more than 2^64"},
+      {make_ref(1, 64, {4, 4}, {4}, 0, at::kFloat), "2 sizes but 1 strides"},
+      {make_ref(1, 64, {5}, {4}, 0, at::kFloat), "too few for a view"},
+      {make_ref(0, 64, {4}, {1}, 0, at::kFloat), "storage ID 0"},
+      {make_ref(9, 8, {4}, {1}, 0, at::kFloat), "is to hold 8"},
+      {bad_dtype, "dtype 4242"},
+  };
+  for (const Case& c : cases) {
+    std::string payload;
+    wire::Response response = download_response(c.ref, &payload);
+    ASSERT_TRUE(response.has_error()) << c.says;
+    EXPECT_TRUE(Contains(response.error().message(), c.says));
+    EXPECT_TRUE(payload.empty());
+  }
+  EXPECT_EQ(executor_.storage_count(), 1u);
+  // An op id beyond what a session may name is refused, not allocated.
+  BatchBuilder().op(op_record(4000000000u, "aten::neg", {}, {})).run(executor_);
+  EXPECT_TRUE(Contains(sync().pending_error().message(), "op id"));
+}
+
+TEST_F(ExecutorTest, NewStoragesAndGrownBytesStartZeroed) {
+  // Leave non-zero bytes in freed memory, then ask for new storages.
+  for (uint64_t id = 1; id <= 8; ++id) upload(id, at::full({4096}, 7.0f));
+  BatchBuilder().free({1, 2, 3, 4, 5, 6, 7, 8}).run(executor_);
+  EXPECT_TRUE(at::equal(download(contiguous_ref(10, {4096})), at::zeros({4096})));
+  upload(11, at::full({4}, 3.0f));
+  BatchBuilder().resize(11, 64 * sizeof(float)).run(executor_);
+  at::Tensor grown = download(contiguous_ref(11, {64}));
+  EXPECT_TRUE(at::equal(grown.narrow(0, 0, 4), at::full({4}, 3.0f)));
+  EXPECT_TRUE(at::equal(grown.narrow(0, 4, 60), at::zeros({60})));
+  // An upload that covers part of a new storage leaves the rest zeroed.
+  const wire::TensorRef part = make_ref(12, 16 * sizeof(float), {4}, {1}, 8, at::kFloat);
+  BatchBuilder().upload(part, bytes_of(at::full({4}, 2.0f))).run(executor_);
+  at::Tensor whole = download(contiguous_ref(12, {16}));
+  EXPECT_TRUE(at::equal(whole.narrow(0, 8, 4), at::full({4}, 2.0f)));
+  EXPECT_EQ(whole.sum().item<float>(), 8.0f);
+}
+
 TEST(ExecutorProcessTest, ProtobufAndTorchInOneProcess) {
   // Debian's libprotobuf (through libmycelya_wire.so) ...
   wire::Batch batch;
-  batch.set_version(wire::PROTOCOL_VERSION_CURRENT);
-  batch.set_sequence(42);
   auto* upload = batch.add_commands()->mutable_upload();
   *upload->mutable_target() = contiguous_ref(5, {2, 2}, at::kFloat);
   upload->set_payload_index(0);
@@ -685,7 +849,6 @@ TEST(ExecutorProcessTest, ProtobufAndTorchInOneProcess) {
   ASSERT_TRUE(batch.SerializeToString(&encoded));
   wire::Batch parsed;
   ASSERT_TRUE(parsed.ParseFromString(encoded));
-  EXPECT_EQ(parsed.sequence(), 42u);
   ASSERT_EQ(parsed.commands_size(), 1);
   EXPECT_EQ(parsed.commands(0).upload().target().storage_id(), 5u);
   EXPECT_EQ(parsed.commands(0).upload().target().storage_nbytes(), 16u);

@@ -71,8 +71,6 @@ std::vector<std::string> split(const std::string& bytes, size_t size) {
 
 wire::Batch upload_batch(const std::vector<wire::TensorRef>& targets) {
   wire::Batch batch;
-  batch.set_version(wire::PROTOCOL_VERSION_CURRENT);
-  batch.set_sequence(1);
   for (size_t i = 0; i < targets.size(); ++i) {
     auto* upload = batch.add_commands()->mutable_upload();
     *upload->mutable_target() = targets[i];
@@ -85,7 +83,6 @@ wire::Batch upload_batch(const std::vector<wire::TensorRef>& targets) {
 // fails on the server: the shapes do not match.
 wire::Batch failing_mm_batch() {
   wire::Batch batch;
-  batch.set_version(wire::PROTOCOL_VERSION_CURRENT);
   auto* op = batch.add_commands()->mutable_op();
   op->set_op_id(1);
   op->set_op_name("aten::mm");
@@ -174,8 +171,6 @@ class SessionClient {
 
   wire::Response sync() {
     wire::Request request;
-    request.set_version(wire::PROTOCOL_VERSION_CURRENT);
-    request.set_sequence(++sequence_);
     request.mutable_sync();
     bool has_payload = true;
     wire::Response response = this->request(request, nullptr, &has_payload);
@@ -186,14 +181,11 @@ class SessionClient {
   // Downloads `ref`; expects no error of any kind.
   std::string download(const wire::TensorRef& ref) {
     wire::Request request;
-    request.set_version(wire::PROTOCOL_VERSION_CURRENT);
-    request.set_sequence(++sequence_);
     *request.mutable_download()->mutable_source() = ref;
     std::string payload;
     bool has_payload = false;
     wire::Response response = this->request(request, &payload, &has_payload);
     EXPECT_TRUE(has_payload);
-    EXPECT_EQ(response.sequence(), sequence_);
     EXPECT_FALSE(response.has_error()) << response.error().message();
     EXPECT_FALSE(response.has_pending_error()) << response.pending_error().message();
     return payload;
@@ -219,7 +211,6 @@ class SessionClient {
  private:
   grpc::ClientContext context_;
   std::unique_ptr<grpc::ClientReaderWriter<wire::ClientMessage, wire::ServerMessage>> stream_;
-  uint64_t sequence_ = 0;
 };
 
 class ServiceTest : public ::testing::Test {
@@ -392,7 +383,6 @@ TEST_F(ServiceTest, FailedDownloadStillSendsAnEmptyPayload) {
   auto client = session();
   client->hello();
   wire::Request request;
-  request.set_version(wire::PROTOCOL_VERSION_CURRENT);
   *request.mutable_download()->mutable_source() = byte_ref(1, 16);
   request.mutable_download()->mutable_source()->set_device(7);  // no such slot
   std::string payload = "untouched";
@@ -499,7 +489,6 @@ class ReadTest : public ServiceTest {
                     wire::Response* response, std::string* payload,
                     const std::optional<std::string>& authorization = bearer(kToken)) {
     wire::Request request;
-    request.set_version(wire::PROTOCOL_VERSION_CURRENT);
     *request.mutable_download()->mutable_source() = source;
     wire::ReadRequest read;
     read.set_session_key(key);
