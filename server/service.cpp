@@ -7,30 +7,18 @@
 
 #include <algorithm>
 #include <cstring>
-#include <iostream>
 #include <mutex>
 #include <random>
-#include <sstream>
 #include <stdexcept>
 #include <utility>
 #include <vector>
+
+#include "server/log.h"
 
 namespace mycelya {
 namespace {
 
 using Stream = grpc::ServerReaderWriter<wire::ServerMessage, wire::ClientMessage>;
-
-// Sessions log from many gRPC threads; one lock keeps their lines whole.
-template <typename... Parts>
-void log(const Parts&... parts) {
-  static std::mutex mu;
-  std::ostringstream line;
-  line << "mycelya-server: ";
-  (line << ... << parts);
-  line << '\n';
-  std::lock_guard<std::mutex> lock(mu);
-  std::cerr << line.str() << std::flush;
-}
 
 // Compares every byte whatever the first difference, so response timing does
 // not tell an attacker how much of a guessed token was right.

@@ -1,0 +1,221 @@
+// SPDX-License-Identifier: AGPL-3.0-or-later
+#include "server/flags.h"
+
+#include <cerrno>
+#include <climits>
+#include <cstdint>
+#include <cstdlib>
+#include <fstream>
+#include <sstream>
+
+#include "proto/payload_chunks.h"
+#include "proto/transport_tuning.h"
+#include "server/service.h"
+
+namespace mycelya {
+
+const char kUsage[] = R"(Usage: mycelya-server [flags]
+
+Serves the mycelya executor over gRPC. Prints one line to stdout once it
+listens, "mycelya-server listening on <address>", with the real address (the
+picked port when asked for port 0); logs go to stderr. Every Session stream
+gets an executor, and storages, of its own. SIGTERM or SIGINT stops it cleanly.
+
+Flags (--flag=value or --flag value):
+  --listen ADDRESS        HOST:PORT (port 0 picks a free one) or unix:/path.
+                          Default 127.0.0.1:0. Addresses other machines can
+                          reach require a token.
+  --token-file PATH       Read the token from a file (surrounding whitespace
+                          is trimmed).
+  --token-env NAME        Read the token from the environment variable NAME.
+                          Without either flag, MYCELYA_TOKEN is used if set.
+                          Clients send "authorization: Bearer <token>".
+  --devices LIST          "auto" (default: cuda:0..cuda:N-1 when torch sees
+                          CUDA devices, then cpu) or a comma-separated list
+                          such as "cpu" or "cuda:0,cpu". Device slot i of the
+                          protocol is the i-th entry.
+  --max-message-bytes N   Largest gRPC message either way (default 64 MiB).
+  --memory-limit BYTES    Storage bytes each session may hold (default: half
+                          of this machine's memory or cgroup limit, or
+                          MYCELYA_MEMORY_LIMIT).
+  --exit-with-parent      Stop (as on SIGTERM) when the parent process dies.
+  --help                  Print this and exit.
+)";
+
+namespace {
+
+std::string trim(const std::string& text) {
+  const char* space = " \t\r\n\f\v";
+  const size_t begin = text.find_first_not_of(space);
+  if (begin == std::string::npos) return "";
+  return text.substr(begin, text.find_last_not_of(space) - begin + 1);
+}
+
+// Digits only: strtoull alone would accept "-1", " 12" or "12abc".
+std::optional<uint64_t> parse_count(const std::string& text) {
+  if (text.empty() || text.size() > 20 ||
+      text.find_first_not_of("0123456789") != std::string::npos) {
+    return std::nullopt;
+  }
+  errno = 0;
+  const unsigned long long value = std::strtoull(text.c_str(), nullptr, 10);
+  if (errno == ERANGE) return std::nullopt;
+  return value;
+}
+
+std::string read_token(const Flags& flags,
+                       const std::function<const char*(const char*)>& getenv) {
+  if (flags.token_file && flags.token_env) {
+    throw FlagError("give one of --token-file and --token-env, not both");
+  }
+  if (flags.token_file) {
+    std::ifstream file(*flags.token_file, std::ios::binary);
+    if (!file) throw FlagError("cannot read the token file " + *flags.token_file);
+    std::stringstream contents;
+    contents << file.rdbuf();
+    const std::string token = trim(contents.str());
+    if (token.empty()) throw FlagError("the token file " + *flags.token_file + " is empty");
+    return token;
+  }
+  // Asked for by name, the token must be there: silently running without one
+  // would let every local user in.
+  if (flags.token_env) {
+    const char* value = getenv(flags.token_env->c_str());
+    const std::string token = value ? trim(value) : "";
+    if (token.empty()) {
+      throw FlagError("the environment variable " + *flags.token_env + " is not set");
+    }
+    return token;
+  }
+  const char* value = getenv("MYCELYA_TOKEN");
+  return value ? trim(value) : "";
+}
+
+void parse_devices(const std::string& list, int cuda_devices, ExecutorOptions* options) {
+  if (list == "auto") {
+    for (int i = 0; i < cuda_devices; ++i) {
+      options->devices.emplace_back(c10::kCUDA, static_cast<c10::DeviceIndex>(i));
+      options->device_names.push_back("cuda:" + std::to_string(i));
+    }
+    options->devices.emplace_back(c10::kCPU);
+    options->device_names.push_back("cpu");
+    return;
+  }
+  std::stringstream items(list);
+  std::string item;
+  while (std::getline(items, item, ',')) {
+    item = trim(item);
+    std::optional<c10::Device> device;
+    if (item == "cpu") {
+      device.emplace(c10::kCPU);
+    } else if (item == "cuda" || item.rfind("cuda:", 0) == 0) {
+      const std::optional<uint64_t> index = item == "cuda" ? 0 : parse_count(item.substr(5));
+      if (!index) throw FlagError("--devices: cannot read the CUDA index in \"" + item + "\"");
+      if (cuda_devices == 0) {
+        throw FlagError("--devices asks for " + item +
+                        ", but torch sees no CUDA device on this host (a CPU-only torch, or no "
+                        "GPU)");
+      }
+      if (*index >= static_cast<uint64_t>(cuda_devices)) {
+        throw FlagError("--devices asks for " + item + ", but this host has " +
+                        std::to_string(cuda_devices) + " CUDA device(s)");
+      }
+      device.emplace(c10::kCUDA, static_cast<c10::DeviceIndex>(*index));
+    } else {
+      throw FlagError("--devices: unknown device \"" + item + "\" (use cpu, cuda or cuda:N)");
+    }
+    // Names are what clients see in Hello, so they are spelled one way.
+    const std::string name = device->is_cuda() ? "cuda:" + std::to_string(device->index()) : "cpu";
+    for (const std::string& seen : options->device_names) {
+      if (seen == name) throw FlagError("--devices lists " + name + " twice");
+    }
+    options->devices.push_back(*device);
+    options->device_names.push_back(name);
+  }
+  if (options->devices.empty()) throw FlagError("--devices is empty");
+}
+
+}  // namespace
+
+Flags parse_flags(const std::vector<std::string>& args) {
+  Flags flags;
+  for (size_t i = 0; i < args.size(); ++i) {
+    const std::string& arg = args[i];
+    if (arg.rfind("--", 0) != 0) throw FlagError("unexpected argument \"" + arg + "\"");
+    const size_t equals = arg.find('=');
+    const std::string name =
+        arg.substr(2, equals == std::string::npos ? std::string::npos : equals - 2);
+    std::optional<std::string> inline_value;
+    if (equals != std::string::npos) inline_value = arg.substr(equals + 1);
+
+    if (name == "help" || name == "exit-with-parent") {
+      if (inline_value) throw FlagError("--" + name + " takes no value");
+      (name == "help" ? flags.help : flags.exit_with_parent) = true;
+      continue;
+    }
+    std::string* target = nullptr;
+    std::optional<std::string>* optional_target = nullptr;
+    if (name == "listen") {
+      target = &flags.listen;
+    } else if (name == "devices") {
+      target = &flags.devices;
+    } else if (name == "max-message-bytes") {
+      optional_target = &flags.max_message_bytes;
+    } else if (name == "token-file") {
+      optional_target = &flags.token_file;
+    } else if (name == "token-env") {
+      optional_target = &flags.token_env;
+    } else if (name == "memory-limit") {
+      optional_target = &flags.memory_limit;
+    } else {
+      throw FlagError("unknown flag --" + name);
+    }
+    std::string value;
+    if (inline_value) {
+      value = *inline_value;
+    } else {
+      if (i + 1 >= args.size()) throw FlagError("--" + name + " needs a value");
+      value = args[++i];
+    }
+    if (target) {
+      *target = value;
+    } else {
+      *optional_target = value;
+    }
+  }
+  return flags;
+}
+
+ServerConfig configure(const Flags& flags, const std::function<const char*(const char*)>& getenv,
+                       int cuda_devices) {
+  ServerConfig config;
+  config.listen = flags.listen;
+  config.exit_with_parent = flags.exit_with_parent;
+  config.token = read_token(flags, getenv);
+  if (config.token.empty() && !is_local_address(flags.listen)) {
+    throw FlagError("--listen " + flags.listen +
+                    " is reachable from other machines, so a token is required: use --token-file, "
+                    "--token-env or MYCELYA_TOKEN");
+  }
+  config.max_message_bytes = kDefaultMaxMessageBytes;
+  if (flags.max_message_bytes) {
+    const std::optional<uint64_t> bytes = parse_count(*flags.max_message_bytes);
+    // Below two chunks' worth, downloads could not be sent at all.
+    if (!bytes || *bytes < 2 * kPayloadChunkBytes || *bytes > INT_MAX) {
+      throw FlagError("--max-message-bytes must be a number of bytes from " +
+                      std::to_string(2 * kPayloadChunkBytes) + " to " + std::to_string(INT_MAX));
+    }
+    config.max_message_bytes = static_cast<int>(*bytes);
+  }
+  if (flags.memory_limit) {
+    const std::optional<uint64_t> limit = parse_count(*flags.memory_limit);
+    if (!limit || *limit == 0) throw FlagError("--memory-limit must be a positive number of bytes");
+    config.executor.memory_limit_bytes = *limit;
+  } else {
+    config.executor.memory_limit_bytes = default_memory_limit();
+  }
+  parse_devices(flags.devices, cuda_devices, &config.executor);
+  return config;
+}
+
+}  // namespace mycelya

@@ -1,0 +1,56 @@
+// SPDX-License-Identifier: AGPL-3.0-or-later
+//
+// mycelya-server's command line: parsing and checking, apart from the
+// process, so tests can check every flag without starting a server.
+#pragma once
+
+#include <functional>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "server/executor.h"
+
+namespace mycelya {
+
+extern const char kUsage[];
+
+// A bad invocation: main prints it with a pointer to --help and exits 2.
+class FlagError : public std::invalid_argument {
+ public:
+  using std::invalid_argument::invalid_argument;
+};
+
+// The flags as given (--flag=value or --flag value).
+struct Flags {
+  std::string listen = "127.0.0.1:0";
+  std::optional<std::string> token_file;
+  std::optional<std::string> token_env;
+  std::string devices = "auto";
+  std::optional<std::string> max_message_bytes;
+  std::optional<std::string> memory_limit;
+  bool exit_with_parent = false;
+  bool help = false;
+};
+
+// Parses the arguments after the program name. Throws FlagError for an
+// unknown flag, a missing value or a stray argument.
+Flags parse_flags(const std::vector<std::string>& args);
+
+// What the server runs with.
+struct ServerConfig {
+  std::string listen;
+  std::string token;  // empty: no token, which only local addresses allow
+  ExecutorOptions executor;
+  int max_message_bytes = 0;
+  bool exit_with_parent = false;
+};
+
+// Checks the flags and gathers the configuration. `getenv` reads the
+// environment (the token's variables) and `cuda_devices` is how many CUDA
+// devices torch sees on this host. Throws FlagError.
+ServerConfig configure(const Flags& flags, const std::function<const char*(const char*)>& getenv,
+                       int cuda_devices);
+
+}  // namespace mycelya

@@ -1,0 +1,61 @@
+// SPDX-License-Identifier: AGPL-3.0-or-later
+//
+// How mycelya-server's process ends: on SIGTERM or SIGINT (StopSignals), or
+// when the process that started it dies (ParentWatch, for --exit-with-parent).
+#pragma once
+
+#include <signal.h>
+#include <sys/types.h>
+
+#include <condition_variable>
+#include <mutex>
+#include <string>
+#include <thread>
+
+namespace mycelya {
+
+// SIGTERM and SIGINT are blocked in every thread and taken by one thread with
+// sigwait, so stopping runs as ordinary code rather than in a signal handler
+// (where calling into gRPC is not allowed). A second signal exits at once.
+class StopSignals {
+ public:
+  StopSignals();
+
+  // Must run before any thread starts, so every thread inherits the mask.
+  void block();
+  void start();
+  // Blocks until SIGTERM or SIGINT arrives; returns its name.
+  std::string wait();
+  void stop();
+
+ private:
+  sigset_t set_;
+  std::thread thread_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  int received_ = 0;
+  bool finished_ = false;
+};
+
+// Sends this process SIGTERM once `parent` is gone. PR_SET_PDEATHSIG acts at
+// once but misses a parent that died before it was set (and is dropped
+// across a setuid exec), so a poll of getppid() backs it up: once the parent
+// dies the process is reparented and getppid() changes. It also follows the
+// parent *thread*: a parent that spawns the server from a short-lived thread
+// stops it when that thread ends.
+class ParentWatch {
+ public:
+  explicit ParentWatch(pid_t parent) : parent_(parent) {}
+
+  void start();
+  void stop();
+
+ private:
+  const pid_t parent_;
+  std::thread thread_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool stopped_ = false;
+};
+
+}  // namespace mycelya
