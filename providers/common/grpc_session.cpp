@@ -5,6 +5,7 @@
 #include <stdexcept>
 
 #include "proto/payload_chunks.h"
+#include "proto/transport_tuning.h"
 
 namespace mycelya {
 namespace {
@@ -30,39 +31,17 @@ std::string describe(const grpc::Status& status) {
 
 std::shared_ptr<grpc::Channel> make_channel(const GrpcTarget& target) {
   grpc::ChannelArguments args;
-  args.SetMaxReceiveMessageSize(target.max_message_bytes);
-  args.SetMaxSendMessageSize(target.max_message_bytes);
+  apply_shared_channel_args(target.max_message_bytes,
+                            [&args](const char* name, int value) { args.SetInt(name, value); });
   // Detect a dead peer on an idle connection instead of waiting forever.
-  args.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS, 10000);
-  args.SetInt(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 10000);
-  args.SetInt(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
-  // Bulk payloads: a deep receive window and big HTTP/2 frames, so a transfer
-  // is not throttled by flow control round trips.
-  args.SetInt(GRPC_ARG_HTTP2_STREAM_LOOKAHEAD_BYTES, 64 << 20);
-  args.SetInt(GRPC_ARG_HTTP2_MAX_FRAME_SIZE, (16 << 20) - 1);
+  args.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS, kClientKeepaliveMs);
+  args.SetInt(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 10 * 1000);
+  // A server that is not up yet is tried again soon, not after gRPC's
+  // default one-second backoff.
+  args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 20);
+  args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, 20);
+  args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 1000);
   return grpc::CreateCustomChannel(target.address, grpc::InsecureChannelCredentials(), args);
-}
-
-std::string wait_until_healthy(const GrpcTarget& target, std::chrono::milliseconds timeout,
-                               const std::function<bool()>& keep_waiting) {
-  auto channel = make_channel(target);
-  auto stub = wire::Mycelya::NewStub(channel);
-  const auto deadline = std::chrono::steady_clock::now() + timeout;
-  std::string last_error = "no answer";
-  while (std::chrono::steady_clock::now() < deadline) {
-    if (keep_waiting && !keep_waiting()) return last_error;
-    grpc::ClientContext context;
-    authorize(&context, target.token);
-    context.set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(500));
-    wire::HealthRequest request;
-    wire::HealthResponse response;
-    grpc::Status status = stub->Health(&context, request, &response);
-    if (status.ok() && response.serving()) return "";
-    last_error = describe(status);
-    if (status.error_code() == grpc::StatusCode::UNAUTHENTICATED) return last_error;
-    std::this_thread::sleep_for(std::chrono::milliseconds(20));
-  }
-  return last_error;
 }
 
 GrpcSession::GrpcSession(const GrpcTarget& target, std::chrono::milliseconds connect_timeout)
@@ -72,8 +51,8 @@ GrpcSession::GrpcSession(const GrpcTarget& target, std::chrono::milliseconds con
   if (!channel_->WaitForConnected(std::chrono::system_clock::now() + connect_timeout)) {
     throw std::runtime_error("could not connect to mycelya-server at " + target.address);
   }
-  authorize(&context_, target.token);
-  stream_ = stub_->Session(&context_);
+  authorize(context_.get(), target.token);
+  stream_ = stub_->Session(context_.get());
   wire::ServerMessage hello;
   if (!stream_->Read(&hello) || !hello.has_hello()) {
     throw std::runtime_error(describe(stream_->Finish()));
@@ -103,7 +82,7 @@ void GrpcSession::reader_loop() {
     }
     if (!message.has_response()) {
       error = "the server sent a payload chunk without a response";
-      context_.TryCancel();
+      context_->TryCancel();
       break;
     }
     std::string response = std::move(*message.mutable_response());
@@ -212,6 +191,7 @@ bool GrpcSession::read_after(const std::string& request, uint64_t after_command,
         std::lock_guard<std::mutex> lock(session->mu_);
         auto& reads = session->reads_;
         reads.erase(std::find(reads.begin(), reads.end(), context));
+        session->cv_.notify_all();  // stop() waits for the last one
       }
     };
     {
@@ -254,13 +234,23 @@ void GrpcSession::stop() {
     // for one that is stuck.
     std::unique_lock<std::mutex> lock(mu_);
     if (!cv_.wait_for(lock, std::chrono::seconds(5), [this] { return reader_done_; })) {
-      context_.TryCancel();
+      context_->TryCancel();
     }
     // The server answers reads as the session's last batches run, or fails
     // them as the session ends; one that does neither must not hold stop().
     for (grpc::ClientContext* read : reads_) read->TryCancel();
   }
   reader_.join();
+  {
+    std::unique_lock<std::mutex> lock(mu_);
+    cv_.wait(lock, [this] { return reads_.empty(); });
+  }
+  // Closes the connection now: a server shutting down waits (its grace
+  // period) for clients that still hold one, even an idle one.
+  stream_.reset();
+  context_.reset();
+  stub_.reset();
+  channel_.reset();
 }
 
 }  // namespace mycelya

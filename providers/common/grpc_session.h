@@ -28,22 +28,17 @@
 
 #include "core/provider.h"
 #include "proto/mycelya.grpc.pb.h"
+#include "proto/transport_tuning.h"
 
 namespace mycelya {
 
 struct GrpcTarget {
   std::string address;  // "host:port" or "unix:/path"
   std::string token;    // sent as "authorization: Bearer <token>"
-  int max_message_bytes = 64 << 20;
+  int max_message_bytes = kDefaultMaxMessageBytes;
 };
 
 std::shared_ptr<grpc::Channel> make_channel(const GrpcTarget& target);
-
-// Polls the Health RPC until it answers or `timeout` passes; returns the last
-// error text, empty on success. `keep_waiting` may end the wait early (a child
-// server that exited) by returning false.
-std::string wait_until_healthy(const GrpcTarget& target, std::chrono::milliseconds timeout,
-                               const std::function<bool()>& keep_waiting);
 
 // Two, not one: the server then finds the next batch already sent when it
 // finishes one, instead of idling for a round trip (an acknowledgement back,
@@ -79,7 +74,8 @@ class GrpcSession final : public Session {
 
   std::shared_ptr<grpc::Channel> channel_;
   std::unique_ptr<wire::Mycelya::Stub> stub_;
-  grpc::ClientContext context_;
+  // The stream's call; it holds the connection open until destroyed (stop()).
+  std::unique_ptr<grpc::ClientContext> context_ = std::make_unique<grpc::ClientContext>();
   std::unique_ptr<grpc::ClientReaderWriter<wire::ClientMessage, wire::ServerMessage>> stream_;
   std::vector<std::string> devices_;
   std::string token_;

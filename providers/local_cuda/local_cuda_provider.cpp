@@ -8,8 +8,13 @@
 // The child never outlives us: it gets SIGKILL when the thread that started
 // it dies (PR_SET_PDEATHSIG) and also watches its parent (--exit-with-parent);
 // stop() sends SIGTERM and, after a grace period, SIGKILL.
+//
+// Start-up waits for the one line the server prints to stdout once it
+// listens (a pipe here), then connects: no connection attempt can find the
+// socket missing and leave gRPC's channel in its reconnect backoff.
 #include <dlfcn.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <signal.h>
 #include <sys/prctl.h>
 #include <sys/stat.h>
@@ -104,22 +109,58 @@ class ChildServer {
     envp.push_back(nullptr);
     const int log_fd = open(log_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
     if (log_fd < 0) throw std::runtime_error("local-cuda: cannot create " + log_);
+    int stdout_pipe[2];
+    if (pipe2(stdout_pipe, O_CLOEXEC) != 0) {
+      close(log_fd);
+      throw std::runtime_error("local-cuda: cannot create a pipe for the server's output");
+    }
     const pid_t parent = getpid();
 
     pid_ = fork();
     if (pid_ < 0) {
       close(log_fd);
+      close(stdout_pipe[0]);
+      close(stdout_pipe[1]);
       throw std::runtime_error(std::string("local-cuda: fork failed: ") + std::strerror(errno));
     }
     if (pid_ == 0) {
       prctl(PR_SET_PDEATHSIG, SIGKILL);
       if (getppid() != parent) _exit(1);  // the parent died before prctl
-      dup2(log_fd, STDOUT_FILENO);
+      dup2(stdout_pipe[1], STDOUT_FILENO);
       dup2(log_fd, STDERR_FILENO);
       execve(argv[0], const_cast<char* const*>(argv), envp.data());
       _exit(127);
     }
     close(log_fd);
+    close(stdout_pipe[1]);
+    // Kept open while the server runs: a write to a closed pipe would kill it.
+    stdout_ = stdout_pipe[0];
+  }
+
+  // Waits for the server's "listening on" line. Returns "" once it came,
+  // else why not (the server exited, or `timeout` passed).
+  std::string wait_until_listening(std::chrono::milliseconds timeout) {
+    const auto deadline = std::chrono::steady_clock::now() + timeout;
+    std::string output;
+    while (output.find('\n') == std::string::npos) {
+      const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+          deadline - std::chrono::steady_clock::now());
+      if (left.count() <= 0)
+        return "it did not listen within " + std::to_string(timeout.count() / 1000) + " s";
+      pollfd readable{stdout_, POLLIN, 0};
+      const int ready = poll(&readable, 1, static_cast<int>(left.count()));
+      if (ready < 0 && errno != EINTR) return std::string("poll failed: ") + std::strerror(errno);
+      if (ready <= 0) continue;
+      char buffer[256];
+      const ssize_t n = read(stdout_, buffer, sizeof(buffer));
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0) return "it exited before listening";
+      output.append(buffer, static_cast<size_t>(n));
+    }
+    if (output.rfind("mycelya-server listening on ", 0) != 0) {
+      return "it printed \"" + output.substr(0, output.find('\n')) + "\" instead of its address";
+    }
+    return "";
   }
 
   ~ChildServer() { terminate(); }
@@ -142,14 +183,20 @@ class ChildServer {
   void terminate() {
     if (pid_ > 0) {
       kill(pid_, SIGTERM);
-      for (int i = 0; i < 100 && alive(); ++i) {
-        std::this_thread::sleep_for(std::chrono::milliseconds(50));
+      // Polled finely: a server with no session left exits within tens of ms.
+      const auto deadline = std::chrono::steady_clock::now() + kTerminateGrace;
+      while (alive() && std::chrono::steady_clock::now() < deadline) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(2));
       }
       if (pid_ > 0) {
         kill(pid_, SIGKILL);
         waitpid(pid_, nullptr, 0);
         pid_ = -1;
       }
+    }
+    if (stdout_ >= 0) {
+      close(stdout_);
+      stdout_ = -1;
     }
     if (!dir_.empty()) {
       unlink(socket_.c_str());
@@ -160,22 +207,25 @@ class ChildServer {
   }
 
  private:
+  // How long a server gets to exit on SIGTERM before it is killed.
+  static constexpr std::chrono::seconds kTerminateGrace{5};
+
   pid_t pid_ = -1;
+  int stdout_ = -1;  // read end of the server's stdout
   std::string dir_, socket_, log_, token_;
 };
 
 class LocalCudaSession final : public Session {
  public:
   LocalCudaSession() {
-    GrpcTarget target{server_.address(), server_.token()};
-    const std::string error =
-        wait_until_healthy(target, std::chrono::seconds(60), [this] { return server_.alive(); });
+    const std::string error = server_.wait_until_listening(std::chrono::seconds(60));
     if (!error.empty()) {
       const std::string log = server_.log_tail();
-      throw std::runtime_error("local-cuda: mycelya-server did not become healthy: " + error +
+      throw std::runtime_error("local-cuda: mycelya-server did not start: " + error +
                                (log.empty() ? "" : "\nserver log:\n" + log));
     }
-    grpc_ = std::make_unique<GrpcSession>(target, std::chrono::seconds(10));
+    grpc_ = std::make_unique<GrpcSession>(GrpcTarget{server_.address(), server_.token()},
+                                          std::chrono::seconds(10));
   }
 
   ~LocalCudaSession() override { stop(); }
@@ -192,6 +242,8 @@ class LocalCudaSession final : public Session {
   }
 
   void stop() override {
+    // Ends the session and closes the connection, which lets the server exit
+    // at once on SIGTERM.
     if (grpc_) grpc_->stop();
     server_.terminate();
   }

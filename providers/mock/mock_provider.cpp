@@ -3,7 +3,9 @@
 // The mock provider: the executor in this process, on the CPU. Every batch and
 // request is still encoded and decoded, so the wire protocol is exercised
 // everywhere the mock runs. With a gpu_type, it also presents that many
-// "cuda" devices, emulated on the CPU, so GPU code paths run unchanged.
+// "cuda" devices, emulated on the CPU, so GPU code paths run unchanged. The
+// executor's random generators are its session's, as on a server, so each
+// device keeps a stream of its own, apart from this process's CPU generator.
 #include <c10/core/Device.h>
 
 #include <mutex>
@@ -19,8 +21,6 @@ class MockSession final : public Session {
   explicit MockSession(ExecutorOptions options) : executor_(std::move(options)) {}
 
   std::vector<std::string> devices() const override { return executor_.options().device_names; }
-
-  bool shares_process_generators() const override { return true; }
 
   void submit(EncodedBatch& batch) override {
     std::lock_guard<std::mutex> lock(mu_);
