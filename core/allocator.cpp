@@ -6,22 +6,21 @@
 
 #include <atomic>
 
-#include "core/device_table.h"
+#include "core/machine.h"
 
 namespace mycelya {
 namespace {
 
 struct StorageOwner {
   uint64_t id;
-  c10::DeviceIndex device;
+  DeviceRef entry;
 };
 
 void free_storage(void* ctx) {
   auto* owner = static_cast<StorageOwner*>(ctx);
-  try {
-    lookup_device(owner->device).machine->free_storage(owner->id);
-  } catch (...) {
-    // The device table outlives tensors except at process exit; nothing to free then.
+  // A stopped machine's session took its storages along.
+  if (!owner->entry->stopped.load(std::memory_order_relaxed)) {
+    owner->entry->machine->free_storage(owner->id);
   }
   delete owner;
 }
@@ -31,8 +30,8 @@ class RemoteAllocator final : public c10::Allocator {
   c10::DataPtr allocate(size_t /*nbytes*/) override {
     const auto device =
         c10::impl::getDeviceGuardImpl(c10::DeviceType::PrivateUse1)->getDevice().index();
-    lookup_device(device);  // refuses a device no machine owns
-    return make_storage_data_ptr(next_storage_id(), device);
+    // Refuses a device no running machine owns.
+    return make_storage_data_ptr(next_storage_id(), lookup_device(device));
   }
 
   c10::DeleterFnPtr raw_deleter() const override { return nullptr; }
@@ -49,9 +48,19 @@ uint64_t next_storage_id() {
   return next.fetch_add(1, std::memory_order_relaxed);
 }
 
-c10::DataPtr make_storage_data_ptr(uint64_t id, c10::DeviceIndex device) {
-  return c10::DataPtr(reinterpret_cast<void*>(id), new StorageOwner{id, device}, &free_storage,
-                      c10::Device(c10::DeviceType::PrivateUse1, device));
+c10::DataPtr make_storage_data_ptr(uint64_t id, DeviceRef entry) {
+  const c10::Device device(c10::DeviceType::PrivateUse1, entry->index);
+  return c10::DataPtr(reinterpret_cast<void*>(id), new StorageOwner{id, std::move(entry)},
+                      &free_storage, device);
+}
+
+const DeviceRef& storage_device(const c10::Storage& storage) {
+  const c10::DataPtr& data = storage.data_ptr();
+  TORCH_CHECK(data.get_deleter() == &free_storage,
+              "this mycelya storage was not made by mycelya's allocator");
+  const DeviceRef& entry = static_cast<const StorageOwner*>(data.get_context())->entry;
+  check_running(*entry);
+  return entry;
 }
 
 c10::Allocator* remote_allocator() {

@@ -22,7 +22,9 @@ namespace {
 int64_t fused_sdp_choice(const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
                          const std::optional<at::Tensor>& attn_mask, double dropout_p,
                          bool is_causal, std::optional<double> scale, bool enable_gqa) {
-  if (is_remote_cpu(device_entry(query))) {
+  // With dropout, the math path: its dropout draws from the device's
+  // generator, where the fused CPU kernel would draw from the process's.
+  if (dropout_p == 0.0 && is_remote_cpu(*device_entry(query))) {
     return at::native::_fused_sdp_choice_cpp(query, key, value, attn_mask, dropout_p, is_causal,
                                              scale, enable_gqa);
   }

@@ -10,22 +10,26 @@
 
 #include <cstring>
 
+#include "core/allocator.h"
+#include "core/machine.h"
 #include "core/op_encoding.h"
 #include "core/payload_pool.h"
 #include "core/remote_tensor.h"
+#include "proto/tensor_geometry.h"
 
 namespace mycelya {
 namespace {
 
 // The contiguous image of a mycelya tensor, as a CPU tensor.
 at::Tensor download(const at::Tensor& source) {
-  DeviceEntry entry = device_entry(source);
+  const DeviceRef& device = device_entry(source);
   wire::Request request;
-  encode_tensor_ref(source, entry.slot, request.mutable_download()->mutable_source());
+  describe_tensor(source, storage_id(source.storage()), device->slot,
+                  request.mutable_download()->mutable_source());
   const size_t expected = static_cast<size_t>(source.numel()) * source.element_size();
   // Received into a pooled buffer, which goes back to the pool with the tensor.
   auto bytes = std::make_unique<std::string>(payload_pool().acquire(expected));
-  entry.machine->request(std::move(request), bytes.get());
+  device->machine->request(std::move(request), bytes.get());
   TORCH_CHECK(bytes->size() == expected, "mycelya: download of ", source.sizes(), " returned ",
               bytes->size(), " bytes, expected ", expected);
   // The received bytes become the tensor's memory: no copy.
@@ -40,13 +44,13 @@ at::Tensor download(const at::Tensor& source) {
 }
 
 void upload(const at::Tensor& host, const at::Tensor& target) {
-  DeviceEntry entry = device_entry(target);
+  const DeviceRef& device = device_entry(target);
   at::Tensor image = host.to(target.scalar_type()).expand(target.sizes()).contiguous();
   wire::Upload upload;
-  encode_tensor_ref(target, entry.slot, upload.mutable_target());
+  describe_tensor(target, storage_id(target.storage()), device->slot, upload.mutable_target());
   std::string payload = payload_pool().acquire(image.nbytes());
   if (image.nbytes() > 0) std::memcpy(payload.data(), image.const_data_ptr(), image.nbytes());
-  entry.machine->enqueue_upload(std::move(upload), std::move(payload));
+  device->machine->enqueue_upload(std::move(upload), std::move(payload));
 }
 
 void copy_on_machine(const at::Tensor& source, const at::Tensor& target) {
@@ -54,14 +58,13 @@ void copy_on_machine(const at::Tensor& source, const at::Tensor& target) {
   std::vector<c10::IValue> args{target, source, false};
   // Copies may cross devices of one machine (its cuda and its cpu), never machines.
   OpPlacement placement;
-  placement.add(target.device().index());
-  check_same_machine(placement.device, placement.entry, source.device().index(),
-                     device_entry(source));
+  placement.add(device_entry(target));
+  check_same_machine(*placement.entry, *device_entry(source));
   wire::Command command;
   *command.mutable_op() = encode_op(copy_op, args, placement);
   command.mutable_op()->add_outputs();  // copy_ returns its target: nothing new
 
-  placement.entry.machine->enqueue(std::move(command));
+  placement.entry->machine->enqueue(std::move(command));
 }
 
 at::Tensor copy_from(const at::Tensor& self, const at::Tensor& dst, bool /*non_blocking*/) {

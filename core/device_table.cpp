@@ -1,63 +1,124 @@
 // SPDX-License-Identifier: AGPL-3.0-or-later
 #include "core/device_table.h"
 
+#include <c10/core/impl/DeviceGuardImplInterface.h>
 #include <c10/util/Exception.h>
 
+#include <algorithm>
+#include <array>
+#include <cstdint>
 #include <mutex>
+#include <stdexcept>
+
+#include "core/machine.h"
 
 namespace mycelya {
 namespace {
 
-std::mutex& table_mutex() {
-  static std::mutex mu;
-  return mu;
-}
+struct Table {
+  std::mutex mu;
+  std::array<DeviceRef, kMaxDevices> entries;
+  // When each index was last given back (0: never used), to hand out the one
+  // given back longest ago.
+  std::array<uint64_t, kMaxDevices> released_at{};
+  uint64_t releases = 0;
+};
 
-std::vector<DeviceEntry>& table() {
-  static std::vector<DeviceEntry> entries;
-  return entries;
+Table& table() {
+  static Table* instance = new Table();  // never destroyed: tensors may die after exit
+  return *instance;
 }
 
 }  // namespace
 
-c10::DeviceIndex register_device(const std::shared_ptr<Machine>& machine, int slot) {
-  std::lock_guard<std::mutex> lock(table_mutex());
-  auto& entries = table();
-  for (size_t i = 0; i < entries.size(); ++i) {
-    if (entries[i].machine == machine && entries[i].slot == slot) {
-      return static_cast<c10::DeviceIndex>(i);
+std::vector<DeviceRef> register_machine(const std::shared_ptr<Machine>& machine,
+                                        const std::vector<std::string>& devices) {
+  Table& t = table();
+  std::lock_guard<std::mutex> lock(t.mu);
+  std::vector<c10::DeviceIndex> free;
+  for (c10::DeviceIndex i = 0; i < kMaxDevices; ++i) {
+    if (!t.entries[i]) free.push_back(i);
+  }
+  if (free.size() < devices.size()) {
+    throw std::runtime_error(
+        "Too many mycelya devices in use: machine " + machine->id() + " needs " +
+        std::to_string(devices.size()) + " and " + std::to_string(free.size()) +
+        " of the limit of " + std::to_string(static_cast<int>(kMaxDevices)) +
+        " are free. Stop machines you no longer use (machine.stop()) before starting more.");
+  }
+  std::stable_sort(free.begin(), free.end(), [&](c10::DeviceIndex a, c10::DeviceIndex b) {
+    return t.released_at[a] < t.released_at[b];
+  });
+  std::vector<DeviceRef> entries;
+  for (size_t slot = 0; slot < devices.size(); ++slot) {
+    const c10::DeviceIndex index = free[slot];
+    auto entry =
+        std::make_shared<const DeviceEntry>(machine, static_cast<int>(slot), devices[slot], index);
+    t.entries[index] = entry;
+    entries.push_back(std::move(entry));
+  }
+  return entries;
+}
+
+void adopt_as_current_if_unset(const std::vector<DeviceRef>& entries) {
+  if (entries.empty()) return;
+  const auto* guard = c10::impl::getDeviceGuardImpl(c10::DeviceType::PrivateUse1);
+  const c10::DeviceIndex current = guard->getDevice().index();
+  {
+    Table& t = table();
+    std::lock_guard<std::mutex> lock(t.mu);
+    if (current >= 0 && current < kMaxDevices && t.entries[current]) return;
+  }
+  DeviceRef chosen = entries.front();
+  for (const DeviceRef& entry : entries) {
+    if (entry->remote_name.rfind("cuda", 0) == 0) {
+      chosen = entry;
+      break;
+    }
+    if (is_remote_cpu(*entry) && !is_remote_cpu(*chosen)) chosen = entry;
+  }
+  guard->uncheckedSetDevice(c10::Device(c10::DeviceType::PrivateUse1, chosen->index));
+}
+
+void release_machine(const std::vector<DeviceRef>& entries) {
+  Table& t = table();
+  std::lock_guard<std::mutex> lock(t.mu);
+  for (const DeviceRef& entry : entries) {
+    entry->stopped.store(true);
+    if (t.entries[entry->index] == entry) {
+      t.entries[entry->index].reset();
+      t.released_at[entry->index] = ++t.releases;
     }
   }
-  TORCH_CHECK(static_cast<c10::DeviceIndex>(entries.size()) < kMaxDevices,
-              "Too many mycelya devices in one process (the limit is ", kMaxDevices,
-              "); reuse machines instead of creating new ones.");
-  entries.push_back({machine, slot, machine->devices().at(slot)});
-  return static_cast<c10::DeviceIndex>(entries.size() - 1);
 }
 
-DeviceEntry lookup_device(c10::DeviceIndex index) {
-  std::lock_guard<std::mutex> lock(table_mutex());
-  const auto& entries = table();
-  TORCH_CHECK(index >= 0 && index < static_cast<c10::DeviceIndex>(entries.size()),
-              "mycelya:", static_cast<int>(index),
-              " is not a device of any RemoteMachine; use machine.device() to get one.");
-  return entries[index];
-}
-
-int registered_device_count() {
-  std::lock_guard<std::mutex> lock(table_mutex());
-  return static_cast<int>(table().size());
-}
-
-std::vector<std::shared_ptr<Machine>> all_registered_machines() {
-  std::lock_guard<std::mutex> lock(table_mutex());
-  std::vector<std::shared_ptr<Machine>> machines;
-  for (const auto& entry : table()) {
-    bool seen = false;
-    for (const auto& m : machines) seen = seen || m == entry.machine;
-    if (!seen) machines.push_back(entry.machine);
+DeviceRef lookup_device(c10::DeviceIndex index) {
+  Table& t = table();
+  {
+    std::lock_guard<std::mutex> lock(t.mu);
+    if (index >= 0 && index < kMaxDevices && t.entries[index]) return t.entries[index];
   }
-  return machines;
+  TORCH_CHECK_VALUE(false, "mycelya:", static_cast<int>(index),
+                    " is not a device of any running RemoteMachine; use machine.device() of a "
+                    "running machine to get one.");
+}
+
+void check_running(const DeviceEntry& entry) {
+  TORCH_CHECK(!entry.stopped.load(std::memory_order_relaxed), "Machine ", entry.machine->id(),
+              " is not running: it stopped (or restarted) since this tensor was made on its ",
+              entry.remote_name, " (mycelya:", static_cast<int>(entry.index),
+              "), and the tensors it held went with it. Start a machine and make the tensors "
+              "anew.");
+}
+
+std::vector<DeviceRef> running_devices() {
+  Table& t = table();
+  std::lock_guard<std::mutex> lock(t.mu);
+  std::vector<DeviceRef> running;
+  for (const DeviceRef& entry : t.entries) {
+    if (entry) running.push_back(entry);
+  }
+  return running;
 }
 
 }  // namespace mycelya

@@ -19,9 +19,11 @@
 
 #include "core/allocator.h"
 #include "core/logging.h"
+#include "core/machine.h"
 #include "core/meta_inference.h"
 #include "core/op_encoding.h"
 #include "core/remote_tensor.h"
+#include "proto/tensor_geometry.h"
 
 namespace mycelya {
 namespace {
@@ -67,8 +69,8 @@ struct OutputMaker {
     }
     has_new_output = true;
     at::Tensor tensor = empty_remote(planned.sizes, planned.strides, planned.storage_offset,
-                                     planned.dtype, placement.device, planned.storage_nbytes);
-    encode_tensor_ref(tensor, placement.entry.slot, ref);
+                                     planned.dtype, placement.entry, planned.storage_nbytes);
+    describe_tensor(tensor, storage_id(tensor.storage()), placement.entry->slot, ref);
     return tensor;
   }
 
@@ -104,7 +106,7 @@ std::shared_ptr<const OutputPlan> as_remote_kernel_returns(const c10::OperatorHa
   const bool batch_norm = no_training || name == "aten::native_batch_norm" ||
                           name == "aten::_native_batch_norm_legit" ||
                           name == "aten::_batch_norm_with_update";
-  if (!(layer_norm || batch_norm) || !is_remote_cpu(placement.entry)) return plan;
+  if (!(layer_norm || batch_norm) || !is_remote_cpu(*placement.entry)) return plan;
   if (args.empty() || !args[0].isTensor() || plan->returns.size() < 3) return plan;
 
   // native_batch_norm and _native_batch_norm_legit: (input, weight, bias,
@@ -147,7 +149,7 @@ std::shared_ptr<const OutputPlan> as_remote_kernel_returns(const c10::OperatorHa
 bool shapes_known_only_remotely(const c10::OperatorHandle& op, const OpPlacement& placement) {
   const std::string& name = op.schema().name();
   return (name == "aten::_embedding_bag" || name == "aten::_embedding_bag_forward_only") &&
-         is_remote_cpu(placement.entry);
+         is_remote_cpu(*placement.entry);
 }
 
 // Gives a local tensor the geometry the machine reports for it after an op
@@ -158,6 +160,26 @@ void adopt_remote_geometry(const at::Tensor& tensor, const wire::TensorRef& remo
   std::vector<int64_t> sizes(remote.sizes().begin(), remote.sizes().end());
   std::vector<int64_t> strides(remote.strides().begin(), remote.strides().end());
   tensor.unsafeGetTensorImpl()->set_sizes_and_strides(sizes, strides, remote.storage_offset());
+}
+
+// Storage IDs reserved for a Tensor[] return of an op run synchronously:
+// more than any such op returns (the machine refuses to exceed them).
+constexpr size_t kReservedListOutputs = 64;
+
+// The argument that return `r` of `schema` is, when the schema annotates it
+// as a written argument (Tensor(a!) in-place and out= returns).
+std::optional<size_t> returned_argument(const c10::FunctionSchema& schema, size_t r,
+                                        const std::vector<c10::IValue>& inputs) {
+  const auto& ret = schema.returns()[r];
+  if (!ret.alias_info()) return std::nullopt;
+  for (size_t a = 0; a < schema.arguments().size(); ++a) {
+    const auto& arg = schema.arguments()[a];
+    if (arg.alias_info() && arg.alias_info()->isWrite() &&
+        arg.alias_info()->beforeSets() == ret.alias_info()->beforeSets() && inputs[a].isTensor()) {
+      return a;
+    }
+  }
+  return std::nullopt;
 }
 
 // Runs an op whose outputs meta could not describe: synchronously, remotely.
@@ -173,18 +195,18 @@ void run_remotely_now(const c10::OperatorHandle& op, torch::jit::Stack* stack,
   *record = encode_op(op, args, placement);
   // Reserve IDs for every returned tensor; Tensor[] returns get a generous block.
   for (const auto& ret : schema.returns()) {
-    const size_t count = ret.type()->kind() == c10::TypeKind::ListType ? 64 : 1;
+    const size_t count = ret.type()->kind() == c10::TypeKind::ListType ? kReservedListOutputs : 1;
     for (size_t i = 0; i < count; ++i) {
       record->add_outputs()->set_storage_id(next_storage_id());
     }
   }
-  wire::Response response = placement.entry.machine->request(std::move(request));
+  wire::Response response = placement.entry->machine->request(std::move(request));
 
   std::vector<c10::IValue> inputs(args.begin(), args.end());
   auto output_for = [&](const wire::OutputInfo& info) -> c10::IValue {
     switch (info.kind_case()) {
       case wire::OutputInfo::kTensor:
-        return remote_from_ref(info.tensor(), placement.device);
+        return remote_from_ref(info.tensor(), placement.entry);
       case wire::OutputInfo::kInputIndex: {
         const at::Tensor& base = inputs.at(info.input_index()).toTensor();
         const auto& view = info.view();
@@ -205,34 +227,26 @@ void run_remotely_now(const c10::OperatorHandle& op, torch::jit::Stack* stack,
     }
   };
 
+  TORCH_CHECK(response.outputs_size() == static_cast<int>(schema.returns().size()),
+              "mycelya: ", op_display_name(op), " has ", schema.returns().size(),
+              " returns, the machine sent ", response.outputs_size());
   torch::jit::drop(*stack, num_args);
   for (size_t r = 0; r < schema.returns().size(); ++r) {
     const auto& info = response.outputs(static_cast<int>(r));
-    const auto& ret = schema.returns()[r];
     // A return annotated like an argument (Tensor(a!)) is that argument itself.
-    if (ret.alias_info()) {
-      for (size_t a = 0; a < num_args; ++a) {
-        const auto& arg = schema.arguments()[a];
-        if (arg.alias_info() && arg.alias_info()->isWrite() &&
-            arg.alias_info()->beforeSets() == ret.alias_info()->beforeSets() &&
-            inputs[a].isTensor()) {
-          // The kernel may have resized it (out= tensors): take the remote geometry.
-          if (info.kind_case() == wire::OutputInfo::kInputIndex) {
-            adopt_remote_geometry(inputs[a].toTensor(), info.view());
-          }
-          stack->push_back(inputs[a]);
-          goto next_return;
-        }
+    if (const std::optional<size_t> a = returned_argument(schema, r, inputs)) {
+      // The kernel may have resized it (out= tensors): take the remote geometry.
+      if (info.kind_case() == wire::OutputInfo::kInputIndex) {
+        adopt_remote_geometry(inputs[*a].toTensor(), info.view());
       }
-    }
-    if (info.kind_case() == wire::OutputInfo::kList) {
+      stack->push_back(inputs[*a]);
+    } else if (info.kind_case() == wire::OutputInfo::kList) {
       c10::List<at::Tensor> list;
       for (const auto& item : info.list().items()) list.push_back(output_for(item).toTensor());
       stack->push_back(list);
     } else {
       stack->push_back(output_for(info));
     }
-  next_return:;
   }
 }
 
@@ -266,7 +280,7 @@ void remote_fallback(const c10::OperatorHandle& op, torch::jit::Stack* stack) {
   upload_cpu_indices(schema, stack);
   auto args = torch::jit::last(*stack, num_args);
   OpPlacement placement = place_op(op, args);
-  c10::DeviceGuard guard(c10::Device(c10::DeviceType::PrivateUse1, placement.device));
+  c10::DeviceGuard guard(c10::Device(c10::DeviceType::PrivateUse1, placement.device()));
 
   const std::vector<at::Tensor> inputs = mycelya_inputs(args);
   std::shared_ptr<const OutputPlan> plan;
@@ -294,7 +308,7 @@ void remote_fallback(const c10::OperatorHandle& op, torch::jit::Stack* stack) {
     wire::OpRecord encoded = encode_op(op, args, placement);
     encoded.mutable_outputs()->Swap(record->mutable_outputs());
     *record = std::move(encoded);
-    placement.entry.machine->enqueue(std::move(command));
+    placement.entry->machine->enqueue(std::move(command));
   }
   torch::jit::drop(*stack, num_args);
   for (auto& result : results) stack->push_back(std::move(result));

@@ -1,7 +1,14 @@
 // SPDX-License-Identifier: AGPL-3.0-or-later
 //
-// Device guard for PrivateUse1. There are no streams or events on the client:
-// ordering is the order ops enter the machine's queue.
+// Device guard for PrivateUse1, the one holder of the current device: the
+// device module's current_device()/set_device()/device(...) and
+// torch.accelerator all read and write it, per thread as CUDA's is. There
+// are no streams or events on the client: ordering is the order ops enter
+// the machine's queue.
+//
+// setDevice accepts any index below kMaxDevices, running machine or not: the
+// autograd engine sets each of its per-device worker threads to its index at
+// start. An index that names no running machine fails where it is used.
 #include <c10/core/impl/DeviceGuardImplInterface.h>
 
 #include "core/device_table.h"
@@ -26,11 +33,17 @@ struct RemoteGuardImpl final : public c10::impl::DeviceGuardImplInterface {
 
   void setDevice(c10::Device device) const override {
     TORCH_CHECK(device.type() == kType, "expected a mycelya device, got ", device);
+    // torch.device keeps indices in 8 bits: "mycelya:999" arrives as -25.
+    TORCH_CHECK_VALUE(device.index() >= -1 && device.index() < kMaxDevices, "mycelya device index ",
+                      static_cast<int>(device.index()),
+                      " does not exist: mycelya devices are numbered 0 to ",
+                      static_cast<int>(kMaxDevices) - 1,
+                      " (torch.device stores indices in 8 bits, so a larger one wraps around).");
     if (device.index() >= 0) current_device = device.index();
   }
 
   void uncheckedSetDevice(c10::Device device) const noexcept override {
-    if (device.index() >= 0) current_device = device.index();
+    if (device.index() >= 0 && device.index() < kMaxDevices) current_device = device.index();
   }
 
   c10::Stream getStream(c10::Device device) const override {

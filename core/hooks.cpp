@@ -36,7 +36,7 @@ struct RemoteHooks final : public at::PrivateUse1HooksInterface {
   }
 
   at::Generator getNewGenerator(c10::DeviceIndex device) const override {
-    return default_generator(device).clone();
+    return new_generator(device);
   }
 
   void resizePrivateUse1Bytes(const c10::Storage&, size_t) const override {

@@ -3,8 +3,6 @@
 
 #include <c10/core/ScalarType.h>
 #include <c10/util/ScopeExit.h>
-#include <google/protobuf/io/coded_stream.h>
-#include <google/protobuf/wire_format_lite.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -12,10 +10,10 @@
 #include <cstdlib>
 #include <stdexcept>
 
+#include "core/generator.h"
 #include "core/logging.h"
 #include "core/payload_pool.h"
 #include "core/plugin_loader.h"
-#include "proto/storage_ids.h"
 
 namespace mycelya {
 namespace {
@@ -36,28 +34,6 @@ std::string describe(const wire::Error& error) {
 // Bigger downloads stream in chunks (the stream's path is the one tuned for
 // bandwidth); a read ahead of the queue is for values like loss.item().
 constexpr size_t kMaxEarlyReadBytes = 1 << 20;
-
-// Calls `visit` with every storage ID a command reads or writes.
-template <typename Visit>
-void for_each_storage(const wire::Command& command, const Visit& visit) {
-  switch (command.kind_case()) {
-    case wire::Command::kOp:
-      for (const auto& arg : command.op().args()) for_each_storage_id(arg, visit);
-      for (const auto& output : command.op().outputs()) {
-        if (output.storage_id() != 0) visit(output.storage_id());
-      }
-      break;
-    case wire::Command::kUpload:
-      visit(command.upload().target().storage_id());
-      break;
-    case wire::Command::kResize:
-      visit(command.resize().storage_id());
-      break;
-    default:
-      // Frees name dead storages; seeds and generator states name none.
-      break;
-  }
-}
 
 size_t ref_nbytes(const wire::TensorRef& ref) {
   size_t numel = 1;
@@ -87,30 +63,47 @@ Machine::~Machine() {
 }
 
 void Machine::start() {
-  std::lock_guard<std::mutex> submit(submit_mu_);
+  std::vector<DeviceRef> entries;
+  {
+    std::lock_guard<std::mutex> submit(submit_mu_);
+    if (!start_session_submit_locked(&entries)) return;
+  }
+  adopt_as_current_if_unset(entries);
+  // Outside submit_mu_: seeding queues commands, which MYCELYA_SYNC=1 waits for.
+  start_default_generators(entries);
+}
+
+bool Machine::start_session_submit_locked(std::vector<DeviceRef>* started) {
   {
     std::lock_guard<std::mutex> lock(queue_mu_);
-    if (running_) return;
+    if (running_) return false;
   }
   Provider& provider = load_provider(provider_);
   log_info("starting machine " + id_ + " on provider " + provider_);
-  auto session = provider.start(spec_);
-  auto devices = session->devices();
+  std::shared_ptr<Session> session = provider.start(spec_);
+  std::vector<std::string> devices = session->devices();
+  std::vector<DeviceRef> entries;
+  try {
+    entries = register_machine(shared_from_this(), devices);
+  } catch (...) {
+    session->stop();
+    throw;
+  }
   {
     std::lock_guard<std::mutex> lock(queue_mu_);
     session_ = std::move(session);
     devices_ = std::move(devices);
+    entries_ = entries;
     running_ = true;
     stopping_ = false;
     lost_.clear();
     // A new session knows no op names yet, and counts commands from 1.
-    op_ids_.clear();
-    commands_appended_ = 0;
-    commands_flushed_ = 0;
-    last_mention_.clear();
+    queue_.reset();
     session_reads_early_ = true;
   }
   sender_ = std::thread([this] { sender_loop(); });
+  *started = std::move(entries);
+  return true;
 }
 
 void Machine::stop() {
@@ -120,17 +113,23 @@ void Machine::stop() {
     stopping_ = true;
   }
   queue_cv_.notify_all();
+  room_cv_.notify_all();
   if (sender_.joinable()) sender_.join();
   std::lock_guard<std::mutex> submit(submit_mu_);
   std::shared_ptr<Session> session;
+  std::vector<DeviceRef> entries;
   {
     std::lock_guard<std::mutex> lock(queue_mu_);
     running_ = false;
-    queued_.clear();
-    payloads_.clear();
-    frees_.clear();
+    queue_.reset();
     session = std::move(session_);
+    entries = std::move(entries_);
+    entries_.clear();
   }
+  // From here the machine's tensors raise "not running", and its indices
+  // can go to the next machine.
+  release_machine(entries);
+  stop_default_generators(entries);
   log_info("stopping machine " + id_);
   // A read beside the queue returns or fails once the session has stopped
   // (Session's contract); it uses this machine until then.
@@ -164,25 +163,15 @@ int Machine::slot_of(const std::string& type, int index) const {
                               "; it offers: " + (offered.empty() ? "(none)" : offered) + ".");
 }
 
-uint32_t Machine::intern_op(const std::string& name, bool* first_use) {
+c10::DeviceIndex Machine::device_index(int slot) const {
   std::lock_guard<std::mutex> lock(queue_mu_);
-  return intern_locked(name, first_use);
+  if (!running_ || slot < 0 || slot >= static_cast<int>(entries_.size())) {
+    throw std::runtime_error("Machine " + id_ + " is not running; call start() first.");
+  }
+  return entries_[slot]->index;
 }
 
-uint32_t Machine::intern_locked(const std::string& name, bool* first_use) {
-  auto inserted = op_ids_.emplace(name, static_cast<uint32_t>(op_ids_.size() + 1));
-  *first_use = inserted.second;
-  return inserted.first->second;
-}
-
-void Machine::intern_record_locked(wire::OpRecord* record) {
-  if (record->op_name().empty()) return;
-  bool first_use = false;
-  record->set_op_id(intern_locked(record->op_name(), &first_use));
-  if (!first_use) record->clear_op_name();
-}
-
-void Machine::check_usable_locked() const {
+void Machine::check_usable_queue_locked() const {
   if (!lost_.empty()) throw std::runtime_error(lost_);
   if (!running_ || stopping_) {
     throw std::runtime_error("Machine " + id_ +
@@ -190,40 +179,28 @@ void Machine::check_usable_locked() const {
   }
 }
 
-void Machine::append_locked(const wire::Command& command) {
-  using google::protobuf::io::CodedOutputStream;
-  const size_t size = command.ByteSizeLong();
-  // Field 3 (commands) of Batch, length-delimited: a tag, the length, the bytes.
-  uint8_t header[1 + 10];
-  uint8_t* end = CodedOutputStream::WriteTagToArray(
-      google::protobuf::internal::WireFormatLite::MakeTag(
-          wire::Batch::kCommandsFieldNumber,
-          google::protobuf::internal::WireFormatLite::WIRETYPE_LENGTH_DELIMITED),
-      header);
-  end = CodedOutputStream::WriteVarint32ToArray(static_cast<uint32_t>(size), end);
-  queued_.append(reinterpret_cast<const char*>(header), end - header);
-  const size_t offset = queued_.size();
-  queued_.resize(offset + size);
-  command.SerializeWithCachedSizesToArray(reinterpret_cast<uint8_t*>(&queued_[offset]));
-  const uint64_t index = ++commands_appended_;
-  for_each_storage(command, [&](uint64_t id) { last_mention_[id] = index; });
+void Machine::wait_for_room_queue_locked(std::unique_lock<std::mutex>& lock) {
+  room_cv_.wait(lock, [this] {
+    const bool full =
+        queue_.queued_commands() >= kMaxQueuedCommands || queue_.queued_bytes() >= kMaxQueuedBytes;
+    return !full || !lost_.empty() || !running_ || stopping_;
+  });
+  check_usable_queue_locked();
 }
 
-std::optional<uint64_t> Machine::read_after_locked(const wire::Request& request) const {
+std::optional<uint64_t> Machine::read_after_queue_locked(const wire::Request& request) const {
   if (!session_reads_early_ || !request.has_download() ||
       ref_nbytes(request.download().source()) > kMaxEarlyReadBytes) {
     return std::nullopt;
   }
-  const auto it = last_mention_.find(request.download().source().storage_id());
-  return it == last_mention_.end() ? 0 : it->second;
+  return queue_.last_mention(request.download().source().storage_id());
 }
 
 void Machine::enqueue(wire::Command* command) {
   {
-    std::lock_guard<std::mutex> lock(queue_mu_);
-    check_usable_locked();
-    if (command->has_op()) intern_record_locked(command->mutable_op());
-    append_locked(*command);
+    std::unique_lock<std::mutex> lock(queue_mu_);
+    wait_for_room_queue_locked(lock);
+    queue_.append(command);
   }
   queue_cv_.notify_one();
   if (synchronous_) synchronize();
@@ -237,53 +214,34 @@ void Machine::enqueue_upload(wire::Upload upload, std::string payload) {
 
 void Machine::enqueue_with_payload(wire::Command command, std::string payload) {
   {
-    std::lock_guard<std::mutex> lock(queue_mu_);
-    check_usable_locked();
-    const auto index = static_cast<uint32_t>(payloads_.size());
-    if (command.has_upload()) {
-      command.mutable_upload()->set_payload_index(index);
-      bytes_uploaded_ += payload.size();
-    } else {
-      command.mutable_set_rng_state()->set_payload_index(index);
-    }
-    payloads_.push_back(std::move(payload));
-    append_locked(command);
+    std::unique_lock<std::mutex> lock(queue_mu_);
+    wait_for_room_queue_locked(lock);
+    if (command.has_upload()) bytes_uploaded_ += payload.size();
+    queue_.append_with_payload(&command, std::move(payload));
   }
   queue_cv_.notify_one();
   if (synchronous_) synchronize();
 }
 
-bool Machine::shares_process_generators() const {
-  return session_ && session_->shares_process_generators();
+void Machine::seed_generator(const wire::GeneratorRef& generator, uint64_t seed) {
+  wire::Command command;
+  command.mutable_seed()->set_seed(seed);
+  *command.mutable_seed()->mutable_generator() = generator;
+  enqueue(&command);
 }
 
-void Machine::check_own_generators() const {
-  if (!shares_process_generators()) return;
-  throw std::logic_error(
-      "The " + provider_ +
-      " provider runs ops in this process and draws from its CPU generator, whose state "
-      "torch.get_rng_state/set_rng_state already save and restore; saving it per machine "
-      "(torch.mycelya.get_rng_state, fork_rng, checkpoint with preserve_rng_state=True) is "
-      "not supported there. Use torch.manual_seed, or preserve_rng_state=False.");
-}
-
-std::string Machine::rng_state(int slot) {
-  check_own_generators();
+std::string Machine::generator_state(const wire::GeneratorRef& generator, uint64_t* seed) {
   wire::Request request;
-  request.mutable_rng_state()->set_device(slot);
+  *request.mutable_rng_state()->mutable_generator() = generator;
   std::string state;
   wire::Response response = this->request(std::move(request), &state);
-  if (response.has_error()) {
-    throw std::runtime_error("Machine " + id_ + " could not read its random generator's state: " +
-                             response.error().message());
-  }
+  *seed = response.seed();
   return state;
 }
 
-void Machine::set_rng_state(int slot, std::string state) {
-  check_own_generators();
+void Machine::set_generator_state(const wire::GeneratorRef& generator, std::string state) {
   wire::Command command;
-  command.mutable_set_rng_state()->set_device(slot);
+  *command.mutable_set_rng_state()->mutable_generator() = generator;
   command.mutable_set_rng_state()->set_nbytes(state.size());
   enqueue_with_payload(std::move(command), std::move(state));
 }
@@ -291,49 +249,39 @@ void Machine::set_rng_state(int slot, std::string state) {
 void Machine::free_storage(uint64_t storage_id) {
   std::lock_guard<std::mutex> lock(queue_mu_);
   if (!running_ || !lost_.empty()) return;
-  // Frees ride along with the next batch; they never wake the sender alone.
-  frees_.push_back(storage_id);
-  last_mention_.erase(storage_id);
+  queue_.free_storage(storage_id);
 }
 
-void Machine::flush_locked() {
-  EncodedBatch encoded;
+void Machine::free_generator(uint64_t generator_id) {
+  std::lock_guard<std::mutex> lock(queue_mu_);
+  if (!running_ || !lost_.empty()) return;
+  queue_.free_generator(generator_id);
+}
+
+void Machine::flush_submit_locked() {
+  EncodedBatch batch;
   {
     std::lock_guard<std::mutex> lock(queue_mu_);
-    if (queued_.empty() && frees_.empty()) return;
+    batch = queue_.take_batch();
+    if (batch.batch.empty()) return;
     if (!lost_.empty()) throw std::runtime_error(lost_);
-    if (!frees_.empty()) {
-      wire::Command free;
-      free.mutable_free()->mutable_storage_ids()->Add(frees_.begin(), frees_.end());
-      append_locked(free);
-      frees_.clear();
-    }
-    // Fields may come in any order on the wire: the header goes after the
-    // commands, so the queued bytes become the batch without a copy.
-    wire::Batch header;
-    header.set_version(wire::PROTOCOL_VERSION_CURRENT);
-    header.set_sequence(next_sequence_++);
-    encoded.batch = std::move(queued_);
-    queued_.clear();
-    header.AppendToString(&encoded.batch);
-    encoded.payloads = std::move(payloads_);
-    payloads_.clear();
-    commands_flushed_ = commands_appended_;
     ++batches_sent_;
   }
+  room_cv_.notify_all();
   try {
-    session_->submit(encoded);
-    for (auto& payload : encoded.payloads) payload_pool().release(std::move(payload));
+    session_->submit(batch);
+    for (auto& payload : batch.payloads) payload_pool().release(std::move(payload));
   } catch (const std::exception& e) {
     std::lock_guard<std::mutex> lock(queue_mu_);
-    throw_lost_locked(e.what());
+    throw_lost_queue_locked(e.what());
   }
 }
 
-void Machine::throw_lost_locked(const std::string& why) {
+void Machine::throw_lost_queue_locked(const std::string& why) {
   // The first failure is the cause; a later one (another thread's call to
   // the same broken session) is its consequence.
   if (lost_.empty()) lost_ = "Machine " + id_ + " was lost: " + why;
+  room_cv_.notify_all();
   throw std::runtime_error(lost_);
 }
 
@@ -341,21 +289,21 @@ void Machine::sender_loop() {
   while (true) {
     {
       std::unique_lock<std::mutex> lock(queue_mu_);
-      queue_cv_.wait(lock, [this] { return stopping_ || !queued_.empty(); });
+      queue_cv_.wait(lock, [this] { return stopping_ || queue_.has_commands(); });
     }
     try {
       std::lock_guard<std::mutex> submit(submit_mu_);
       // Gathering only once the machine can take the batch lets the ops
       // recorded while it was busy travel in this batch, not wait for the next.
       session_->wait_until_ready();
-      flush_locked();
+      flush_submit_locked();
     } catch (const std::exception& e) {
       // lost_ is set; callers see it at their next call.
       log_info(std::string("sender stopped: ") + e.what());
       return;
     }
     std::lock_guard<std::mutex> lock(queue_mu_);
-    if (stopping_ && queued_.empty()) return;
+    if (stopping_ && !queue_.has_commands()) return;
   }
 }
 
@@ -364,20 +312,20 @@ bool Machine::read_early(wire::Request& request, std::string* payload, std::stri
   uint64_t after_command = 0;
   {
     std::unique_lock<std::mutex> lock(queue_mu_);
-    check_usable_locked();
-    const std::optional<uint64_t> read_after = read_after_locked(request);
+    check_usable_queue_locked();
+    const std::optional<uint64_t> read_after = read_after_queue_locked(request);
     if (!read_after) return false;
     after_command = *read_after;
     session = session_;
-    if (after_command > commands_flushed_) {
+    if (after_command > queue_.sent()) {
       // The source's last command is still queued: send the queue first.
       lock.unlock();
       {
         std::lock_guard<std::mutex> submit(submit_mu_);
-        flush_locked();
+        flush_submit_locked();
       }
       lock.lock();
-      check_usable_locked();
+      check_usable_queue_locked();
       // Command numbers count within one session.
       if (session != session_) {
         throw std::runtime_error("Machine " + id_ + " was restarted while a read from it waited.");
@@ -385,8 +333,6 @@ bool Machine::read_early(wire::Request& request, std::string* payload, std::stri
     }
     // Queued commands that do not mention the source stay queued. No
     // submit_mu_ from here: the sender may ship them while this waits.
-    request.set_version(wire::PROTOCOL_VERSION_CURRENT);
-    request.set_sequence(next_sequence_++);
     ++early_reads_in_flight_;
   }
   bool answered = false;
@@ -414,7 +360,7 @@ bool Machine::read_early(wire::Request& request, std::string* payload, std::stri
   if (session != session_) {
     throw std::runtime_error("Machine " + id_ + " was stopped while a read from it waited.");
   }
-  if (failed) throw_lost_locked(error);
+  if (failed) throw_lost_queue_locked(error);
   session_reads_early_ = false;  // the session cannot: every read goes in order
   return false;
 }
@@ -425,24 +371,20 @@ wire::Response Machine::request(wire::Request request, std::string* payload) {
     std::lock_guard<std::mutex> submit(submit_mu_);
     {
       std::lock_guard<std::mutex> lock(queue_mu_);
-      check_usable_locked();
+      check_usable_queue_locked();
     }
-    flush_locked();
-    std::string encoded_request;
+    flush_submit_locked();
     {
-      // Numbered after the batch it must follow.
       std::lock_guard<std::mutex> lock(queue_mu_);
-      request.set_version(wire::PROTOCOL_VERSION_CURRENT);
-      request.set_sequence(next_sequence_++);
       ++round_trips_;
-      if (request.has_execute()) intern_record_locked(request.mutable_execute()->mutable_op());
+      // Interned after the batch it follows, so a name is sent before its number.
+      if (request.has_execute()) queue_.intern(request.mutable_execute()->mutable_op());
     }
-    request.SerializeToString(&encoded_request);
     try {
-      encoded_response = session_->request(encoded_request, payload);
+      encoded_response = session_->request(request.SerializeAsString(), payload);
     } catch (const std::exception& e) {
       std::lock_guard<std::mutex> lock(queue_mu_);
-      throw_lost_locked(e.what());
+      throw_lost_queue_locked(e.what());
     }
   }
   wire::Response response;
@@ -478,6 +420,16 @@ uint64_t Machine::early_reads() const {
 uint64_t Machine::bytes_uploaded() const {
   std::lock_guard<std::mutex> lock(queue_mu_);
   return bytes_uploaded_;
+}
+
+size_t Machine::tracked_storages() const {
+  std::lock_guard<std::mutex> lock(queue_mu_);
+  return queue_.mentioned_storages();
+}
+
+size_t Machine::interned_ops() const {
+  std::lock_guard<std::mutex> lock(queue_mu_);
+  return queue_.interned_ops();
 }
 
 }  // namespace mycelya

@@ -1,17 +1,28 @@
 // SPDX-License-Identifier: AGPL-3.0-or-later
 //
-// One remote machine as the client sees it: a provider session, the queue of
-// commands not yet sent, and the background thread that sends them.
+// One remote machine as the client sees it: a provider session, the devices
+// it holds in the device table while it runs, the queue of commands not yet
+// sent (core/command_queue.h), and the background thread that sends them.
 //
 // Commands are appended without waiting; the sender thread ships whatever has
 // accumulated as one batch, so a flood of small ops coalesces while a batch is
-// in flight. Sync points (request) first hand every queued command to the
-// session, so a request always observes the effects of all earlier ops. A
-// small download is the exception where the session can (Session::read_after):
-// it waits only for the last command that mentions its source, so
-// loss.item() returns once the forward pass has run, and the next step is
-// recorded while the machine still runs this step's backward pass.
+// in flight. Recording may run at most kMaxQueuedCommands ahead of the
+// sender; beyond that, enqueue() waits, so memory stays bounded in a loop
+// with no sync point. Sync points (request) first hand every queued command
+// to the session, so a request always observes the effects of all earlier
+// ops, except a small download where the session can answer early
+// (Session::read_after): it waits only for the last command that mentions
+// its source, so loss.item() returns once the forward pass has run, and the
+// next step is recorded while the machine still runs this step's backward
+// pass.
+//
+// Two locks: queue_mu_ guards the queue and the state below it; submit_mu_
+// orders everything handed to the session. Methods named *_queue_locked need
+// queue_mu_ held, *_submit_locked submit_mu_; submit_mu_ is taken first when
+// both are needed.
 #pragma once
+
+#include <c10/core/Device.h>
 
 #include <condition_variable>
 #include <cstdint>
@@ -20,15 +31,23 @@
 #include <optional>
 #include <string>
 #include <thread>
-#include <unordered_map>
 #include <vector>
 
+#include "core/command_queue.h"
+#include "core/device_table.h"
 #include "core/provider.h"
 #include "proto/mycelya.pb.h"
 
 namespace mycelya {
 
-class Machine {
+// How far recording may run ahead of the machine: without a bound, a loop
+// with no sync point queues steps (and keeps alive every storage they free)
+// as fast as it can record them. CUDA bounds its launch queue alike.
+constexpr size_t kMaxQueuedCommands = 1024;
+constexpr size_t kMaxQueuedBytes = 64 << 20;
+
+// Made with std::make_shared: a started machine hands itself to the device table.
+class Machine : public std::enable_shared_from_this<Machine> {
  public:
   Machine(std::string provider, MachineSpec spec);
   ~Machine();
@@ -39,9 +58,12 @@ class Machine {
   const std::string& provider() const { return provider_; }
   const MachineSpec& spec() const { return spec_; }
 
-  // Starts the provider session (no-op when running).
+  // Starts the provider session and takes a device index for each of its
+  // devices (no-op when running). Throws std::runtime_error, leaving nothing
+  // running, when too few device indices are free.
   void start();
-  // Flushes, stops the session and the sender; later ops on it raise.
+  // Sends what is queued, stops the session and the sender, and gives the
+  // device indices back; the machine's tensors raise "not running" from now.
   void stop();
   bool running() const;
 
@@ -49,36 +71,34 @@ class Machine {
   std::vector<std::string> devices() const;
   // The slot of "type:index"; throws std::invalid_argument naming the devices offered.
   int slot_of(const std::string& type, int index) const;
-
-  // Op names are interned per session: returns the id, and whether this is its
-  // first use (the record must then carry the name). enqueue() and request()
-  // intern every record's op_name themselves, under the queue's lock, so the
-  // record that names an op is always the first one sent.
-  uint32_t intern_op(const std::string& name, bool* first_use);
+  // "mycelya:k" of the device in `slot`; throws std::runtime_error when stopped.
+  c10::DeviceIndex device_index(int slot) const;
 
   // Queues a command (encoded at once, in the caller's thread; its op name is
-  // interned first, which changes *command). Throws if the machine is stopped
-  // or lost.
+  // interned first, which changes *command). Waits while the queue is full.
+  // Throws if the machine is stopped or lost.
   void enqueue(wire::Command* command);
   void enqueue(wire::Command command) { enqueue(&command); }
   // `payload` best comes from payload_pool() (core/payload_pool.h),
   // which gets it back once it is sent.
   void enqueue_upload(wire::Upload upload, std::string payload);
-  // Queues a free; silently dropped once the machine is stopped.
+  // Queue a free; silently dropped once the machine is stopped.
   void free_storage(uint64_t storage_id);
+  void free_generator(uint64_t generator_id);
 
-  // Sends everything queued, then the request, and waits for its response.
-  // Raises std::runtime_error for a pending error of earlier ops or an error
-  // of this request.
+  // Answers a request once the commands queued before it have run: all of
+  // them (the queue is sent first), or, for a small download the session can
+  // read early, those up to the last one that mentions its source. Raises
+  // std::runtime_error for a pending error of earlier ops or an error of
+  // this request.
   wire::Response request(wire::Request request, std::string* payload = nullptr);
 
-  // Whether the machine's ops draw from this process's own generators (mock).
-  bool shares_process_generators() const;
-  // The state of the random generator of the device in `slot` (a sync
-  // point), and setting it (queued, like an op). Both throw std::logic_error
-  // where the session shares this process's generators (mock).
-  std::string rng_state(int slot);
-  void set_rng_state(int slot, std::string state);
+  // The random generators of the session (core/generator.h): seeding and
+  // setting a state are queued like ops; reading a state is a sync point,
+  // which also tells the generator's seed.
+  void seed_generator(const wire::GeneratorRef& generator, uint64_t seed);
+  std::string generator_state(const wire::GeneratorRef& generator, uint64_t* seed);
+  void set_generator_state(const wire::GeneratorRef& generator, std::string state);
 
   // Flushes and waits until every queued op has run; raises pending errors.
   void synchronize();
@@ -90,29 +110,30 @@ class Machine {
   uint64_t round_trips() const;
   uint64_t early_reads() const;
   uint64_t bytes_uploaded() const;
+  // Storages the queue remembers a last mention of, and op names it has
+  // interned: for tests that memory returns to where it was.
+  size_t tracked_storages() const;
+  size_t interned_ops() const;
 
  private:
-  void check_own_generators() const;
-  // Queues an Upload or SetRngState with `payload` as the batch's next
-  // payload, pointing the command at it.
+  // Starts the session and takes the device indices; false when running.
+  bool start_session_submit_locked(std::vector<DeviceRef>* started);
+  // Queues `command` with `payload` as the batch's next payload.
   void enqueue_with_payload(wire::Command command, std::string payload);
+  // Waits for room in the queue, then checks the machine is usable.
+  void wait_for_room_queue_locked(std::unique_lock<std::mutex>& lock);
   void sender_loop();
-  // Hands everything queued to the session. Caller holds submit_mu_.
-  void flush_locked();
-  void check_usable_locked() const;
+  // Hands everything queued to the session.
+  void flush_submit_locked();
+  void check_usable_queue_locked() const;
   // Marks the session lost (keeping the first reason) and throws that.
-  [[noreturn]] void throw_lost_locked(const std::string& why);
-  // Appends `command` to queued_, encoded as an entry of Batch.commands.
-  void append_locked(const wire::Command& command);
+  [[noreturn]] void throw_lost_queue_locked(const std::string& why);
   // The download in `request` may skip the commands after this one (0: all);
-  // nullopt when it must go the ordinary way. Caller holds queue_mu_.
-  std::optional<uint64_t> read_after_locked(const wire::Request& request) const;
+  // nullopt when it must go the ordinary way.
+  std::optional<uint64_t> read_after_queue_locked(const wire::Request& request) const;
   // Answers a small download through Session::read_after, beside the queue;
   // false when it must go in order instead.
   bool read_early(wire::Request& request, std::string* payload, std::string* response);
-  uint32_t intern_locked(const std::string& name, bool* first_use);
-  // Replaces a record's op_name by its id, keeping the name on first use.
-  void intern_record_locked(wire::OpRecord* record);
 
   const std::string provider_;
   const MachineSpec spec_;
@@ -120,38 +141,26 @@ class Machine {
   // MYCELYA_SYNC=1: every queued command is waited for, so errors raise at the op.
   const bool synchronous_;
 
+  // Guards the queue and the state below.
+  mutable std::mutex queue_mu_;
+  std::condition_variable queue_cv_;  // the sender waits for commands
+  std::condition_variable room_cv_;   // enqueue waits for the sender to take some
   // Shared with the reads beside the queue, which hold no lock while they wait.
   std::shared_ptr<Session> session_;
   std::vector<std::string> devices_;
-
-  // Guards the queue and the state below.
-  mutable std::mutex queue_mu_;
-  std::condition_variable queue_cv_;
-  // Queued commands, already encoded as Batch.commands entries: a batch is a
-  // small header plus these bytes, and no message crosses to the sender thread.
-  std::string queued_;
-  std::vector<std::string> payloads_;
-  std::vector<uint64_t> frees_;
+  std::vector<DeviceRef> entries_;  // by slot, while running
+  CommandQueue queue_;
   bool running_ = false;
   bool stopping_ = false;
   std::string lost_;  // set once the session failed; every later call raises it
   uint64_t batches_sent_ = 0;
   uint64_t round_trips_ = 0;
   uint64_t bytes_uploaded_ = 0;
-  uint64_t next_sequence_ = 1;
-  // Commands appended and handed to the session this session, counted as
-  // the machine counts them (wire::ReadRequest), and for each live storage
-  // the last command that mentions it.
-  uint64_t commands_appended_ = 0;
-  uint64_t commands_flushed_ = 0;
-  std::unordered_map<uint64_t, uint64_t> last_mention_;
   bool session_reads_early_ = true;  // until read_after() says otherwise
   uint64_t early_reads_ = 0;
   // Reads beside the queue still out; stop() waits for them.
   int early_reads_in_flight_ = 0;
   std::condition_variable early_reads_cv_;
-
-  std::unordered_map<std::string, uint32_t> op_ids_;
 
   // Serializes everything that talks to the session, keeping order.
   std::mutex submit_mu_;

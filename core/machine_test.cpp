@@ -16,6 +16,7 @@
 #include <thread>
 #include <vector>
 
+#include "core/device_table.h"
 #include "core/gpu_types.h"
 #include "core/plugin_loader.h"
 #include "proto/mycelya.pb.h"
@@ -50,9 +51,11 @@ wire::Upload upload_of(const wire::TensorRef& target) {
   return upload;
 }
 
+// Seeds the default generator of device slot 0: a command that touches no storage.
 wire::Command seed_command(uint64_t seed) {
   wire::Command command;
   command.mutable_seed()->set_seed(seed);
+  command.mutable_seed()->mutable_generator()->set_device(0);
   return command;
 }
 
@@ -67,14 +70,19 @@ class MachineTest : public ::testing::Test {
   static void SetUpTestSuite() {
     ASSERT_EQ(setenv("MYCELYA_PROVIDER_PATH", runfiles_dir("providers/mock").c_str(), 1), 0);
   }
+  // A started machine lives until stopped (its devices hold it): stop what a
+  // test left running, so every test starts with all device indices free.
+  void TearDown() override {
+    for (const DeviceRef& device : running_devices()) device->machine->stop();
+  }
 };
 
 TEST_F(MachineTest, UnknownProviderThrowsListingMock) {
-  Machine machine("no-such-provider", MachineSpec{});
-  const std::string message = message_of<std::invalid_argument>([&] { machine.start(); });
+  auto machine = std::make_shared<Machine>("no-such-provider", MachineSpec{});
+  const std::string message = message_of<std::invalid_argument>([&] { machine->start(); });
   EXPECT_TRUE(Contains(message, "no-such-provider"));
   EXPECT_TRUE(Contains(message, "mock"));
-  EXPECT_FALSE(machine.running());
+  EXPECT_FALSE(machine->running());
 
   EXPECT_TRUE(Contains(message_of<std::invalid_argument>([] { load_provider("no-such-provider"); }),
                        "mock"));
@@ -87,154 +95,153 @@ TEST_F(MachineTest, MockProviderLoadsByName) {
 }
 
 TEST_F(MachineTest, IdNamesTheProviderAndIsUnique) {
-  Machine first("mock", MachineSpec{});
-  Machine second("mock", MachineSpec{});
-  EXPECT_EQ(first.provider(), "mock");
-  EXPECT_EQ(first.id().rfind("mock-", 0), 0u);
-  EXPECT_NE(first.id(), second.id());
+  auto first = std::make_shared<Machine>("mock", MachineSpec{});
+  auto second = std::make_shared<Machine>("mock", MachineSpec{});
+  EXPECT_EQ(first->provider(), "mock");
+  EXPECT_EQ(first->id().rfind("mock-", 0), 0u);
+  EXPECT_NE(first->id(), second->id());
 }
 
 TEST_F(MachineTest, CpuOnlyMachineServesCpu) {
-  Machine machine("mock", MachineSpec{});
-  EXPECT_FALSE(machine.running());
-  EXPECT_TRUE(machine.devices().empty());
-  machine.start();
-  EXPECT_TRUE(machine.running());
-  EXPECT_EQ(machine.devices(), std::vector<std::string>{"cpu"});
-  EXPECT_EQ(machine.slot_of("cpu", 0), 0);
+  auto machine = std::make_shared<Machine>("mock", MachineSpec{});
+  EXPECT_FALSE(machine->running());
+  EXPECT_TRUE(machine->devices().empty());
+  machine->start();
+  EXPECT_TRUE(machine->running());
+  EXPECT_EQ(machine->devices(), std::vector<std::string>{"cpu"});
+  EXPECT_EQ(machine->slot_of("cpu", 0), 0);
   const std::string message =
-      message_of<std::invalid_argument>([&] { machine.slot_of("cuda", 0); });
+      message_of<std::invalid_argument>([&] { machine->slot_of("cuda", 0); });
   EXPECT_TRUE(Contains(message, "cuda:0"));
   EXPECT_TRUE(Contains(message, "offers: cpu"));
-  EXPECT_THROW(machine.slot_of("cpu", 1), std::invalid_argument);
-  machine.stop();
-  EXPECT_FALSE(machine.running());
+  EXPECT_THROW(machine->slot_of("cpu", 1), std::invalid_argument);
+  machine->stop();
+  EXPECT_FALSE(machine->running());
 }
 
 TEST_F(MachineTest, GpuMachineServesCudaThenCpu) {
-  Machine machine("mock", spec_with_gpu("H100"));
-  EXPECT_EQ(machine.spec().gpu_type, "H100");
-  machine.start();
-  EXPECT_EQ(machine.devices(), (std::vector<std::string>{"cuda:0", "cpu"}));
-  EXPECT_EQ(machine.slot_of("cuda", 0), 0);
-  EXPECT_EQ(machine.slot_of("cpu", 0), 1);
+  auto machine = std::make_shared<Machine>("mock", spec_with_gpu("H100"));
+  EXPECT_EQ(machine->spec().gpu_type, "H100");
+  machine->start();
+  EXPECT_EQ(machine->devices(), (std::vector<std::string>{"cuda:0", "cpu"}));
+  EXPECT_EQ(machine->slot_of("cuda", 0), 0);
+  EXPECT_EQ(machine->slot_of("cpu", 0), 1);
 
   const std::string message =
-      message_of<std::invalid_argument>([&] { machine.slot_of("cuda", 3); });
+      message_of<std::invalid_argument>([&] { machine->slot_of("cuda", 3); });
   EXPECT_TRUE(Contains(message, "cuda:3"));
   EXPECT_TRUE(Contains(message, "cuda:0, cpu"));
-  EXPECT_TRUE(Contains(message, machine.id()));
+  EXPECT_TRUE(Contains(message, machine->id()));
 }
 
 TEST_F(MachineTest, GpuCountGivesThatManyCudaDevices) {
-  Machine machine("mock", spec_with_gpu("A100-80GB", 2));
-  machine.start();
-  EXPECT_EQ(machine.devices(), (std::vector<std::string>{"cuda:0", "cuda:1", "cpu"}));
-  EXPECT_EQ(machine.slot_of("cuda", 1), 1);
-  EXPECT_EQ(machine.slot_of("cpu", 0), 2);
+  auto machine = std::make_shared<Machine>("mock", spec_with_gpu("A100-80GB", 2));
+  machine->start();
+  EXPECT_EQ(machine->devices(), (std::vector<std::string>{"cuda:0", "cuda:1", "cpu"}));
+  EXPECT_EQ(machine->slot_of("cuda", 1), 1);
+  EXPECT_EQ(machine->slot_of("cpu", 0), 2);
 }
 
 TEST_F(MachineTest, StartTwiceIsANoOp) {
-  Machine machine("mock", MachineSpec{});
-  machine.start();
-  machine.start();
-  EXPECT_TRUE(machine.running());
-  machine.synchronize();
+  auto machine = std::make_shared<Machine>("mock", MachineSpec{});
+  machine->start();
+  machine->start();
+  EXPECT_TRUE(machine->running());
+  machine->synchronize();
 }
 
 TEST_F(MachineTest, EnqueueBeforeStartThrows) {
-  Machine machine("mock", MachineSpec{});
-  EXPECT_TRUE(Contains(message_of<std::runtime_error>([&] { machine.enqueue(seed_command(1)); }),
+  auto machine = std::make_shared<Machine>("mock", MachineSpec{});
+  EXPECT_TRUE(Contains(message_of<std::runtime_error>([&] { machine->enqueue(seed_command(1)); }),
                        "not running"));
-  EXPECT_THROW(machine.synchronize(), std::runtime_error);
+  EXPECT_THROW(machine->synchronize(), std::runtime_error);
 }
 
 TEST_F(MachineTest, EnqueueAfterStopThrows) {
-  Machine machine("mock", MachineSpec{});
-  machine.start();
-  machine.enqueue(seed_command(1));
-  machine.stop();
-  EXPECT_FALSE(machine.running());
+  auto machine = std::make_shared<Machine>("mock", MachineSpec{});
+  machine->start();
+  machine->enqueue(seed_command(1));
+  machine->stop();
+  EXPECT_FALSE(machine->running());
 
   const std::string message =
-      message_of<std::runtime_error>([&] { machine.enqueue(seed_command(2)); });
+      message_of<std::runtime_error>([&] { machine->enqueue(seed_command(2)); });
   EXPECT_TRUE(Contains(message, "not running"));
-  EXPECT_TRUE(Contains(message, machine.id()));
-  EXPECT_THROW(machine.enqueue_upload(upload_of(contiguous_ref(1, {1})), float_bytes({1.0f})),
+  EXPECT_TRUE(Contains(message, machine->id()));
+  EXPECT_THROW(machine->enqueue_upload(upload_of(contiguous_ref(1, {1})), float_bytes({1.0f})),
                std::runtime_error);
-  EXPECT_THROW(machine.synchronize(), std::runtime_error);
-  EXPECT_THROW(machine.request(download_request(contiguous_ref(1, {1}))), std::runtime_error);
+  EXPECT_THROW(machine->synchronize(), std::runtime_error);
+  EXPECT_THROW(machine->request(download_request(contiguous_ref(1, {1}))), std::runtime_error);
   // Frees of a stopped machine are dropped silently (tensors may die after stop).
-  EXPECT_NO_THROW(machine.free_storage(1));
+  EXPECT_NO_THROW(machine->free_storage(1));
   // Stopping again is harmless.
-  EXPECT_NO_THROW(machine.stop());
+  EXPECT_NO_THROW(machine->stop());
 }
 
 TEST_F(MachineTest, RestartAfterStopWorks) {
-  Machine machine("mock", MachineSpec{});
-  machine.start();
-  machine.stop();
-  machine.start();
-  EXPECT_TRUE(machine.running());
-  machine.enqueue(seed_command(3));
-  machine.synchronize();
+  auto machine = std::make_shared<Machine>("mock", MachineSpec{});
+  machine->start();
+  machine->stop();
+  machine->start();
+  EXPECT_TRUE(machine->running());
+  machine->enqueue(seed_command(3));
+  machine->synchronize();
 }
 
 TEST_F(MachineTest, SynchronizeOnARunningMachine) {
-  Machine machine("mock", MachineSpec{});
-  machine.start();
-  EXPECT_EQ(machine.batches_sent(), 0u);
-  machine.synchronize();  // nothing queued: no batch
-  EXPECT_EQ(machine.batches_sent(), 0u);
-  machine.enqueue(seed_command(7));
-  machine.synchronize();
-  EXPECT_GE(machine.batches_sent(), 1u);
-  machine.synchronize();
+  auto machine = std::make_shared<Machine>("mock", MachineSpec{});
+  machine->start();
+  EXPECT_EQ(machine->batches_sent(), 0u);
+  machine->synchronize();  // nothing queued: no batch
+  EXPECT_EQ(machine->batches_sent(), 0u);
+  machine->enqueue(seed_command(7));
+  machine->synchronize();
+  EXPECT_GE(machine->batches_sent(), 1u);
+  machine->synchronize();
 }
 
 TEST_F(MachineTest, ManyCommandsCoalesceIntoFewerBatches) {
-  Machine machine("mock", MachineSpec{});
-  machine.start();
-  for (int i = 0; i < 200; ++i) machine.enqueue(seed_command(static_cast<uint64_t>(i)));
-  machine.synchronize();
-  EXPECT_GE(machine.batches_sent(), 1u);
-  EXPECT_LE(machine.batches_sent(), 200u);
+  auto machine = std::make_shared<Machine>("mock", MachineSpec{});
+  machine->start();
+  for (int i = 0; i < 200; ++i) machine->enqueue(seed_command(static_cast<uint64_t>(i)));
+  machine->synchronize();
+  EXPECT_GE(machine->batches_sent(), 1u);
+  EXPECT_LE(machine->batches_sent(), 200u);
 }
 
 TEST_F(MachineTest, UploadThenDownloadThroughTheQueue) {
-  Machine machine("mock", MachineSpec{});
-  machine.start();
+  auto machine = std::make_shared<Machine>("mock", MachineSpec{});
+  machine->start();
   const std::vector<float> values = {1.5f, -2.0f, 3.25f, 4.0f};
-  machine.enqueue_upload(upload_of(contiguous_ref(11, {4})), float_bytes(values));
+  machine->enqueue_upload(upload_of(contiguous_ref(11, {4})), float_bytes(values));
   // The request first ships the queued upload, so it sees the bytes.
   std::string payload;
-  wire::Response response = machine.request(download_request(contiguous_ref(11, {4})), &payload);
+  wire::Response response = machine->request(download_request(contiguous_ref(11, {4})), &payload);
   EXPECT_FALSE(response.has_error());
-  EXPECT_EQ(response.version(), static_cast<uint32_t>(wire::PROTOCOL_VERSION_CURRENT));
   EXPECT_EQ(payload, float_bytes(values));
 }
 
 TEST_F(MachineTest, UploadsKeepTheirOwnPayloads) {
-  Machine machine("mock", MachineSpec{});
-  machine.start();
-  machine.enqueue_upload(upload_of(contiguous_ref(1, {2})), float_bytes({1.0f, 2.0f}));
-  machine.enqueue_upload(upload_of(contiguous_ref(2, {3})), float_bytes({3.0f, 4.0f, 5.0f}));
-  machine.synchronize();
-  machine.enqueue_upload(upload_of(contiguous_ref(3, {1})), float_bytes({6.0f}));
+  auto machine = std::make_shared<Machine>("mock", MachineSpec{});
+  machine->start();
+  machine->enqueue_upload(upload_of(contiguous_ref(1, {2})), float_bytes({1.0f, 2.0f}));
+  machine->enqueue_upload(upload_of(contiguous_ref(2, {3})), float_bytes({3.0f, 4.0f, 5.0f}));
+  machine->synchronize();
+  machine->enqueue_upload(upload_of(contiguous_ref(3, {1})), float_bytes({6.0f}));
   std::string payload;
-  machine.request(download_request(contiguous_ref(2, {3})), &payload);
+  machine->request(download_request(contiguous_ref(2, {3})), &payload);
   EXPECT_EQ(payload, float_bytes({3.0f, 4.0f, 5.0f}));
-  machine.request(download_request(contiguous_ref(3, {1})), &payload);
+  machine->request(download_request(contiguous_ref(3, {1})), &payload);
   EXPECT_EQ(payload, float_bytes({6.0f}));
-  machine.request(download_request(contiguous_ref(1, {2})), &payload);
+  machine->request(download_request(contiguous_ref(1, {2})), &payload);
   EXPECT_EQ(payload, float_bytes({1.0f, 2.0f}));
 }
 
 TEST_F(MachineTest, OpsRunRemotelyInOrder) {
-  Machine machine("mock", MachineSpec{});
-  machine.start();
-  machine.enqueue_upload(upload_of(contiguous_ref(1, {3})), float_bytes({1.0f, 2.0f, 3.0f}));
-  machine.enqueue_upload(upload_of(contiguous_ref(2, {3})), float_bytes({10.0f, 20.0f, 30.0f}));
+  auto machine = std::make_shared<Machine>("mock", MachineSpec{});
+  machine->start();
+  machine->enqueue_upload(upload_of(contiguous_ref(1, {3})), float_bytes({1.0f, 2.0f, 3.0f}));
+  machine->enqueue_upload(upload_of(contiguous_ref(2, {3})), float_bytes({10.0f, 20.0f, 30.0f}));
   wire::Command command;
   auto* record = command.mutable_op();
   record->set_op_name("aten::add.Tensor");  // enqueue() interns it
@@ -242,88 +249,140 @@ TEST_F(MachineTest, OpsRunRemotelyInOrder) {
   *record->add_args()->mutable_tensor() = contiguous_ref(2, {3});
   record->add_args()->set_double_value(2.0);
   *record->add_outputs() = contiguous_ref(3, {3});
-  machine.enqueue(command);
+  machine->enqueue(command);
 
   std::string payload;
-  machine.request(download_request(contiguous_ref(3, {3})), &payload);
+  machine->request(download_request(contiguous_ref(3, {3})), &payload);
   EXPECT_EQ(payload, float_bytes({21.0f, 42.0f, 63.0f}));
 }
 
 TEST_F(MachineTest, PendingErrorSurfacesAtTheNextSyncPointOnce) {
-  Machine machine("mock", MachineSpec{});
-  machine.start();
-  machine.enqueue_upload(upload_of(contiguous_ref(1, {2, 3})),
-                         float_bytes(std::vector<float>(6, 1.0f)));
-  machine.enqueue_upload(upload_of(contiguous_ref(2, {4, 5})),
-                         float_bytes(std::vector<float>(20, 1.0f)));
+  auto machine = std::make_shared<Machine>("mock", MachineSpec{});
+  machine->start();
+  machine->enqueue_upload(upload_of(contiguous_ref(1, {2, 3})),
+                          float_bytes(std::vector<float>(6, 1.0f)));
+  machine->enqueue_upload(upload_of(contiguous_ref(2, {4, 5})),
+                          float_bytes(std::vector<float>(20, 1.0f)));
   wire::Command command;
   auto* record = command.mutable_op();
   record->set_op_name("aten::mm");
   *record->add_args()->mutable_tensor() = contiguous_ref(1, {2, 3});
   *record->add_args()->mutable_tensor() = contiguous_ref(2, {4, 5});
   *record->add_outputs() = contiguous_ref(3, {2, 5});
-  machine.enqueue(command);
+  machine->enqueue(command);
 
-  const std::string message = message_of<std::runtime_error>([&] { machine.synchronize(); });
+  const std::string message = message_of<std::runtime_error>([&] { machine->synchronize(); });
   EXPECT_TRUE(Contains(message, "Remote op aten::mm failed"));
   // Reported once; the machine keeps working.
-  EXPECT_NO_THROW(machine.synchronize());
-  EXPECT_TRUE(machine.running());
+  EXPECT_NO_THROW(machine->synchronize());
+  EXPECT_TRUE(machine->running());
   // The failed op's output stays poisoned.
   EXPECT_TRUE(Contains(message_of<std::runtime_error>([&] {
-                         machine.request(download_request(contiguous_ref(3, {2, 5})));
+                         machine->request(download_request(contiguous_ref(3, {2, 5})));
                        }),
                        "aten::mm"));
   // Other storages are fine.
   std::string payload;
-  machine.request(download_request(contiguous_ref(1, {2, 3})), &payload);
+  machine->request(download_request(contiguous_ref(1, {2, 3})), &payload);
   EXPECT_EQ(payload, float_bytes(std::vector<float>(6, 1.0f)));
 }
 
 TEST_F(MachineTest, FreesRideAlongWithTheNextBatch) {
-  Machine machine("mock", MachineSpec{});
-  machine.start();
+  auto machine = std::make_shared<Machine>("mock", MachineSpec{});
+  machine->start();
   // Nothing was ever queued, so the sender has never woken: the count is exact.
-  machine.free_storage(1);
-  machine.free_storage(2);
+  machine->free_storage(1);
+  machine->free_storage(2);
   // A free alone does not wake the sender.
   std::this_thread::sleep_for(std::chrono::milliseconds(50));
-  EXPECT_EQ(machine.batches_sent(), 0u);
+  EXPECT_EQ(machine->batches_sent(), 0u);
   // A sync point ships the frees, as one batch.
-  machine.synchronize();
-  EXPECT_EQ(machine.batches_sent(), 1u);
-  machine.synchronize();
-  EXPECT_EQ(machine.batches_sent(), 1u);
+  machine->synchronize();
+  EXPECT_EQ(machine->batches_sent(), 1u);
+  machine->synchronize();
+  EXPECT_EQ(machine->batches_sent(), 1u);
 }
 
-TEST_F(MachineTest, OpNamesAreInternedPerSession) {
-  Machine machine("mock", MachineSpec{});
-  machine.start();
-  const std::string add = "aten::add.Tensor", mul = "aten::mul.Tensor";
-  bool first_use = false;
-  const uint32_t add_id = machine.intern_op(add, &first_use);
-  EXPECT_TRUE(first_use);
-  EXPECT_EQ(machine.intern_op(add, &first_use), add_id);
-  EXPECT_FALSE(first_use);
-  const uint32_t mul_id = machine.intern_op(mul, &first_use);
-  EXPECT_TRUE(first_use);
-  EXPECT_NE(mul_id, add_id);
-  EXPECT_NE(add_id, 0u);
-  EXPECT_NE(mul_id, 0u);
-
-  // A new session knows no names yet.
-  machine.stop();
-  machine.start();
-  machine.intern_op(add, &first_use);
-  EXPECT_TRUE(first_use);
-}
-
-TEST_F(MachineTest, DestroyingARunningMachineStopsIt) {
-  auto machine = std::make_unique<Machine>("mock", MachineSpec{});
+TEST_F(MachineTest, DevicesHoldIndicesWhileRunning) {
+  auto machine = std::make_shared<Machine>("mock", spec_with_gpu("T4", 2));
+  EXPECT_THROW(machine->device_index(0), std::runtime_error);
   machine->start();
+  std::vector<c10::DeviceIndex> indices;
+  for (int slot = 0; slot < 3; ++slot) {
+    indices.push_back(machine->device_index(slot));
+    const DeviceRef entry = lookup_device(indices.back());
+    EXPECT_EQ(entry->machine, machine);
+    EXPECT_EQ(entry->slot, slot);
+    EXPECT_EQ(entry->remote_name, machine->devices()[slot]);
+  }
+  const DeviceRef first = lookup_device(indices[0]);
+  machine->stop();
+  EXPECT_TRUE(first->stopped);
+  EXPECT_TRUE(Contains(message_of<c10::Error>([&] { check_running(*first); }), "not running"));
+  for (c10::DeviceIndex index : indices) EXPECT_THROW(lookup_device(index), c10::Error);
+  // A restart takes new entries, never the stopped ones back.
+  machine->start();
+  const DeviceRef again = lookup_device(machine->device_index(0));
+  EXPECT_NE(again, first);
+  EXPECT_FALSE(again->stopped);
+  EXPECT_TRUE(first->stopped);
+  machine->stop();
+}
+
+TEST_F(MachineTest, StoppedMachinesGiveTheirIndicesBackLeastRecentFirst) {
+  std::vector<c10::DeviceIndex> seen;
+  for (int i = 0; i < 3 * kMaxDevices; ++i) {
+    auto machine = std::make_shared<Machine>("mock", MachineSpec{});
+    machine->start();
+    seen.push_back(machine->device_index(0));
+    machine->stop();
+  }
+  // Each index waits for every other before it comes back.
+  for (size_t i = kMaxDevices; i < seen.size(); ++i) EXPECT_EQ(seen[i], seen[i - kMaxDevices]);
+  EXPECT_TRUE(running_devices().empty());
+}
+
+TEST_F(MachineTest, TooManyDevicesIsAClearErrorThatLeavesNothingRunning) {
+  std::vector<std::shared_ptr<Machine>> machines;
+  for (int i = 0; i < kMaxDevices / 4; ++i) {
+    machines.push_back(std::make_shared<Machine>("mock", spec_with_gpu("H100", 3)));
+    machines.back()->start();
+  }
+  auto one_more = std::make_shared<Machine>("mock", MachineSpec{});
+  const std::string message = message_of<std::runtime_error>([&] { one_more->start(); });
+  EXPECT_TRUE(Contains(message, "the limit of 32"));
+  EXPECT_TRUE(Contains(message, "needs 1 and 0"));
+  EXPECT_FALSE(one_more->running());
+  machines.back()->stop();
+  one_more->start();  // room again
+  EXPECT_TRUE(one_more->running());
+  for (auto& machine : machines) machine->stop();
+}
+
+TEST_F(MachineTest, TheQueueForgetsASessionsNamesAndStorages) {
+  auto machine = std::make_shared<Machine>("mock", MachineSpec{});
+  machine->start();
+  machine->enqueue_upload(upload_of(contiguous_ref(1, {2})), float_bytes({1.0f, 2.0f}));
+  EXPECT_EQ(machine->tracked_storages(), 1u);
+  machine->free_storage(1);
+  EXPECT_EQ(machine->tracked_storages(), 0u);
+  machine->stop();
+  machine->start();
+  EXPECT_EQ(machine->interned_ops(), 0u);
+}
+
+TEST_F(MachineTest, ARunningMachineLivesUntilStoppedThenGoesWithItsLastReference) {
+  auto machine = std::make_shared<Machine>("mock", MachineSpec{});
+  std::weak_ptr<Machine> watch = machine;
+  machine->start();
+  const c10::DeviceIndex index = machine->device_index(0);
   machine->enqueue(seed_command(5));
   machine->free_storage(42);
-  EXPECT_NO_THROW(machine.reset());
+  // Its devices keep it: tensors on them may outlive the caller's reference.
+  machine.reset();
+  ASSERT_FALSE(watch.expired());
+  lookup_device(index)->machine->stop();
+  EXPECT_TRUE(watch.expired());
 }
 
 TEST(GpuTypesTest, UnknownGpuTypeListsTheValidOnes) {

@@ -6,20 +6,30 @@
 #include <cstring>
 #include <unordered_map>
 
+#include "core/allocator.h"
+#include "core/generator.h"
+#include "core/machine.h"
 #include "core/remote_tensor.h"
+#include "proto/schema_types.h"
+#include "proto/tensor_geometry.h"
 
 namespace mycelya {
 namespace {
 
-std::string device_name(c10::DeviceIndex index) {
-  return "mycelya:" + std::to_string(static_cast<int>(index));
+std::string device_name(const DeviceEntry& entry) {
+  return "mycelya:" + std::to_string(static_cast<int>(entry.index));
+}
+
+// "mycelya:1 (machine mock-12-3's cuda:0)"
+std::string describe_device(const DeviceEntry& entry) {
+  return device_name(entry) + " (machine " + entry.machine->id() + "'s " + entry.remote_name + ")";
 }
 
 void add_tensor(const at::Tensor& tensor, OpPlacement& placement, bool& saw_cpu_tensor,
                 std::string& cpu_device) {
   if (!tensor.defined()) return;
   if (tensor.is_privateuseone()) {
-    placement.add(tensor.device().index());
+    placement.add(device_entry(tensor));
   } else if (tensor.dim() != 0) {
     // Zero-dim CPU tensors are scalars and may travel with remote ones.
     saw_cpu_tensor = true;
@@ -29,26 +39,22 @@ void add_tensor(const at::Tensor& tensor, OpPlacement& placement, bool& saw_cpu_
 
 }  // namespace
 
-void check_same_machine(c10::DeviceIndex a, const DeviceEntry& a_entry, c10::DeviceIndex b,
-                        const DeviceEntry& b_entry) {
-  TORCH_CHECK(a_entry.machine == b_entry.machine,
-              "Cross-machine remote transfers are not supported: an op mixes ", device_name(a),
-              " (machine ", a_entry.machine->id(), ") and ", device_name(b), " (machine ",
-              b_entry.machine->id(), "). Copy through the CPU with .cpu() first.");
+void check_same_machine(const DeviceEntry& a, const DeviceEntry& b) {
+  TORCH_CHECK(a.machine == b.machine,
+              "Cross-machine remote transfers are not supported: an op mixes ", describe_device(a),
+              " and ", describe_device(b), ". Copy through the CPU with .cpu() first.");
 }
 
-void OpPlacement::add(c10::DeviceIndex index) {
-  if (device == index) return;
-  if (device < 0) {
-    device = index;
-    entry = lookup_device(index);
+void OpPlacement::add(const DeviceRef& device) {
+  if (entry == device) return;
+  if (!entry) {
+    entry = device;
     return;
   }
-  check_same_machine(device, entry, index, lookup_device(index));
+  check_same_machine(*entry, *device);
   TORCH_CHECK(false,
-              "Expected all tensors to be on the same device, but found at least two "
-              "devices, ",
-              device_name(device), " and ", device_name(index), "!");
+              "Expected all tensors to be on the same device, but found at least two devices, ",
+              device_name(*entry), " and ", device_name(*device), "!");
 }
 
 OpPlacement place_op(const c10::OperatorHandle& op, c10::ArrayRef<c10::IValue> args) {
@@ -63,31 +69,35 @@ OpPlacement place_op(const c10::OperatorHandle& op, c10::ArrayRef<c10::IValue> a
         if (item.isTensor()) add_tensor(item.toTensor(), placement, saw_cpu_tensor, cpu_device);
       }
     } else if (arg.isDevice() && arg.toDevice().is_privateuseone()) {
-      placement.add(arg.toDevice().index());
+      placement.add(lookup_device(arg.toDevice().index()));
     }
   }
-  TORCH_CHECK(placement.device >= 0, "mycelya: ", op_display_name(op),
+  TORCH_CHECK(placement.entry, "mycelya: ", op_display_name(op),
               " was dispatched to mycelya without a mycelya tensor or device.");
   TORCH_CHECK(!saw_cpu_tensor,
               "Expected all tensors to be on the same device, but found at least two devices, ",
-              device_name(placement.device), " and ", cpu_device, "! (in ", op_display_name(op),
+              device_name(*placement.entry), " and ", cpu_device, "! (in ", op_display_name(op),
               "; move the CPU tensor with .to(device) first)");
   return placement;
 }
 
-void encode_value(const c10::IValue& value, const OpPlacement& placement, wire::Value* out) {
-  if (value.isNone()) {
+void encode_value(const c10::IValue& value, const c10::TypePtr& type, const OpPlacement& placement,
+                  wire::Value* out) {
+  if (is_generator_type(type)) {
+    // Random ops draw from a generator of the op's device, never from a
+    // process-wide one: the device's default unless the caller passed one.
+    encode_generator(
+        value.isGenerator() ? std::optional<at::Generator>(value.toGenerator()) : std::nullopt,
+        *placement.entry, out->mutable_generator());
+  } else if (value.isNone()) {
     out->set_none(true);
   } else if (value.isTensor()) {
     const at::Tensor& tensor = value.toTensor();
     if (!tensor.defined()) {
       out->set_none(true);
     } else if (tensor.is_privateuseone()) {
-      // The op's own device is already looked up; only copies span two devices.
-      const c10::DeviceIndex device = tensor.device().index();
-      encode_tensor_ref(
-          tensor, device == placement.device ? placement.entry.slot : lookup_device(device).slot,
-          out->mutable_tensor());
+      describe_tensor(tensor, storage_id(tensor.storage()), device_entry(tensor)->slot,
+                      out->mutable_tensor());
     } else {
       auto contiguous = tensor.contiguous();
       auto* scalar = out->mutable_cpu_scalar();
@@ -125,18 +135,14 @@ void encode_value(const c10::IValue& value, const OpPlacement& placement, wire::
   } else if (value.isTensorList() || value.isList()) {
     auto* list = out->mutable_list();
     for (const c10::IValue& item : value.toListRef()) {
-      encode_value(item, placement, list->add_values());
+      // Items of Tensor[] and Tensor?[] lists: tensors, CPU scalars or None.
+      encode_value(item, c10::TensorType::get(), placement, list->add_values());
     }
   } else if (value.isDevice()) {
     const c10::Device device = value.toDevice();
     TORCH_CHECK(device.is_privateuseone(), "mycelya: device argument ", device,
                 " cannot be sent to a remote machine.");
-    out->set_device(lookup_device(device.index()).slot);
-  } else if (value.isGenerator()) {
-    TORCH_CHECK_NOT_IMPLEMENTED(
-        false,
-        "mycelya: explicit torch.Generator arguments are not supported; seed the remote "
-        "generator with torch.manual_seed instead.");
+    out->set_device(lookup_device(device.index())->slot);
   } else {
     TORCH_CHECK_NOT_IMPLEMENTED(false, "mycelya: cannot send an argument of type ", value.tagKind(),
                                 " to a remote machine.");
@@ -159,10 +165,13 @@ const std::string& op_display_name(const c10::OperatorHandle& op) {
 
 wire::OpRecord encode_op(const c10::OperatorHandle& op, c10::ArrayRef<c10::IValue> args,
                          const OpPlacement& placement) {
+  const auto& arguments = op.schema().arguments();
   wire::OpRecord record;
   auto* values = record.mutable_args();
   values->Reserve(static_cast<int>(args.size()));
-  for (const auto& arg : args) encode_value(arg, placement, values->Add());
+  for (size_t i = 0; i < args.size(); ++i) {
+    encode_value(args[i], arguments[i].type(), placement, values->Add());
+  }
   // The machine swaps the name for its interned id when the record is queued.
   record.set_op_name(op_display_name(op));
   return record;

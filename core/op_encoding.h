@@ -14,26 +14,27 @@ namespace mycelya {
 
 // The one mycelya device an op runs on.
 struct OpPlacement {
-  c10::DeviceIndex device = -1;
-  DeviceEntry entry;
+  DeviceRef entry;  // null until a mycelya tensor or device argument is seen
 
-  // Adds a tensor's or device argument's device. Throws c10::Error when
-  // devices of two machines meet ("Cross-machine remote transfers are not
-  // supported") or two devices of one machine meet.
-  void add(c10::DeviceIndex index);
+  c10::DeviceIndex device() const { return entry->index; }
+
+  // Adds a device the op touches. Throws c10::Error when devices of two
+  // machines meet ("Cross-machine remote transfers are not supported") or
+  // two devices of one machine meet.
+  void add(const DeviceRef& device);
 };
 
-// Throws c10::Error ("Cross-machine remote transfers are not supported")
-// unless both devices belong to one machine.
-void check_same_machine(c10::DeviceIndex a, const DeviceEntry& a_entry, c10::DeviceIndex b,
-                        const DeviceEntry& b_entry);
+// Throws c10::Error ("Cross-machine remote transfers are not supported ...",
+// naming both devices and their machines) unless both are one machine's.
+void check_same_machine(const DeviceEntry& a, const DeviceEntry& b);
 
 // Finds the placement of a call from its arguments; also refuses CPU tensors
 // that are not zero-dimensional scalars, as PyTorch does for cuda.
 OpPlacement place_op(const c10::OperatorHandle& op, c10::ArrayRef<c10::IValue> args);
 
-// Encodes one argument.
-void encode_value(const c10::IValue& value, const OpPlacement& placement, wire::Value* out);
+// Encodes one argument of schema type `type`.
+void encode_value(const c10::IValue& value, const c10::TypePtr& type, const OpPlacement& placement,
+                  wire::Value* out);
 
 // A record for `op` on `placement`'s machine: its name (the machine interns it
 // when the record is queued) and the encoded arguments.

@@ -16,7 +16,7 @@ namespace mycelya {
 
 // Bumped whenever this header changes incompatibly; the loader refuses a plugin
 // built against another version.
-constexpr int kProviderAbiVersion = 4;
+constexpr int kProviderAbiVersion = 5;
 
 // What the user asked for in RemoteMachine(provider, gpu_type, ...).
 struct MachineSpec {
@@ -72,11 +72,6 @@ class Session {
   }
 
   virtual void stop() = 0;
-
-  // Whether the machine's random generators are this process's own (an
-  // in-process executor): their state cannot be saved and restored apart
-  // from the process's, with queued ops drawing from them concurrently.
-  virtual bool shares_process_generators() const { return false; }
 };
 
 class Provider {

@@ -16,6 +16,7 @@
 
 #include "core/allocator.h"
 #include "core/remote_tensor.h"
+#include "proto/tensor_geometry.h"
 
 namespace mycelya {
 namespace {
@@ -131,6 +132,7 @@ at::Tensor& set_tensor(at::Tensor& self, const at::Tensor& source) {
 }
 
 at::Tensor& set_empty(at::Tensor& self) {
+  device_entry(self);  // a tensor of a stopped machine takes no storage of its index's new owner
   c10::DeviceGuard guard(self.device());
   c10::Storage empty(c10::Storage::use_byte_size_t(), 0, remote_allocator(), /*resizable=*/true);
   return set_storage_offset(self, std::move(empty), 0, {0}, {});

@@ -2,13 +2,15 @@
 //
 // mycelya_torch._C: the thin pybind11 layer over core. Everything that blocks
 // on the network releases the GIL.
-#include <ATen/CPUGeneratorImpl.h>
+#include <c10/core/impl/DeviceGuardImplInterface.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
+#include <torch/csrc/Generator.h>
 #include <torch/csrc/utils/pybind.h>
 
 #include "core/allocator.h"
 #include "core/device_table.h"
+#include "core/generator.h"
 #include "core/gpu_types.h"
 #include "core/logging.h"
 #include "core/machine.h"
@@ -29,29 +31,23 @@ std::shared_ptr<Machine> make_machine(const std::string& provider, const std::st
   return std::make_shared<Machine>(provider, std::move(spec));
 }
 
-void seed_all(uint64_t seed) {
-  for (const auto& machine : all_registered_machines()) {
-    if (!machine->running()) continue;
-    if (machine->shares_process_generators()) {
-      // mock: its ops draw from this process's CPU generator. A queued Seed
-      // would reseed it again later, repeating CPU draws made in between:
-      // let queued ops finish, then seed it here.
-      machine->synchronize();
-      at::Generator generator = at::detail::getDefaultCPUGenerator();
-      std::lock_guard<std::mutex> lock(generator.mutex());
-      generator.set_current_seed(seed);
-      continue;
-    }
-    wire::Command command;
-    command.mutable_seed()->set_seed(seed);
-    machine->enqueue(std::move(command));
-  }
+const c10::impl::DeviceGuardImplInterface& guard() {
+  return *c10::impl::getDeviceGuardImpl(c10::DeviceType::PrivateUse1);
 }
 
-// What the machine cannot do, as Python's NotImplementedError.
-py::error_already_set not_implemented(const std::logic_error& e) {
-  PyErr_SetString(PyExc_NotImplementedError, e.what());
-  return py::error_already_set();
+c10::Device device(int index) {
+  return c10::Device(c10::DeviceType::PrivateUse1, static_cast<c10::DeviceIndex>(index));
+}
+
+// Refuses an index that names no device of a running machine (ValueError).
+int running_index(int index) {
+  if (index < 0 || index >= kMaxDevices) {
+    throw std::invalid_argument("mycelya:" + std::to_string(index) +
+                                " does not exist: mycelya devices are numbered 0 to " +
+                                std::to_string(kMaxDevices - 1) + ".");
+  }
+  lookup_device(static_cast<c10::DeviceIndex>(index));
+  return index;
 }
 
 }  // namespace
@@ -72,15 +68,17 @@ PYBIND11_MODULE(_C, m) {
       .def_property_readonly("devices", &Machine::devices)
       .def(
           "device_index",
-          [](const std::shared_ptr<Machine>& machine, const std::string& type, int index) {
-            return static_cast<int>(register_device(machine, machine->slot_of(type, index)));
+          [](const Machine& machine, const std::string& type, int index) {
+            return static_cast<int>(machine.device_index(machine.slot_of(type, index)));
           },
           py::arg("type"), py::arg("index"))
       .def("synchronize", &Machine::synchronize, py::call_guard<py::gil_scoped_release>())
       .def_property_readonly("batches_sent", &Machine::batches_sent)
       .def_property_readonly("round_trips", &Machine::round_trips)
       .def_property_readonly("early_reads", &Machine::early_reads)
-      .def_property_readonly("bytes_uploaded", &Machine::bytes_uploaded);
+      .def_property_readonly("bytes_uploaded", &Machine::bytes_uploaded)
+      .def_property_readonly("tracked_storages", &Machine::tracked_storages)
+      .def_property_readonly("interned_ops", &Machine::interned_ops);
 
   m.def("add_plugin_dir", &add_plugin_dir);
   m.def("available_providers", &available_providers);
@@ -88,39 +86,46 @@ PYBIND11_MODULE(_C, m) {
   m.def("validate_gpu_type", &validate_gpu_type);
   m.def("set_log_level", &set_log_level);
   m.def("log_level", &log_level);
-  m.def("registered_device_count", &registered_device_count);
-  m.def("seed_all", &seed_all, py::call_guard<py::gil_scoped_release>());
+
+  // The device table and the current device (core/device_table.h, core/guard.cpp).
+  m.def("max_devices", [] { return static_cast<int>(kMaxDevices); });
+  m.def("running_device_indices", [] {
+    std::vector<int> indices;
+    for (const DeviceRef& entry : running_devices()) indices.push_back(entry->index);
+    return indices;
+  });
   m.def(
       "machine_of",
-      [](int device_index) {
-        return lookup_device(static_cast<c10::DeviceIndex>(device_index)).machine;
+      [](int index) {
+        return lookup_device(static_cast<c10::DeviceIndex>(running_index(index)))->machine;
       },
-      py::arg("device_index"));
+      py::arg("index"));
+  m.def("current_device", [] { return static_cast<int>(guard().getDevice().index()); });
   m.def(
-      "get_rng_state",
-      [](int device_index) {
-        DeviceEntry entry = lookup_device(static_cast<c10::DeviceIndex>(device_index));
-        std::string state;
-        try {
-          py::gil_scoped_release release;
-          state = entry.machine->rng_state(entry.slot);
-        } catch (const std::logic_error& e) {
-          throw not_implemented(e);
-        }
-        return py::bytes(state);
-      },
-      py::arg("device_index"));
+      "set_device", [](int index) { guard().setDevice(device(running_index(index))); },
+      py::arg("index"));
+  // Makes `index` current and returns the previous one, for device(...) blocks.
   m.def(
-      "set_rng_state",
-      [](int device_index, const std::string& state) {
-        DeviceEntry entry = lookup_device(static_cast<c10::DeviceIndex>(device_index));
-        try {
-          entry.machine->set_rng_state(entry.slot, state);
-        } catch (const std::logic_error& e) {
-          throw not_implemented(e);
-        }
+      "exchange_device",
+      [](int index) {
+        return static_cast<int>(guard().exchangeDevice(device(running_index(index))).index());
       },
-      py::arg("device_index"), py::arg("state"));
+      py::arg("index"));
+  // Restores a device a block left, which may have stopped inside it.
+  m.def(
+      "restore_device", [](int index) { guard().uncheckedSetDevice(device(index)); },
+      py::arg("index"));
+
+  // Random generators (core/generator.h).
+  m.def("manual_seed_all", &seed_all, py::arg("seed"), py::call_guard<py::gil_scoped_release>());
+  m.def(
+      "default_generator",
+      [](int index) {
+        return py::reinterpret_steal<py::object>(THPGenerator_initDefaultGenerator(
+            default_generator(static_cast<c10::DeviceIndex>(running_index(index)))));
+      },
+      py::arg("index"));
+
   m.def(
       "storage_id",
       [](const at::Tensor& tensor) {

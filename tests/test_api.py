@@ -25,12 +25,32 @@ def test_unknown_gpu_type_lists_the_valid_ones_before_starting():
 
 
 @pytest.mark.parametrize(
-    "kwargs",
-    [{"gpu_count": 0}, {"gpu_count": "2"}, {"idle_timeout": -1}, {"packages": [3]}],
+    "gpu_type, kwargs, names",
+    [
+        ("T4", {"gpu_count": 0}, "gpu_count"),
+        ("T4", {"gpu_count": "2"}, "gpu_count"),
+        (None, {"gpu_count": 4}, "gpu_count=4 needs a gpu_type"),
+        ("T4", {"idle_timeout": -1}, "idle_timeout"),
+        ("T4", {"idle_timeout": float("nan")}, "idle_timeout"),
+        ("T4", {"idle_timeout": float("inf")}, "idle_timeout"),
+        ("T4", {"idle_timeout": True}, "idle_timeout"),
+        ("T4", {"packages": [3]}, "packages"),
+        ("T4", {"packages": "torch"}, "packages must be a list"),
+        ("T4", {"packages": [""]}, "packages"),
+        ("T4", {"packages": {"torch": 1}}, "packages"),
+        (3, {}, "gpu_type"),
+    ],
 )
-def test_bad_arguments_are_value_errors(kwargs):
-    with pytest.raises(ValueError):
-        mycelya_torch.RemoteMachine("mock", "T4", **kwargs)
+def test_bad_arguments_are_value_errors_that_name_them(gpu_type, kwargs, names):
+    before = len(mycelya_torch.get_all_machines())
+    with pytest.raises(ValueError, match=names):
+        mycelya_torch.RemoteMachine("mock", gpu_type, **kwargs)
+    assert len(mycelya_torch.get_all_machines()) == before
+
+
+def test_packages_may_be_a_tuple():
+    machine = mycelya_torch.RemoteMachine("mock", packages=("numpy",), start=False)
+    assert machine.packages == ["numpy"]
 
 
 def test_gpu_types_constant_matches_the_seed_list():
@@ -75,15 +95,17 @@ def test_device_is_stable_and_torch_sees_the_backend(machine, device):
 def test_machine_lifecycle_and_registry():
     m = mycelya_torch.RemoteMachine("mock", start=False)
     assert not m.running
-    assert m in mycelya_torch.get_all_machines()
+    assert m not in mycelya_torch.get_all_machines()
     assert m.machine_id.startswith("mock-")
     with pytest.raises(RuntimeError, match="not running"):
         m.device()
     m.start()
+    assert m in mycelya_torch.get_all_machines()
     x = torch.arange(4.0, device=m.device())
     assert x.sum().item() == 6.0
     m.stop()
     assert not m.running
+    assert m not in mycelya_torch.get_all_machines()
     with pytest.raises(RuntimeError, match="not running"):
         (x + 1).cpu()
 
@@ -109,17 +131,6 @@ def test_logging_controls():
             mycelya_torch.set_logging_level("loud")
     finally:
         mycelya_torch.set_logging_level(old)
-
-
-def test_manual_seed_makes_remote_random_ops_reproducible(device):
-    torch.mycelya.manual_seed(7)
-    a = torch.randn(16, device=device).cpu()
-    torch.mycelya.manual_seed(7)
-    b = torch.randn(16, device=device).cpu()
-    torch.manual_seed(8)
-    c = torch.randn(16, device=device).cpu()
-    torch.testing.assert_close(a, b)
-    assert not torch.equal(a, c)
 
 
 def test_synchronize_waits_and_counts_batches(machine, device):

@@ -10,8 +10,10 @@ import os
 
 import torch
 
-from . import _C  # registers the "mycelya" PrivateUse1 backend (C++)
-from ._device_module import register_device_module
+from . import (
+    _C,  # registers the "mycelya" PrivateUse1 backend (C++)
+    device_module,
+)
 from ._logging import (
     disable_logging,
     enable_debug_logging,
@@ -27,7 +29,8 @@ _C.add_plugin_dir(os.path.dirname(os.path.abspath(__file__)))
 torch.utils.generate_methods_for_privateuse1_backend(
     for_tensor=True, for_module=True, for_packed_sequence=True, for_storage=True
 )
-register_device_module()
+# torch.mycelya, as torch.cuda is for CUDA.
+torch._register_device_module("mycelya", device_module)
 
 GPU_TYPES = tuple(_C.supported_gpu_types())
 

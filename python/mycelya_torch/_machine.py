@@ -2,6 +2,7 @@
 """RemoteMachine: one machine of a provider, and the devices it offers."""
 
 import atexit
+import math
 import threading
 
 import torch
@@ -9,8 +10,40 @@ import torch
 from . import _C
 from ._logging import logger
 
-_machines = []
-_machines_lock = threading.Lock()
+# Machines started and not stopped since, by machine id, in start order.
+_running = {}
+_running_lock = threading.Lock()
+
+
+def _check_arguments(provider, gpu_type, gpu_count, packages, idle_timeout):
+    """Raises ValueError naming the first bad argument; returns packages as a list."""
+    if not isinstance(provider, str) or not provider:
+        raise ValueError(f"provider must be a provider name such as 'mock', got {provider!r}.")
+    if gpu_type is not None and not isinstance(gpu_type, str):
+        raise ValueError(f"gpu_type must be a string or None, got {gpu_type!r}.")
+    if isinstance(gpu_count, bool) or not isinstance(gpu_count, int) or gpu_count < 1:
+        raise ValueError(f"gpu_count must be a positive integer, got {gpu_count!r}.")
+    if gpu_count != 1 and gpu_type is None:
+        raise ValueError(
+            f"gpu_count={gpu_count} needs a gpu_type (one of {', '.join(_C.supported_gpu_types())}): "
+            "a machine without a gpu_type has no GPUs."
+        )
+    if idle_timeout is not None and (
+        isinstance(idle_timeout, bool)
+        or not isinstance(idle_timeout, (int, float))
+        or not math.isfinite(idle_timeout)
+        or idle_timeout <= 0
+    ):
+        raise ValueError(f"idle_timeout must be a positive, finite number of seconds, got {idle_timeout!r}.")
+    if packages is None:
+        return []
+    if isinstance(packages, (str, bytes)) or not isinstance(packages, (list, tuple)):
+        raise ValueError(
+            f"packages must be a list of pip requirement strings such as ['transformers'], got {packages!r}."
+        )
+    if not all(isinstance(p, str) and p for p in packages):
+        raise ValueError(f"packages must be a list of non-empty pip requirement strings, got {packages!r}.")
+    return list(packages)
 
 
 class RemoteMachine:
@@ -20,10 +53,12 @@ class RemoteMachine:
         provider: "mock" (in-process, CPU), or another installed provider
             (see ``mycelya_torch.available_providers()``).
         gpu_type: one of ``mycelya_torch.GPU_TYPES``, or None for a CPU-only machine.
-        gpu_count: GPUs on the machine.
+        gpu_count: GPUs on the machine (needs a gpu_type unless it is 1).
         packages: pip packages the machine should have (providers that build images).
         idle_timeout: seconds of inactivity after which the provider may pause it.
         start: start the machine now (default) or leave it to ``start()``.
+
+    Each bad argument raises ValueError naming it, before anything starts.
     """
 
     def __init__(
@@ -36,19 +71,7 @@ class RemoteMachine:
         idle_timeout=None,
         start=True,
     ):
-        if not isinstance(provider, str) or not provider:
-            raise ValueError(f"provider must be a provider name such as 'mock', got {provider!r}.")
-        if gpu_type is not None and not isinstance(gpu_type, str):
-            raise ValueError(f"gpu_type must be a string or None, got {gpu_type!r}.")
-        if isinstance(gpu_count, bool) or not isinstance(gpu_count, int) or gpu_count < 1:
-            raise ValueError(f"gpu_count must be a positive integer, got {gpu_count!r}.")
-        if idle_timeout is not None and (
-            isinstance(idle_timeout, bool) or not isinstance(idle_timeout, (int, float)) or idle_timeout <= 0
-        ):
-            raise ValueError(f"idle_timeout must be a positive number of seconds, got {idle_timeout!r}.")
-        packages = list(packages or [])
-        if not all(isinstance(p, str) for p in packages):
-            raise ValueError("packages must be a list of pip requirement strings.")
+        packages = _check_arguments(provider, gpu_type, gpu_count, packages, idle_timeout)
         # Validated before anything starts; unknown providers list what exists.
         _C.validate_gpu_type(gpu_type or "")
         self._machine = _C.Machine(provider, gpu_type or "", gpu_count, packages, float(idle_timeout or 0))
@@ -57,8 +80,6 @@ class RemoteMachine:
         self.gpu_count = gpu_count
         self.packages = packages
         self.idle_timeout = idle_timeout
-        with _machines_lock:
-            _machines.append(self)
         if start:
             self.start()
 
@@ -71,14 +92,22 @@ class RemoteMachine:
         return self._machine.running
 
     def start(self):
-        """Starts the machine (no-op if it is running)."""
+        """Starts the machine (no-op if it is running). Its devices get
+        indices "mycelya:k" until it stops."""
         self._machine.start()
+        with _running_lock:
+            _running[self.machine_id] = self
         logger.info("machine %s started with devices %s", self.machine_id, self._machine.devices)
         return self
 
     def stop(self):
-        """Stops the machine; its tensors can no longer be used."""
-        self._machine.stop()
+        """Stops the machine. Its tensors can no longer be used (they raise
+        "not running"), and its device indices go to machines started later."""
+        try:
+            self._machine.stop()
+        finally:
+            with _running_lock:
+                _running.pop(self.machine_id, None)
 
     def devices(self):
         """The remote devices this machine offers, e.g. ['cuda:0', 'cpu']."""
@@ -140,19 +169,14 @@ class RemoteMachine:
 
 
 def get_all_machines():
-    """Every RemoteMachine created in this process, in creation order."""
-    with _machines_lock:
-        return list(_machines)
+    """The machines started and not stopped since, in start order.
 
-
-def machine_for_device(device):
-    """The RemoteMachine behind a mycelya torch.device."""
-    device = torch.device(device)
-    core_machine = _C.machine_of(device.index if device.index is not None else 0)
-    for machine in get_all_machines():
-        if machine._machine is core_machine:
-            return machine
-    raise ValueError(f"{device} belongs to no RemoteMachine of this process.")
+    A machine whose server was lost stays listed until you stop it, since it
+    still holds its device indices (and, on a cloud provider, may still be
+    billing); a machine created with ``start=False`` appears once started.
+    """
+    with _running_lock:
+        return list(_running.values())
 
 
 @atexit.register

@@ -1,0 +1,175 @@
+# SPDX-License-Identifier: AGPL-3.0-or-later
+"""torch.mycelya: the device module of the "mycelya" backend.
+
+PyTorch looks this module up as ``torch.mycelya`` (as it does ``torch.cuda``
+for CUDA). A device "mycelya:k" is one device of a running
+:class:`mycelya_torch.RemoteMachine`; ``machine.device()`` gives it. Indices
+are handed out when a machine starts and given back when it stops.
+
+The current device lives in one place, the backend's C++ device guard, which
+``current_device()``, ``set_device()``, ``device(...)``,
+``torch.accelerator`` and PyTorch's own device guards all read and write.
+Like CUDA's, it is per thread.
+
+Random numbers are drawn on the machines. Every entry point here reaches a
+machine through the same generator objects: ``manual_seed_all`` (which
+``torch.manual_seed`` calls) seeds every running device and devices of
+machines started later; ``manual_seed``, ``get_rng_state`` and
+``set_rng_state`` act on one device's default generator, which
+``default_generator(device)`` returns, and ``torch.Generator(device=...)``
+makes further generators on a device's machine.
+"""
+
+import torch
+
+from . import _C
+
+__all__ = [
+    "current_device",
+    "default_generator",
+    "device",
+    "device_count",
+    "get_amp_supported_dtype",
+    "get_rng_state",
+    "initial_seed",
+    "is_available",
+    "manual_seed",
+    "manual_seed_all",
+    "seed",
+    "set_device",
+    "set_rng_state",
+    "synchronize",
+]
+
+
+def is_available():
+    """Always True: mycelya devices exist whenever a machine runs."""
+    return True
+
+
+def device_count():
+    """The number of devices of running machines.
+
+    Their indices need not be 0..n-1: a stopped machine's indices go back to
+    a pool. ``machine.device()`` is the way to a machine's device.
+    """
+    return len(_C.running_device_indices())
+
+
+def _index_of(device):
+    """The index ``device`` names (an int, "mycelya:1", a torch.device); None for a bare "mycelya"."""
+    if isinstance(device, bool):
+        raise ValueError(f"expected a mycelya device or index, got {device!r}")
+    if isinstance(device, int):
+        return device
+    device = torch.device(device)
+    if device.type != "mycelya":
+        raise ValueError(f"expected a mycelya device, got {device}")
+    return device.index
+
+
+def _device_index(device):
+    """The index ``device`` names, the current device for None or a bare "mycelya"."""
+    index = None if device is None else _index_of(device)
+    return current_device() if index is None else index
+
+
+def current_device():
+    """The index of the current mycelya device of this thread."""
+    return _C.current_device()
+
+
+def set_device(device):
+    """Makes ``device`` (an index, "mycelya:k" or a torch.device) current for
+    this thread. Raises ValueError for one that names no running machine."""
+    index = _index_of(device)
+    if index is not None:
+        _C.set_device(index)
+
+
+class device:
+    """Context manager that makes ``device`` the current mycelya device, as
+    ``torch.cuda.device`` does; ``torch.load(map_location=...)`` enters it.
+    ``None`` or a bare "mycelya" leaves the current device as it is."""
+
+    def __init__(self, device):
+        self._index = None if device is None else _index_of(device)
+        self._previous = None
+
+    def __enter__(self):
+        if self._index is not None:
+            self._previous = _C.exchange_device(self._index)
+        return self
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            _C.restore_device(self._previous)
+        return False
+
+
+def default_generator(device=None):
+    """The default random generator (a ``torch.Generator``) of ``device``,
+    the current device by default: its state lives on the machine."""
+    return _C.default_generator(_device_index(device))
+
+
+def manual_seed(seed):
+    """Seeds the current device's default generator (queued, no round trip).
+    The machine's other devices keep their streams, as with torch.cuda."""
+    default_generator().manual_seed(int(seed))
+
+
+def manual_seed_all(seed):
+    """Seeds every device of every running machine, and of machines started
+    later, as ``torch.manual_seed`` does (queued, no round trip)."""
+    _C.manual_seed_all(int(seed) & 0xFFFF_FFFF_FFFF_FFFF)
+
+
+def seed():
+    """Seeds the current device's default generator with a random number."""
+    default_generator().seed()
+
+
+def initial_seed():
+    """The seed of the current device's default generator."""
+    return default_generator().initial_seed()
+
+
+def get_rng_state(device="mycelya"):
+    """The state of ``device``'s default generator, read from its machine (a
+    sync point), as the CPU uint8 tensor ``torch.cuda.get_rng_state`` returns."""
+    return default_generator(device).get_state()
+
+
+def set_rng_state(new_state, device="mycelya"):
+    """Restores a state ``get_rng_state`` returned (queued, like an op)."""
+    if not isinstance(new_state, torch.Tensor) or new_state.dtype != torch.uint8:
+        raise ValueError("set_rng_state expects the uint8 tensor get_rng_state returned")
+    default_generator(device).set_state(new_state.cpu().contiguous())
+
+
+def synchronize(device=None):
+    """Waits for every queued op of the machine behind ``device`` (default:
+    every running machine) and raises errors of earlier ops."""
+    if device is not None:
+        _C.machine_of(_device_index(device)).synchronize()
+        return
+    seen = set()
+    for index in _C.running_device_indices():
+        machine = _C.machine_of(index)
+        if machine.machine_id not in seen:
+            seen.add(machine.machine_id)
+            machine.synchronize()
+
+
+def get_amp_supported_dtype():
+    """Dtypes torch.autocast may use on mycelya (checkpointing asks)."""
+    return [torch.float16, torch.bfloat16]
+
+
+def _is_in_bad_fork():
+    return False
+
+
+# Read by torch.utils.checkpoint: only an initialized backend's RNG state is preserved.
+_initialized = True
