@@ -19,8 +19,8 @@ namespace mycelya {
 // Appends `command` to `batch` as one entry of Batch.commands: the field's
 // tag, the length, the command's bytes.
 inline void append_framed_command(const wire::Command& command, std::string* batch) {
-  using google::protobuf::io::CodedOutputStream;
   using google::protobuf::internal::WireFormatLite;
+  using google::protobuf::io::CodedOutputStream;
   const size_t size = command.ByteSizeLong();
   uint8_t header[1 + 10];
   uint8_t* end = CodedOutputStream::WriteTagToArray(

@@ -35,8 +35,7 @@ c10::ScalarType ref_dtype(int32_t dtype);
 
 // Describes `tensor` as a view of storage `storage_id` on the machine's
 // device slot `slot`, lazy conjugate and negative bits included.
-void describe_tensor(const at::Tensor& tensor, uint64_t storage_id, int slot,
-                     wire::TensorRef* ref);
+void describe_tensor(const at::Tensor& tensor, uint64_t storage_id, int slot, wire::TensorRef* ref);
 
 // A contiguous tensor that fills its whole storage (tests and benchmarks
 // speak the wire protocol with these).

@@ -19,9 +19,17 @@ TEST(RequiredStorageBytes, FollowsPyTorchsRule) {
     int64_t offset;
   };
   const std::vector<Case> cases = {
-      {{}, {}, 0},           {{}, {}, 5},          {{4}, {1}, 0},        {{4}, {3}, 2},
-      {{2, 3}, {3, 1}, 0},   {{2, 3}, {1, 2}, 7},  {{3, 1}, {1, 100}, 0}, {{5, 4}, {0, 1}, 1},
-      {{0}, {1}, 0},         {{0, 3}, {3, 1}, 9},  {{2, 0, 2}, {5, 1, 1}, 4},
+      {{}, {}, 0},
+      {{}, {}, 5},
+      {{4}, {1}, 0},
+      {{4}, {3}, 2},
+      {{2, 3}, {3, 1}, 0},
+      {{2, 3}, {1, 2}, 7},
+      {{3, 1}, {1, 100}, 0},
+      {{5, 4}, {0, 1}, 1},
+      {{0}, {1}, 0},
+      {{0, 3}, {3, 1}, 9},
+      {{2, 0, 2}, {5, 1, 1}, 4},
   };
   for (const Case& c : cases) {
     for (size_t itemsize : {1, 2, 4, 8}) {
@@ -70,8 +78,7 @@ TEST(DescribeTensor, CarriesTheWholeView) {
   EXPECT_EQ(ref.storage_id(), 42u);
   EXPECT_EQ(ref.storage_nbytes(), base.nbytes());
   EXPECT_EQ(std::vector<int64_t>(ref.sizes().begin(), ref.sizes().end()), view.sizes().vec());
-  EXPECT_EQ(std::vector<int64_t>(ref.strides().begin(), ref.strides().end()),
-            view.strides().vec());
+  EXPECT_EQ(std::vector<int64_t>(ref.strides().begin(), ref.strides().end()), view.strides().vec());
   EXPECT_EQ(ref.storage_offset(), view.storage_offset());
   EXPECT_EQ(ref.dtype(), static_cast<int32_t>(at::kDouble));
   EXPECT_EQ(ref.device(), 3);

@@ -63,8 +63,7 @@ std::optional<uint64_t> parse_count(const std::string& text) {
   return value;
 }
 
-std::string read_token(const Flags& flags,
-                       const std::function<const char*(const char*)>& getenv) {
+std::string read_token(const Flags& flags, const std::function<const char*(const char*)>& getenv) {
   if (flags.token_file && flags.token_env) {
     throw FlagError("give one of --token-file and --token-env, not both");
   }

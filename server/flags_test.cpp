@@ -50,9 +50,8 @@ TEST(Flags, DefaultsServeLoopbackWithoutAToken) {
 }
 
 TEST(Flags, BothSpellingsOfAValue) {
-  const ServerConfig config = configure_args(
-      {"--listen=unix:/tmp/s", "--memory-limit", "4096", "--max-message-bytes=8388608",
-       "--exit-with-parent"});
+  const ServerConfig config = configure_args({"--listen=unix:/tmp/s", "--memory-limit", "4096",
+                                              "--max-message-bytes=8388608", "--exit-with-parent"});
   EXPECT_EQ(config.listen, "unix:/tmp/s");
   EXPECT_EQ(config.executor.memory_limit_bytes, 4096u);
   EXPECT_EQ(config.max_message_bytes, 8 << 20);
@@ -67,7 +66,8 @@ TEST(Flags, TheTokenComesFromOnePlace) {
   const std::string file = ::testing::TempDir() + "/token";
   std::ofstream(file) << "  from-file\n";
   EXPECT_EQ(configure_args({"--token-file", file}, env).token, "from-file");
-  EXPECT_TRUE(Contains(flag_error({"--token-file", file, "--token-env", "OTHER"}, env), "not both"));
+  EXPECT_TRUE(
+      Contains(flag_error({"--token-file", file, "--token-env", "OTHER"}, env), "not both"));
   EXPECT_TRUE(Contains(flag_error({"--token-env", "UNSET"}, env), "UNSET is not set"));
   EXPECT_TRUE(Contains(flag_error({"--token-file", file + ".missing"}), "cannot read"));
   std::ofstream(file + ".empty") << " \n";
