@@ -75,7 +75,7 @@ void GrpcSession::reader_loop() {
   std::string error;
   while (stream_->Read(&message)) {
     if (message.has_batch_done()) {
-      std::lock_guard<std::mutex> lock(mu_);
+      std::lock_guard<std::mutex> lock(state_mu_);
       --batches_in_flight_;
       cv_.notify_all();
       continue;
@@ -89,7 +89,7 @@ void GrpcSession::reader_loop() {
     std::string payload;
     {
       // The requester's buffer: its memory is reused, not freshly faulted in.
-      std::lock_guard<std::mutex> lock(mu_);
+      std::lock_guard<std::mutex> lock(state_mu_);
       payload.swap(receive_buffer_);
     }
     payload.clear();
@@ -98,72 +98,72 @@ void GrpcSession::reader_loop() {
       complete = append_payload_chunk(message.mutable_chunk(), &payload);
     }
     if (!complete) break;
-    std::lock_guard<std::mutex> lock(mu_);
+    std::lock_guard<std::mutex> lock(state_mu_);
     response_ = std::move(response);
     response_payload_ = std::move(payload);
     cv_.notify_all();
   }
   if (error.empty()) error = describe(stream_->Finish());
-  std::lock_guard<std::mutex> lock(mu_);
+  std::lock_guard<std::mutex> lock(state_mu_);
   lost_ = error;
   reader_done_ = true;
   cv_.notify_all();
 }
 
 void GrpcSession::throw_lost() {
-  std::lock_guard<std::mutex> lock(mu_);
-  throw_lost_locked();
+  std::lock_guard<std::mutex> lock(state_mu_);
+  throw_lost_state_locked();
 }
 
-void GrpcSession::throw_lost_locked() {
+void GrpcSession::throw_lost_state_locked() {
   throw std::runtime_error(lost_.empty() ? "the connection to the server broke" : lost_);
 }
 
-void GrpcSession::write_locked(const wire::ClientMessage& message) {
+void GrpcSession::send_write_locked(const wire::ClientMessage& message) {
   if (writes_done_ || !stream_->Write(message)) throw_lost();
 }
 
-void GrpcSession::write_payload_locked(const std::string& payload) {
+void GrpcSession::send_payload_write_locked(const std::string& payload) {
   write_payload_chunks<wire::ClientMessage>(payload.data(), payload.size(),
                                             [this](const wire::ClientMessage& message) {
-                                              write_locked(message);
+                                              send_write_locked(message);
                                               return true;
                                             });
 }
 
 void GrpcSession::wait_for_free_slot() {
-  std::unique_lock<std::mutex> lock(mu_);
+  std::unique_lock<std::mutex> lock(state_mu_);
   cv_.wait(lock, [this] { return batches_in_flight_ < kMaxBatchesInFlight || reader_done_; });
 }
 
 void GrpcSession::submit(EncodedBatch& batch) {
   wait_for_free_slot();
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    std::lock_guard<std::mutex> lock(state_mu_);
     ++batches_in_flight_;
   }
   std::lock_guard<std::mutex> lock(write_mu_);
   wire::ClientMessage message;
   message.set_batch(std::move(batch.batch));
   message.set_payload_count(static_cast<uint32_t>(batch.payloads.size()));
-  write_locked(message);
-  for (const auto& payload : batch.payloads) write_payload_locked(payload);
+  send_write_locked(message);
+  for (const auto& payload : batch.payloads) send_payload_write_locked(payload);
 }
 
 std::string GrpcSession::request(const std::string& request, std::string* payload) {
   if (payload) {
-    std::lock_guard<std::mutex> lock(mu_);
+    std::lock_guard<std::mutex> lock(state_mu_);
     receive_buffer_.swap(*payload);
   }
   {
     std::lock_guard<std::mutex> lock(write_mu_);
     wire::ClientMessage message;
     message.set_request(request);
-    write_locked(message);
+    send_write_locked(message);
   }
-  std::unique_lock<std::mutex> lock(mu_);
+  std::unique_lock<std::mutex> lock(state_mu_);
   cv_.wait(lock, [this] { return response_.has_value() || reader_done_; });
-  if (!response_) throw_lost_locked();
+  if (!response_) throw_lost_state_locked();
   std::string response = std::move(*response_);
   response_.reset();
   if (payload) *payload = std::move(response_payload_);
@@ -188,21 +188,21 @@ bool GrpcSession::read_after(const std::string& request, uint64_t after_command,
       GrpcSession* session;
       grpc::ClientContext* context;
       ~Listed() {
-        std::lock_guard<std::mutex> lock(session->mu_);
+        std::lock_guard<std::mutex> lock(session->state_mu_);
         auto& reads = session->reads_;
         reads.erase(std::find(reads.begin(), reads.end(), context));
         session->cv_.notify_all();  // stop() waits for the last one
       }
     };
     {
-      std::lock_guard<std::mutex> lock(mu_);
-      if (reader_done_ || stopped_) throw_lost_locked();
+      std::lock_guard<std::mutex> lock(state_mu_);
+      if (reader_done_ || stopped_) throw_lost_state_locked();
       reads_.push_back(&context);
     }
     Listed listed{this, &context};
     status = stub_->Read(&context, read, &answer);
   }
-  std::unique_lock<std::mutex> lock(mu_);
+  std::unique_lock<std::mutex> lock(state_mu_);
   if (status.ok()) {
     response->swap(*answer.mutable_response());
     if (payload) payload->swap(*answer.mutable_payload());
@@ -213,7 +213,7 @@ bool GrpcSession::read_after(const std::string& request, uint64_t after_command,
   if (status.error_code() == grpc::StatusCode::FAILED_PRECONDITION) return false;
   // A failed Read usually means the session failed too; its stream says why.
   cv_.wait_for(lock, std::chrono::seconds(2), [this] { return reader_done_; });
-  if (reader_done_ || stopped_) throw_lost_locked();
+  if (reader_done_ || stopped_) throw_lost_state_locked();
   // The stream lives on: read in order from now on rather than lose the machine.
   return false;
 }
@@ -225,14 +225,14 @@ void GrpcSession::stop() {
     writes_done_ = true;
   }
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    std::lock_guard<std::mutex> lock(state_mu_);
     stopped_ = true;  // no new reads
   }
   if (!reader_.joinable()) return;
   {
     // The server ends the stream once it has read everything; don't wait long
     // for one that is stuck.
-    std::unique_lock<std::mutex> lock(mu_);
+    std::unique_lock<std::mutex> lock(state_mu_);
     if (!cv_.wait_for(lock, std::chrono::seconds(5), [this] { return reader_done_; })) {
       context_->TryCancel();
     }
@@ -242,7 +242,7 @@ void GrpcSession::stop() {
   }
   reader_.join();
   {
-    std::unique_lock<std::mutex> lock(mu_);
+    std::unique_lock<std::mutex> lock(state_mu_);
     cv_.wait(lock, [this] { return reads_.empty(); });
   }
   // Closes the connection now: a server shutting down waits (its grace

@@ -67,10 +67,10 @@ class GrpcSession final : public Session {
   // Waits until fewer than kMaxBatchesInFlight batches are in flight (or the stream ended).
   void wait_for_free_slot();
   // Writes one message; throws once the stream is broken. Caller holds write_mu_.
-  void write_locked(const wire::ClientMessage& message);
-  void write_payload_locked(const std::string& payload);
+  void send_write_locked(const wire::ClientMessage& message);
+  void send_payload_write_locked(const std::string& payload);
   [[noreturn]] void throw_lost();
-  [[noreturn]] void throw_lost_locked();  // caller holds mu_
+  [[noreturn]] void throw_lost_state_locked();  // caller holds state_mu_
 
   std::shared_ptr<grpc::Channel> channel_;
   std::unique_ptr<wire::Mycelya::Stub> stub_;
@@ -81,11 +81,14 @@ class GrpcSession final : public Session {
   std::string token_;
   std::string session_key_;  // empty: the server has no Read
 
+  // Two locks: write_mu_ orders writes to the stream, state_mu_ guards the
+  // hand-over below. Methods named *_write_locked need write_mu_ held,
+  // *_state_locked state_mu_.
   std::mutex write_mu_;
   bool writes_done_ = false;
 
   // Hand-over from the reader thread; core keeps at most one request in flight.
-  std::mutex mu_;
+  std::mutex state_mu_;
   std::condition_variable cv_;
   std::optional<std::string> response_;
   std::string response_payload_;
