@@ -43,7 +43,7 @@ namespace mycelya {
 // How far recording may run ahead of the machine: without a bound, a loop
 // with no sync point queues steps (and keeps alive every storage they free)
 // as fast as it can record them. CUDA bounds its launch queue alike.
-constexpr size_t kMaxQueuedCommands = 1024;
+constexpr size_t kMaxQueuedCommands = 256;
 constexpr size_t kMaxQueuedBytes = 64 << 20;
 
 // Made with std::make_shared: a started machine hands itself to the device table.

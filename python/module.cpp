@@ -77,6 +77,25 @@ PYBIND11_MODULE(_C, m) {
       .def_property_readonly("round_trips", &Machine::round_trips)
       .def_property_readonly("early_reads", &Machine::early_reads)
       .def_property_readonly("bytes_uploaded", &Machine::bytes_uploaded)
+      .def("memory_stats",
+           [](Machine& machine) {
+             wire::Request request;
+             request.mutable_stats();
+             wire::Response response;
+             {
+               py::gil_scoped_release release;
+               response = machine.request(std::move(request));
+             }
+             const wire::SessionStats& stats = response.stats();
+             py::dict result;
+             result["storages"] = stats.storages();
+             result["bytes_in_use"] = stats.bytes_in_use();
+             result["generators"] = stats.generators();
+             result["memory_limit"] = stats.memory_limit();
+             result["tracked_storages"] = machine.tracked_storages();
+             result["interned_ops"] = machine.interned_ops();
+             return result;
+           })
       .def_property_readonly("tracked_storages", &Machine::tracked_storages)
       .def_property_readonly("interned_ops", &Machine::interned_ops);
 

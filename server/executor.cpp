@@ -722,6 +722,14 @@ std::string Executor::handle_request(const std::string& encoded, Payload* payloa
         case wire::Request::kRngState:
           rng_state(request.rng_state().generator(), payload, &response);
           break;
+        case wire::Request::kStats: {
+          wire::SessionStats* stats = response.mutable_stats();
+          stats->set_storages(storages_.size());
+          stats->set_bytes_in_use(bytes_in_use_);
+          stats->set_generators(generators_.client_generators());
+          stats->set_memory_limit(options_.memory_limit_bytes);
+          break;
+        }
         default:
           break;
       }

@@ -154,6 +154,14 @@ class RemoteMachine:
         supports it)."""
         return self._machine.early_reads
 
+    def memory_stats(self):
+        """What the machine holds for this session, asked in order after every
+        queued op (a sync point): ``storages`` and ``bytes_in_use`` (counted
+        against ``memory_limit``), ``generators`` made with torch.Generator;
+        and what this process keeps for it: ``tracked_storages`` (storages
+        whose last op it remembers) and ``interned_ops`` (op names sent once)."""
+        return dict(self._machine.memory_stats())
+
     def __enter__(self):
         self.start()
         return self
