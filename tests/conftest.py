@@ -5,10 +5,12 @@ import os
 
 import pytest
 import torch
+from lazy_seeding import skip_seeding_absent_backends
 
 import mycelya_torch
 
 PROVIDER = os.environ.get("MYCELYA_TEST_PROVIDER", "mock")
+skip_seeding_absent_backends()
 
 
 @pytest.fixture(scope="module")

@@ -29,9 +29,12 @@ import time
 import warnings
 
 import torch
+from lazy_seeding import skip_seeding_absent_backends
 from torch.testing._internal.common_methods_invocations import op_db
 from torch.testing._internal.opinfo.core import SampleInput
 from torch.utils._pytree import tree_flatten, tree_map
+
+skip_seeding_absent_backends()
 
 SWEEP_DTYPE = torch.float32
 # Every other dtype an OpInfo lists for CPU: this many samples, forward only.
@@ -344,7 +347,9 @@ def _sweep_other_dtypes(op, device, result):
             _record(result, lambda sample=sample: _check_forward(op, sample, device), prefix)
 
 
-def sweep_op(op, device):
+def sweep_op(op, device, samples_per_op=None):
+    """Every float32 sample of `op` and the first samples in its other dtypes;
+    with `samples_per_op`, only that many float32 samples and no other dtype."""
     result = OpResult()
     try:
         samples = _samples(op, device)
@@ -352,9 +357,10 @@ def sweep_op(op, device):
         result.skipped += 1
         result.reasons[f"sample inputs fail: {type(exc).__name__}"] += 1
         return result
-    for sample in samples:
+    for sample in samples[:samples_per_op]:
         _record(result, lambda sample=sample: check_sample(op, sample, device))
-    _sweep_other_dtypes(op, device, result)
+    if samples_per_op is None:
+        _sweep_other_dtypes(op, device, result)
     return result
 
 
