@@ -10,11 +10,13 @@
 //   server: ServerMessage{hello}
 //   client: ClientMessage{batch, payload_count=N}, then N payloads, each as
 //           consecutive ClientMessage{chunk} ending with chunk.last == true
+//   server: ServerMessage{batch_done} once that batch has run
 //   client: ClientMessage{request}
 //   server: ServerMessage{response, has_payload}, then, when has_payload, one
 //           payload as ServerMessage{chunk}s of at most kPayloadChunkBytes, the last
 //           one with last == true
-// Anything else ends the session with INVALID_ARGUMENT.
+// Anything else ends the session with INVALID_ARGUMENT. Small downloads may
+// also come beside the stream, through the Read RPC (server/early_reads.h).
 #pragma once
 
 #include <grpcpp/grpcpp.h>
