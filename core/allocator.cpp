@@ -20,7 +20,11 @@ void free_storage(void* ctx) {
   auto* owner = static_cast<StorageOwner*>(ctx);
   // A stopped machine's session took its storages along.
   if (!owner->entry->stopped.load(std::memory_order_relaxed)) {
-    owner->entry->machine->free_storage(owner->id);
+    try {
+      owner->entry->machine->free_storage(owner->id);
+    } catch (...) {
+      // A deleter must not throw; the session frees the storage when it ends.
+    }
   }
   delete owner;
 }

@@ -29,7 +29,7 @@ at::Tensor download(const at::Tensor& source) {
   const size_t expected = static_cast<size_t>(source.numel()) * source.element_size();
   // Received into a pooled buffer, which goes back to the pool with the tensor.
   auto bytes = std::make_unique<std::string>(payload_pool().acquire(expected));
-  device->machine->request(std::move(request), bytes.get());
+  device->machine->request(std::move(request), bytes.get(), device.get());
   TORCH_CHECK(bytes->size() == expected, "mycelya: download of ", source.sizes(), " returned ",
               bytes->size(), " bytes, expected ", expected);
   // The received bytes become the tensor's memory: no copy.
@@ -50,7 +50,7 @@ void upload(const at::Tensor& host, const at::Tensor& target) {
   describe_tensor(target, storage_id(target.storage()), device->slot, upload.mutable_target());
   std::string payload = payload_pool().acquire(image.nbytes());
   if (image.nbytes() > 0) std::memcpy(payload.data(), image.const_data_ptr(), image.nbytes());
-  device->machine->enqueue_upload(std::move(upload), std::move(payload));
+  device->machine->enqueue_upload(std::move(upload), std::move(payload), device.get());
 }
 
 void copy_on_machine(const at::Tensor& source, const at::Tensor& target) {
@@ -64,7 +64,7 @@ void copy_on_machine(const at::Tensor& source, const at::Tensor& target) {
   *command.mutable_op() = encode_op(copy_op, args, placement);
   command.mutable_op()->add_outputs();  // copy_ returns its target: nothing new
 
-  placement.entry->machine->enqueue(std::move(command));
+  placement.entry->machine->enqueue(std::move(command), placement.entry.get());
 }
 
 at::Tensor copy_from(const at::Tensor& self, const at::Tensor& dst, bool /*non_blocking*/) {

@@ -4,7 +4,6 @@
 #include <c10/core/impl/DeviceGuardImplInterface.h>
 #include <c10/util/Exception.h>
 
-#include <algorithm>
 #include <array>
 #include <cstdint>
 #include <mutex>
@@ -18,10 +17,6 @@ namespace {
 struct Table {
   std::mutex mu;
   std::array<DeviceRef, kMaxDevices> entries;
-  // When each index was last given back (0: never used), to hand out the one
-  // given back longest ago.
-  std::array<uint64_t, kMaxDevices> released_at{};
-  uint64_t releases = 0;
 };
 
 Table& table() {
@@ -46,9 +41,6 @@ std::vector<DeviceRef> register_machine(const std::shared_ptr<Machine>& machine,
         " of the limit of " + std::to_string(static_cast<int>(kMaxDevices)) +
         " are free. Stop machines you no longer use (machine.stop()) before starting more.");
   }
-  std::stable_sort(free.begin(), free.end(), [&](c10::DeviceIndex a, c10::DeviceIndex b) {
-    return t.released_at[a] < t.released_at[b];
-  });
   std::vector<DeviceRef> entries;
   for (size_t slot = 0; slot < devices.size(); ++slot) {
     const c10::DeviceIndex index = free[slot];
@@ -85,10 +77,7 @@ void release_machine(const std::vector<DeviceRef>& entries) {
   std::lock_guard<std::mutex> lock(t.mu);
   for (const DeviceRef& entry : entries) {
     entry->stopped.store(true);
-    if (t.entries[entry->index] == entry) {
-      t.entries[entry->index].reset();
-      t.released_at[entry->index] = ++t.releases;
-    }
+    if (t.entries[entry->index] == entry) t.entries[entry->index].reset();
   }
 }
 
@@ -109,6 +98,16 @@ void check_running(const DeviceEntry& entry) {
               entry.remote_name, " (mycelya:", static_cast<int>(entry.index),
               "), and the tensors it held went with it. Start a machine and make the tensors "
               "anew.");
+}
+
+int device_count() {
+  Table& t = table();
+  std::lock_guard<std::mutex> lock(t.mu);
+  int count = 0;
+  for (c10::DeviceIndex i = 0; i < kMaxDevices; ++i) {
+    if (t.entries[i]) count = i + 1;
+  }
+  return count;
 }
 
 std::vector<DeviceRef> running_devices() {

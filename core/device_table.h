@@ -2,14 +2,13 @@
 //
 // The device table: torch device "mycelya:k" -> a device of a running machine.
 //
-// A machine takes an index for each of its devices when it starts and gives
-// them back when it stops, so a process can start and stop machines without
-// end; only the machines running at once are bounded, by kMaxDevices. Each
-// start makes new entries: a tensor's storage (and a generator) keeps the
-// entry it was made on, so a tensor of a stopped machine keeps failing with
-// "not running", even once its index belongs to a newer machine's device. A
-// free index is the one given back longest ago, so a stopped machine's
-// "mycelya:k" names no machine for as long as possible.
+// A machine takes an index for each of its devices when it starts (the lowest
+// free ones, so indices stay small and dense, as CUDA's are) and gives them
+// back when it stops, so a process can start and stop machines without end;
+// only the machines running at once are bounded, by kMaxDevices. Each start
+// makes new entries: a tensor's storage (and a generator) keeps the entry it
+// was made on, so a tensor of a stopped machine keeps failing with "not
+// running", even once its index belongs to a newer machine's device.
 //
 // The count torch sees is the fixed capacity kMaxDevices: the autograd
 // engine sizes its per-device worker queues from the device count on first
@@ -79,5 +78,9 @@ void check_running(const DeviceEntry& entry);
 
 // The devices of running machines, by index.
 std::vector<DeviceRef> running_devices();
+
+// One more than the highest index a running machine's device holds (0 when
+// none runs): range(device_count()) covers every device in use.
+int device_count();
 
 }  // namespace mycelya

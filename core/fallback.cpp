@@ -200,7 +200,8 @@ void run_remotely_now(const c10::OperatorHandle& op, torch::jit::Stack* stack,
       record->add_outputs()->set_storage_id(next_storage_id());
     }
   }
-  wire::Response response = placement.entry->machine->request(std::move(request));
+  wire::Response response =
+      placement.entry->machine->request(std::move(request), nullptr, placement.entry.get());
 
   std::vector<c10::IValue> inputs(args.begin(), args.end());
   auto output_for = [&](const wire::OutputInfo& info) -> c10::IValue {
@@ -308,7 +309,7 @@ void remote_fallback(const c10::OperatorHandle& op, torch::jit::Stack* stack) {
     wire::OpRecord encoded = encode_op(op, args, placement);
     encoded.mutable_outputs()->Swap(record->mutable_outputs());
     *record = std::move(encoded);
-    placement.entry->machine->enqueue(std::move(command));
+    placement.entry->machine->enqueue(std::move(command), placement.entry.get());
   }
   torch::jit::drop(*stack, num_args);
   for (auto& result : results) stack->push_back(std::move(result));

@@ -8,8 +8,10 @@
 #include <array>
 #include <atomic>
 #include <cstring>
+#include <memory>
 #include <mutex>
 
+#include "core/logging.h"
 #include "core/machine.h"
 
 namespace mycelya {
@@ -31,7 +33,12 @@ class RemoteGenerator final : public c10::GeneratorImpl {
 
   ~RemoteGenerator() override {
     // A generator this process made lives in its machine's session too.
-    if (id_ != 0 && entry_ && !entry_->stopped.load()) entry_->machine->free_generator(id_);
+    if (id_ == 0 || !entry_ || entry_->stopped.load()) return;
+    try {
+      entry_->machine->free_generator(id_);
+    } catch (...) {
+      // Destructors must not throw; the session frees it when it ends.
+    }
   }
 
   // Lets go of `device` if this generator draws on it.
@@ -63,15 +70,16 @@ class RemoteGenerator final : public c10::GeneratorImpl {
   }
 
   void set_current_seed(uint64_t seed) override {
-    DeviceRef device;
+    // A generator made on a device draws there or nowhere; a default
+    // generator of an index no machine holds keeps the seed only.
+    DeviceRef device = id_ != 0 ? bound_device() : nullptr;
     {
       std::lock_guard<std::mutex> lock(state_mu_);
       seed_ = seed;
       seed_known_ = true;
-      device = entry_;
+      if (id_ == 0) device = entry_;
     }
-    // A default generator of an index no machine holds keeps the seed only.
-    if (device) device->machine->seed_generator(ref(*device), seed);
+    if (device) device->machine->seed_generator(ref(*device), seed, device.get());
   }
 
   uint64_t current_seed() const override {
@@ -82,7 +90,7 @@ class RemoteGenerator final : public c10::GeneratorImpl {
     // After set_state only the machine knows the seed the state holds.
     const DeviceRef device = bound_device();
     uint64_t seed = 0;
-    device->machine->generator_state(ref(*device), &seed);
+    device->machine->generator_state(ref(*device), &seed, device.get());
     return seed;
   }
 
@@ -107,7 +115,7 @@ class RemoteGenerator final : public c10::GeneratorImpl {
   c10::intrusive_ptr<c10::TensorImpl> get_state() const override {
     const DeviceRef device = bound_device();
     uint64_t seed = 0;
-    const std::string bytes = device->machine->generator_state(ref(*device), &seed);
+    const std::string bytes = device->machine->generator_state(ref(*device), &seed, device.get());
     at::Tensor state = at::empty({static_cast<int64_t>(bytes.size())}, at::kByte);
     if (!bytes.empty()) std::memcpy(state.data_ptr(), bytes.data(), bytes.size());
     return state.getIntrusivePtr();
@@ -119,7 +127,7 @@ class RemoteGenerator final : public c10::GeneratorImpl {
                 "a mycelya generator's state is the CPU uint8 tensor get_state() returned");
     const DeviceRef device = bound_device();
     std::string bytes(static_cast<const char*>(state.data()), static_cast<size_t>(state.numel()));
-    device->machine->set_generator_state(ref(*device), std::move(bytes));
+    device->machine->set_generator_state(ref(*device), std::move(bytes), device.get());
     std::lock_guard<std::mutex> lock(state_mu_);
     seed_known_ = false;
   }
@@ -127,9 +135,9 @@ class RemoteGenerator final : public c10::GeneratorImpl {
  private:
   RemoteGenerator* clone_impl() const override {
     const DeviceRef device = bound_device();
-    auto* copy = new RemoteGenerator(device_.index(), next_generator_id(), device);
+    auto copy = std::make_unique<RemoteGenerator>(device_.index(), next_generator_id(), device);
     copy->set_state(*get_state());
-    return copy;
+    return copy.release();
   }
 
   wire::GeneratorRef ref(const DeviceEntry& device) const {
@@ -217,7 +225,13 @@ void seed_all(uint64_t seed) {
     seed_for_new_devices = seed;
   }
   for (const DeviceRef& device : running_devices()) {
-    default_generators()[device->index].set_current_seed(seed);
+    try {
+      default_generators()[device->index].set_current_seed(seed);
+    } catch (const std::exception& e) {
+      // A lost or stopping machine has no stream left to seed; the others
+      // (and torch.manual_seed's CPU generator after them) must still be.
+      log_info("not seeding " + device->machine->id() + ": " + e.what());
+    }
   }
 }
 

@@ -63,14 +63,20 @@ Machine::~Machine() {
 }
 
 void Machine::start() {
+  std::lock_guard<std::mutex> lifecycle(lifecycle_mu_);
   std::vector<DeviceRef> entries;
   {
     std::lock_guard<std::mutex> submit(submit_mu_);
     if (!start_session_submit_locked(&entries)) return;
   }
   adopt_as_current_if_unset(entries);
-  // Outside submit_mu_: seeding queues commands, which MYCELYA_SYNC=1 waits for.
-  start_default_generators(entries);
+  try {
+    // Outside submit_mu_: seeding queues commands, which MYCELYA_SYNC=1 waits for.
+    start_default_generators(entries);
+  } catch (...) {
+    stop_lifecycle_locked();
+    throw;
+  }
 }
 
 bool Machine::start_session_submit_locked(std::vector<DeviceRef>* started) {
@@ -107,6 +113,11 @@ bool Machine::start_session_submit_locked(std::vector<DeviceRef>* started) {
 }
 
 void Machine::stop() {
+  std::lock_guard<std::mutex> lifecycle(lifecycle_mu_);
+  stop_lifecycle_locked();
+}
+
+void Machine::stop_lifecycle_locked() {
   {
     std::lock_guard<std::mutex> lock(queue_mu_);
     if (!running_) return;
@@ -171,7 +182,8 @@ c10::DeviceIndex Machine::device_index(int slot) const {
   return entries_[slot]->index;
 }
 
-void Machine::check_usable_queue_locked() const {
+void Machine::check_usable_queue_locked(const DeviceEntry* device) const {
+  if (device) check_running(*device);
   if (!lost_.empty()) throw std::runtime_error(lost_);
   if (!running_ || stopping_) {
     throw std::runtime_error("Machine " + id_ +
@@ -179,13 +191,14 @@ void Machine::check_usable_queue_locked() const {
   }
 }
 
-void Machine::wait_for_room_queue_locked(std::unique_lock<std::mutex>& lock) {
+void Machine::wait_for_room_queue_locked(std::unique_lock<std::mutex>& lock,
+                                         const DeviceEntry* device) {
   room_cv_.wait(lock, [this] {
     const bool full =
         queue_.queued_commands() >= kMaxQueuedCommands || queue_.queued_bytes() >= kMaxQueuedBytes;
     return !full || !lost_.empty() || !running_ || stopping_;
   });
-  check_usable_queue_locked();
+  check_usable_queue_locked(device);
 }
 
 std::optional<uint64_t> Machine::read_after_queue_locked(const wire::Request& request) const {
@@ -196,26 +209,27 @@ std::optional<uint64_t> Machine::read_after_queue_locked(const wire::Request& re
   return queue_.last_mention(request.download().source().storage_id());
 }
 
-void Machine::enqueue(wire::Command* command) {
+void Machine::enqueue(wire::Command* command, const DeviceEntry* device) {
   {
     std::unique_lock<std::mutex> lock(queue_mu_);
-    wait_for_room_queue_locked(lock);
+    wait_for_room_queue_locked(lock, device);
     queue_.append(command);
   }
   queue_cv_.notify_one();
   if (synchronous_) synchronize();
 }
 
-void Machine::enqueue_upload(wire::Upload upload, std::string payload) {
+void Machine::enqueue_upload(wire::Upload upload, std::string payload, const DeviceEntry* device) {
   wire::Command command;
   *command.mutable_upload() = std::move(upload);
-  enqueue_with_payload(std::move(command), std::move(payload));
+  enqueue_with_payload(std::move(command), std::move(payload), device);
 }
 
-void Machine::enqueue_with_payload(wire::Command command, std::string payload) {
+void Machine::enqueue_with_payload(wire::Command command, std::string payload,
+                                   const DeviceEntry* device) {
   {
     std::unique_lock<std::mutex> lock(queue_mu_);
-    wait_for_room_queue_locked(lock);
+    wait_for_room_queue_locked(lock, device);
     if (command.has_upload()) bytes_uploaded_ += payload.size();
     queue_.append_with_payload(&command, std::move(payload));
   }
@@ -223,27 +237,30 @@ void Machine::enqueue_with_payload(wire::Command command, std::string payload) {
   if (synchronous_) synchronize();
 }
 
-void Machine::seed_generator(const wire::GeneratorRef& generator, uint64_t seed) {
+void Machine::seed_generator(const wire::GeneratorRef& generator, uint64_t seed,
+                             const DeviceEntry* device) {
   wire::Command command;
   command.mutable_seed()->set_seed(seed);
   *command.mutable_seed()->mutable_generator() = generator;
-  enqueue(&command);
+  enqueue(&command, device);
 }
 
-std::string Machine::generator_state(const wire::GeneratorRef& generator, uint64_t* seed) {
+std::string Machine::generator_state(const wire::GeneratorRef& generator, uint64_t* seed,
+                                     const DeviceEntry* device) {
   wire::Request request;
   *request.mutable_rng_state()->mutable_generator() = generator;
   std::string state;
-  wire::Response response = this->request(std::move(request), &state);
+  wire::Response response = this->request(std::move(request), &state, device);
   *seed = response.seed();
   return state;
 }
 
-void Machine::set_generator_state(const wire::GeneratorRef& generator, std::string state) {
+void Machine::set_generator_state(const wire::GeneratorRef& generator, std::string state,
+                                  const DeviceEntry* device) {
   wire::Command command;
   *command.mutable_set_rng_state()->mutable_generator() = generator;
   command.mutable_set_rng_state()->set_nbytes(state.size());
-  enqueue_with_payload(std::move(command), std::move(state));
+  enqueue_with_payload(std::move(command), std::move(state), device);
 }
 
 void Machine::free_storage(uint64_t storage_id) {
@@ -298,8 +315,11 @@ void Machine::sender_loop() {
       session_->wait_until_ready();
       flush_submit_locked();
     } catch (const std::exception& e) {
-      // lost_ is set; callers see it at their next call.
+      // Callers see why at their next call; those waiting for room wake.
       log_info(std::string("sender stopped: ") + e.what());
+      std::lock_guard<std::mutex> lock(queue_mu_);
+      if (lost_.empty()) lost_ = "Machine " + id_ + " was lost: " + e.what();
+      room_cv_.notify_all();
       return;
     }
     std::lock_guard<std::mutex> lock(queue_mu_);
@@ -307,12 +327,13 @@ void Machine::sender_loop() {
   }
 }
 
-bool Machine::read_early(wire::Request& request, std::string* payload, std::string* response) {
+bool Machine::read_early(wire::Request& request, std::string* payload, std::string* response,
+                         const DeviceEntry* device) {
   std::shared_ptr<Session> session;
   uint64_t after_command = 0;
   {
     std::unique_lock<std::mutex> lock(queue_mu_);
-    check_usable_queue_locked();
+    check_usable_queue_locked(device);
     const std::optional<uint64_t> read_after = read_after_queue_locked(request);
     if (!read_after) return false;
     after_command = *read_after;
@@ -325,7 +346,7 @@ bool Machine::read_early(wire::Request& request, std::string* payload, std::stri
         flush_submit_locked();
       }
       lock.lock();
-      check_usable_queue_locked();
+      check_usable_queue_locked(device);
       // Command numbers count within one session.
       if (session != session_) {
         throw std::runtime_error("Machine " + id_ + " was restarted while a read from it waited.");
@@ -365,13 +386,14 @@ bool Machine::read_early(wire::Request& request, std::string* payload, std::stri
   return false;
 }
 
-wire::Response Machine::request(wire::Request request, std::string* payload) {
+wire::Response Machine::request(wire::Request request, std::string* payload,
+                                const DeviceEntry* device) {
   std::string encoded_response;
-  if (!read_early(request, payload, &encoded_response)) {
+  if (!read_early(request, payload, &encoded_response, device)) {
     std::lock_guard<std::mutex> submit(submit_mu_);
     {
       std::lock_guard<std::mutex> lock(queue_mu_);
-      check_usable_queue_locked();
+      check_usable_queue_locked(device);
     }
     flush_submit_locked();
     {

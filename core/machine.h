@@ -16,10 +16,15 @@
 // next step is recorded while the machine still runs this step's backward
 // pass.
 //
-// Two locks: queue_mu_ guards the queue and the state below it; submit_mu_
-// orders everything handed to the session. Methods named *_queue_locked need
-// queue_mu_ held, *_submit_locked submit_mu_; submit_mu_ is taken first when
-// both are needed.
+// Three locks, taken in this order: lifecycle_mu_ makes start() and stop()
+// one at a time; submit_mu_ orders everything handed to the session;
+// queue_mu_ guards the queue and the state below it. Methods named
+// *_queue_locked need queue_mu_ held, *_submit_locked submit_mu_.
+//
+// Calls made for a tensor or generator pass its device entry, checked under
+// queue_mu_ after any wait: an entry stopped meanwhile (its machine stopped,
+// and perhaps started again) raises "not running" rather than reach the new
+// session.
 #pragma once
 
 #include <c10/core/Device.h>
@@ -76,12 +81,15 @@ class Machine : public std::enable_shared_from_this<Machine> {
 
   // Queues a command (encoded at once, in the caller's thread; its op name is
   // interned first, which changes *command). Waits while the queue is full.
-  // Throws if the machine is stopped or lost.
-  void enqueue(wire::Command* command);
-  void enqueue(wire::Command command) { enqueue(&command); }
+  // Throws if the machine is stopped or lost, or `device` stopped.
+  void enqueue(wire::Command* command, const DeviceEntry* device = nullptr);
+  void enqueue(wire::Command command, const DeviceEntry* device = nullptr) {
+    enqueue(&command, device);
+  }
   // `payload` best comes from payload_pool() (core/payload_pool.h),
   // which gets it back once it is sent.
-  void enqueue_upload(wire::Upload upload, std::string payload);
+  void enqueue_upload(wire::Upload upload, std::string payload,
+                      const DeviceEntry* device = nullptr);
   // Queue a free; silently dropped once the machine is stopped.
   void free_storage(uint64_t storage_id);
   void free_generator(uint64_t generator_id);
@@ -91,14 +99,18 @@ class Machine : public std::enable_shared_from_this<Machine> {
   // read early, those up to the last one that mentions its source. Raises
   // std::runtime_error for a pending error of earlier ops or an error of
   // this request.
-  wire::Response request(wire::Request request, std::string* payload = nullptr);
+  wire::Response request(wire::Request request, std::string* payload = nullptr,
+                         const DeviceEntry* device = nullptr);
 
   // The random generators of the session (core/generator.h): seeding and
   // setting a state are queued like ops; reading a state is a sync point,
   // which also tells the generator's seed.
-  void seed_generator(const wire::GeneratorRef& generator, uint64_t seed);
-  std::string generator_state(const wire::GeneratorRef& generator, uint64_t* seed);
-  void set_generator_state(const wire::GeneratorRef& generator, std::string state);
+  void seed_generator(const wire::GeneratorRef& generator, uint64_t seed,
+                      const DeviceEntry* device);
+  std::string generator_state(const wire::GeneratorRef& generator, uint64_t* seed,
+                              const DeviceEntry* device);
+  void set_generator_state(const wire::GeneratorRef& generator, std::string state,
+                           const DeviceEntry* device);
 
   // Flushes and waits until every queued op has run; raises pending errors.
   void synchronize();
@@ -116,16 +128,18 @@ class Machine : public std::enable_shared_from_this<Machine> {
   size_t interned_ops() const;
 
  private:
+  // stop(), with lifecycle_mu_ held.
+  void stop_lifecycle_locked();
   // Starts the session and takes the device indices; false when running.
   bool start_session_submit_locked(std::vector<DeviceRef>* started);
   // Queues `command` with `payload` as the batch's next payload.
-  void enqueue_with_payload(wire::Command command, std::string payload);
-  // Waits for room in the queue, then checks the machine is usable.
-  void wait_for_room_queue_locked(std::unique_lock<std::mutex>& lock);
+  void enqueue_with_payload(wire::Command command, std::string payload, const DeviceEntry* device);
+  // Waits for room in the queue, then checks the machine (and `device`) is usable.
+  void wait_for_room_queue_locked(std::unique_lock<std::mutex>& lock, const DeviceEntry* device);
   void sender_loop();
   // Hands everything queued to the session.
   void flush_submit_locked();
-  void check_usable_queue_locked() const;
+  void check_usable_queue_locked(const DeviceEntry* device = nullptr) const;
   // Marks the session lost (keeping the first reason) and throws that.
   [[noreturn]] void throw_lost_queue_locked(const std::string& why);
   // The download in `request` may skip the commands after this one (0: all);
@@ -133,7 +147,8 @@ class Machine : public std::enable_shared_from_this<Machine> {
   std::optional<uint64_t> read_after_queue_locked(const wire::Request& request) const;
   // Answers a small download through Session::read_after, beside the queue;
   // false when it must go in order instead.
-  bool read_early(wire::Request& request, std::string* payload, std::string* response);
+  bool read_early(wire::Request& request, std::string* payload, std::string* response,
+                  const DeviceEntry* device);
 
   const std::string provider_;
   const MachineSpec spec_;
@@ -162,6 +177,8 @@ class Machine : public std::enable_shared_from_this<Machine> {
   int early_reads_in_flight_ = 0;
   std::condition_variable early_reads_cv_;
 
+  // One start() or stop() at a time.
+  std::mutex lifecycle_mu_;
   // Serializes everything that talks to the session, keeping order.
   std::mutex submit_mu_;
   std::thread sender_;

@@ -329,17 +329,44 @@ TEST_F(MachineTest, DevicesHoldIndicesWhileRunning) {
   machine->stop();
 }
 
-TEST_F(MachineTest, StoppedMachinesGiveTheirIndicesBackLeastRecentFirst) {
-  std::vector<c10::DeviceIndex> seen;
-  for (int i = 0; i < 3 * kMaxDevices; ++i) {
-    auto machine = std::make_shared<Machine>("mock", MachineSpec{});
-    machine->start();
-    seen.push_back(machine->device_index(0));
-    machine->stop();
+TEST_F(MachineTest, MachinesTakeTheLowestFreeIndices) {
+  std::vector<std::shared_ptr<Machine>> machines;
+  for (int i = 0; i < 3; ++i) {
+    machines.push_back(std::make_shared<Machine>("mock", MachineSpec{}));
+    machines.back()->start();
+    EXPECT_EQ(machines.back()->device_index(0), i);
   }
-  // Each index waits for every other before it comes back.
-  for (size_t i = kMaxDevices; i < seen.size(); ++i) EXPECT_EQ(seen[i], seen[i - kMaxDevices]);
-  EXPECT_TRUE(running_devices().empty());
+  EXPECT_EQ(device_count(), 3);
+  machines[1]->stop();
+  EXPECT_EQ(device_count(), 3);  // a gap at 1
+  EXPECT_EQ(running_devices().size(), 2u);
+  auto next = std::make_shared<Machine>("mock", MachineSpec{});
+  next->start();
+  EXPECT_EQ(next->device_index(0), 1);
+  for (int i = 0; i < 3 * kMaxDevices; ++i) {
+    auto churn = std::make_shared<Machine>("mock", MachineSpec{});
+    churn->start();
+    EXPECT_EQ(churn->device_index(0), 3);
+    churn->stop();
+  }
+}
+
+TEST_F(MachineTest, AStaleCommandNeverReachesTheRestartedSession) {
+  auto machine = std::make_shared<Machine>("mock", MachineSpec{});
+  machine->start();
+  const DeviceRef before = lookup_device(machine->device_index(0));
+  machine->stop();
+  machine->start();
+  // A command made for the first run's device is refused, however late it comes.
+  EXPECT_TRUE(
+      Contains(message_of<c10::Error>([&] { machine->enqueue(seed_command(1), before.get()); }),
+               "not running"));
+  EXPECT_TRUE(Contains(message_of<c10::Error>([&] {
+                         machine->request(download_request(contiguous_ref(1, {1})), nullptr,
+                                          before.get());
+                       }),
+                       "not running"));
+  EXPECT_NO_THROW(machine->enqueue(seed_command(1), lookup_device(machine->device_index(0)).get()));
 }
 
 TEST_F(MachineTest, TooManyDevicesIsAClearErrorThatLeavesNothingRunning) {

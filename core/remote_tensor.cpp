@@ -57,7 +57,7 @@ void resize_remote_storage(const at::Tensor& tensor, size_t nbytes) {
   resize->set_storage_id(storage_id(tensor.storage()));
   resize->set_nbytes(nbytes);
   resize->set_device(device->slot);
-  device->machine->enqueue(std::move(command));
+  device->machine->enqueue(std::move(command), device.get());
   tensor.storage().unsafeGetStorageImpl()->set_nbytes(nbytes);
 }
 

@@ -18,8 +18,6 @@ uint64_t required_storage_bytes(c10::IntArrayRef sizes, c10::IntArrayRef strides
     throw std::invalid_argument("a tensor has a negative storage offset (" +
                                 std::to_string(storage_offset) + ")");
   }
-  // One past the last element's index, starting from the offset.
-  uint64_t end = 1;
   bool empty = false;
   for (size_t d = 0; d < sizes.size(); ++d) {
     if (sizes[d] < 0 || strides[d] < 0) {
@@ -28,14 +26,18 @@ uint64_t required_storage_bytes(c10::IntArrayRef sizes, c10::IntArrayRef strides
                                   " in dimension " + std::to_string(d) + ")");
     }
     if (sizes[d] == 0) empty = true;
+  }
+  if (empty) return 0;
+  // One past the last element's index, starting from the offset.
+  uint64_t end = 1;
+  for (size_t d = 0; d < sizes.size(); ++d) {
     uint64_t span = 0;
-    if (__builtin_mul_overflow(static_cast<uint64_t>(sizes[d] == 0 ? 0 : sizes[d] - 1),
+    if (__builtin_mul_overflow(static_cast<uint64_t>(sizes[d] - 1),
                                static_cast<uint64_t>(strides[d]), &span) ||
         __builtin_add_overflow(end, span, &end)) {
       throw std::invalid_argument("a tensor's geometry spans more than 2^64 elements");
     }
   }
-  if (empty) return 0;
   uint64_t bytes = 0;
   if (__builtin_add_overflow(end, static_cast<uint64_t>(storage_offset), &end) ||
       __builtin_mul_overflow(end, static_cast<uint64_t>(itemsize), &bytes)) {

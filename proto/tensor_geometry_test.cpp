@@ -43,6 +43,9 @@ TEST(RequiredStorageBytes, FollowsPyTorchsRule) {
 
 TEST(RequiredStorageBytes, AnEmptyViewNeedsNothingWhateverItsOffset) {
   EXPECT_EQ(required_storage_bytes({0}, {1}, 1000, 4), 0u);
+  // As in PyTorch, a zero size wins over spans that would overflow.
+  const int64_t huge = std::numeric_limits<int64_t>::max();
+  EXPECT_EQ(required_storage_bytes({huge, 0}, {huge, 1}, 0, 8), 0u);
 }
 
 TEST(RequiredStorageBytes, RefusesWhatNoTensorCanHave) {

@@ -108,6 +108,7 @@ PYBIND11_MODULE(_C, m) {
 
   // The device table and the current device (core/device_table.h, core/guard.cpp).
   m.def("max_devices", [] { return static_cast<int>(kMaxDevices); });
+  m.def("device_count", &device_count);
   m.def("running_device_indices", [] {
     std::vector<int> indices;
     for (const DeviceRef& entry : running_devices()) indices.push_back(entry->index);
@@ -135,7 +136,9 @@ PYBIND11_MODULE(_C, m) {
       "restore_device", [](int index) { guard().uncheckedSetDevice(device(index)); },
       py::arg("index"));
 
-  // Random generators (core/generator.h).
+  // Random generators (core/generator.h). The device module's calls go to a
+  // device's default generator here, without the GIL: seeding may wait for
+  // room in the queue and reading a state waits for the machine.
   m.def("manual_seed_all", &seed_all, py::arg("seed"), py::call_guard<py::gil_scoped_release>());
   m.def(
       "default_generator",
@@ -144,6 +147,56 @@ PYBIND11_MODULE(_C, m) {
             default_generator(static_cast<c10::DeviceIndex>(running_index(index)))));
       },
       py::arg("index"));
+  m.def(
+      "manual_seed",
+      [](int index, uint64_t seed) {
+        at::Generator generator =
+            default_generator(static_cast<c10::DeviceIndex>(running_index(index)));
+        py::gil_scoped_release release;
+        std::lock_guard<std::mutex> lock(generator.mutex());
+        generator.set_current_seed(seed);
+      },
+      py::arg("index"), py::arg("seed"));
+  m.def(
+      "seed",
+      [](int index) {
+        at::Generator generator =
+            default_generator(static_cast<c10::DeviceIndex>(running_index(index)));
+        py::gil_scoped_release release;
+        std::lock_guard<std::mutex> lock(generator.mutex());
+        return generator.seed();
+      },
+      py::arg("index"));
+  m.def(
+      "initial_seed",
+      [](int index) {
+        at::Generator generator =
+            default_generator(static_cast<c10::DeviceIndex>(running_index(index)));
+        py::gil_scoped_release release;
+        std::lock_guard<std::mutex> lock(generator.mutex());
+        return generator.current_seed();
+      },
+      py::arg("index"));
+  m.def(
+      "get_rng_state",
+      [](int index) {
+        at::Generator generator =
+            default_generator(static_cast<c10::DeviceIndex>(running_index(index)));
+        py::gil_scoped_release release;
+        std::lock_guard<std::mutex> lock(generator.mutex());
+        return generator.get_state();
+      },
+      py::arg("index"));
+  m.def(
+      "set_rng_state",
+      [](int index, const at::Tensor& state) {
+        at::Generator generator =
+            default_generator(static_cast<c10::DeviceIndex>(running_index(index)));
+        py::gil_scoped_release release;
+        std::lock_guard<std::mutex> lock(generator.mutex());
+        generator.set_state(state);
+      },
+      py::arg("index"), py::arg("state"));
 
   m.def(
       "storage_id",

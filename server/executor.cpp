@@ -543,8 +543,11 @@ void Executor::adopt_planned_outputs(const KnownOp& op, const wire::OpRecord& re
 void Executor::report_dynamic_outputs(const KnownOp& op, const wire::OpRecord& record,
                                       const torch::jit::Stack& stack,
                                       const ArgumentStorages& arguments, wire::Response* response) {
-  // Results go under the IDs the client reserved, in order.
+  // Results go under the IDs the client reserved, in order; they are kept
+  // only once every one is checked, so a failure leaves none behind.
   int next_id = 0;
+  std::vector<std::pair<uint64_t, c10::Storage>> results;
+  uint64_t result_bytes = 0;
   auto report_tensor = [&](const at::Tensor& returned, wire::OutputInfo* info) {
     const int input = returned.defined() ? arguments.input_of(returned) : -1;
     if (input >= 0) {
@@ -560,9 +563,9 @@ void Executor::report_dynamic_outputs(const KnownOp& op, const wire::OpRecord& r
     if (!t.defined()) return;
     TORCH_CHECK(id != 0 && !storages_.count(id), "output storage ID ", id,
                 " is already in use; reserve fresh IDs for an op's results");
-    reserve_bytes(t.storage().nbytes());
-    keep(id, t.storage());
     describe_tensor(t, id, slot_of(t.device()), info->mutable_tensor());
+    result_bytes += t.storage().nbytes();
+    results.emplace_back(id, t.storage());
   };
   for (const auto& result : stack) {
     auto* info = response->add_outputs();
@@ -580,6 +583,8 @@ void Executor::report_dynamic_outputs(const KnownOp& op, const wire::OpRecord& r
       info->mutable_value()->set_double_value(result.toDouble());
     }
   }
+  reserve_bytes(result_bytes);
+  for (auto& [id, storage] : results) keep(id, std::move(storage));
 }
 
 void Executor::run_op(const wire::OpRecord& record, bool dynamic, wire::Response* response) {
@@ -648,18 +653,30 @@ void Executor::rng_state(const wire::GeneratorRef& ref, Payload* payload,
 
 void Executor::upload(const wire::Upload& upload, PayloadSource& payloads) {
   // A target that fails here leaves its payload unread; the source skips it.
+  const uint64_t id = upload.target().storage_id();
+  const bool created = !storages_.count(id);
   at::Tensor target = tensor_to_overwrite(upload.target());
   const size_t nbytes = static_cast<size_t>(target.numel()) * target.element_size();
-  if (target.is_cpu() && target.is_contiguous()) {
-    // The bytes land in the storage itself.
-    payloads.read(upload.payload_index(), static_cast<char*>(target.data_ptr()), nbytes);
-  } else {
-    at::Tensor staging = at::empty(target.sizes(), at::TensorOptions().dtype(target.scalar_type()));
-    payloads.read(upload.payload_index(), static_cast<char*>(staging.data_ptr()), nbytes);
-    target.copy_(staging);
+  try {
+    if (target.is_cpu() && target.is_contiguous()) {
+      // The bytes land in the storage itself.
+      payloads.read(upload.payload_index(), static_cast<char*>(target.data_ptr()), nbytes);
+    } else {
+      at::Tensor staging =
+          at::empty(target.sizes(), at::TensorOptions().dtype(target.scalar_type()));
+      payloads.read(upload.payload_index(), static_cast<char*>(staging.data_ptr()), nbytes);
+      target.copy_(staging);
+    }
+  } catch (const std::exception& e) {
+    // Part of the bytes may have landed, or none on a storage made unzeroed
+    // for them: the tensor cannot be read, and a new storage goes.
+    if (created) free(id);
+    poison_.emplace(id, std::string("the upload that should have written this tensor failed: ") +
+                            error_text(e));
+    throw;
   }
   // A storage written whole from the client is valid again.
-  if (nbytes == target.storage().nbytes()) poison_.erase(upload.target().storage_id());
+  if (nbytes == target.storage().nbytes()) poison_.erase(id);
 }
 
 void Executor::resize(const wire::ResizeStorage& resize) {

@@ -222,6 +222,13 @@ TEST_F(ExecutorTest, UploadWithTheWrongByteCountIsAPendingError) {
   ASSERT_TRUE(response.has_pending_error());
   EXPECT_TRUE(Contains(response.pending_error().message(), "carries 5 bytes"));
   EXPECT_FALSE(sync().has_pending_error());
+  // The storage made for it (not zeroed: the upload was to fill it) is gone,
+  // and the tensor raises instead of showing whatever memory it got.
+  EXPECT_EQ(executor_.storage_count(), 0u);
+  std::string payload;
+  wire::Response read = download_response(ref_for(3, source), &payload);
+  ASSERT_TRUE(read.has_error());
+  EXPECT_TRUE(Contains(read.error().message(), "upload that should have written this tensor"));
 }
 
 TEST_F(ExecutorTest, AddWritesItsOutputStorage) {

@@ -133,6 +133,9 @@ int run(int argc, char** argv) {
   log("devices ", devices, "; ", config.executor.memory_limit_bytes,
       " bytes of storage per session; ", config.token.empty() ? "no token" : "token required");
   std::cout << "mycelya-server listening on " << bound_address(config.listen, port) << std::endl;
+  // That line is all stdout is for: whoever started the server may stop
+  // reading it (a pipe nobody drains would block the server once full).
+  dup2(STDERR_FILENO, STDOUT_FILENO);
 
   signals.start();
   log(signals.wait(), ", shutting down");

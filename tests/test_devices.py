@@ -14,16 +14,15 @@ CHURN = {"mock": 10_000}.get(PROVIDER, 40)
 
 
 def test_stopped_machines_give_their_devices_back():
-    running = torch.mycelya.device_count()
+    count = torch.mycelya.device_count()
     seen = set()
     for _ in range(CHURN):
         machine = mycelya_torch.RemoteMachine(PROVIDER)
         seen.add(machine.device().index)
         machine.stop()
-    assert torch.mycelya.device_count() == running
-    # Every index was reused, never one beyond the limit.
-    assert max(seen) < 32
-    assert len(seen) >= min(CHURN, 32 - running)
+    assert torch.mycelya.device_count() == count
+    # Each machine took the lowest free index, which the last one gave back.
+    assert len(seen) == 1 and min(seen) < 32
 
 
 def test_a_tensor_of_a_stopped_machine_never_reaches_the_next_owner_of_its_index():
@@ -130,15 +129,36 @@ def test_one_current_device_for_every_api(machine):
 
 
 def test_the_first_machine_started_becomes_current_when_none_is():
+    with mycelya_torch.RemoteMachine(PROVIDER), mycelya_torch.RemoteMachine(PROVIDER) as second:
+        torch.mycelya.set_device(second.device())
+        current = second.device().index
+    # The current device now names no machine: the next one started takes over.
     with mycelya_torch.RemoteMachine(PROVIDER) as machine:
-        torch.mycelya.set_device(machine.device())
-    # The current device now names a stopped machine: the next one takes over.
-    with mycelya_torch.RemoteMachine(PROVIDER) as machine:
+        assert machine.device().index != current
         assert torch.mycelya.current_device() == machine.device().index
         torch.mycelya.manual_seed(3)  # the current device: no error
-    # A running current device is left alone.
-    with mycelya_torch.RemoteMachine(PROVIDER) as first, mycelya_torch.RemoteMachine(PROVIDER):
-        assert torch.mycelya.current_device() == first.device().index
+        # A running current device is left alone.
+        with mycelya_torch.RemoteMachine(PROVIDER):
+            assert torch.mycelya.current_device() == machine.device().index
+
+
+def test_fork_rng_over_every_index_passes_gaps_by(machine):
+    first = mycelya_torch.RemoteMachine(PROVIDER)
+    second = mycelya_torch.RemoteMachine(PROVIDER)
+    device, gap = second.device(), first.device().index
+    first.stop()  # leaves a gap below device_count()
+    try:
+        assert gap < device.index < torch.mycelya.device_count()
+        assert torch.mycelya.get_rng_state(gap).numel() == 0
+        torch.mycelya.set_rng_state(torch.mycelya.get_rng_state(gap), gap)
+        with pytest.raises(ValueError, match="not a device of any running"):
+            torch.ones(1, device=f"mycelya:{gap}")
+        torch.manual_seed(5)
+        with torch.random.fork_rng(device_type="mycelya"):
+            inside = torch.rand(20, device=device).cpu()
+        torch.testing.assert_close(torch.rand(20, device=device).cpu(), inside, rtol=0, atol=0)
+    finally:
+        second.stop()
 
 
 def test_help_documents_the_device_module():

@@ -210,3 +210,18 @@ def test_a_machine_started_after_seeding_follows_the_seed():
     torch.testing.assert_close(a, b, rtol=0, atol=0)
     torch.manual_seed(123)
     torch.testing.assert_close(a, torch.randn(16), rtol=0, atol=0)
+
+
+def test_a_generator_of_a_stopped_machine_never_reaches_its_restart():
+    machine = mycelya_torch.RemoteMachine(PROVIDER)
+    generator = torch.Generator(device=machine.device())
+    generator.manual_seed(1)
+    machine.stop()
+    machine.start()
+    try:
+        for use in (lambda: generator.manual_seed(2), generator.get_state, generator.seed):
+            with pytest.raises(RuntimeError, match="not running"):
+                use()
+        assert machine.memory_stats()["generators"] == 0
+    finally:
+        machine.stop()

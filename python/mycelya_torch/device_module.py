@@ -9,7 +9,9 @@ are handed out when a machine starts and given back when it stops.
 The current device lives in one place, the backend's C++ device guard, which
 ``current_device()``, ``set_device()``, ``device(...)``,
 ``torch.accelerator`` and PyTorch's own device guards all read and write.
-Like CUDA's, it is per thread.
+Like CUDA's, it is per thread. Indices are the lowest free ones, so a
+program's machines are usually ``mycelya:0`` and up; a stopped machine can
+leave a gap below ``device_count()``.
 
 Random numbers are drawn on the machines. Every entry point here reaches a
 machine through the same generator objects: ``manual_seed_all`` (which
@@ -48,12 +50,17 @@ def is_available():
 
 
 def device_count():
-    """The number of devices of running machines.
+    """One more than the highest index a running machine's device holds, so
+    ``range(device_count())`` covers every device in use (as it does for
+    CUDA). A stopped machine may leave a gap in that range: an index no
+    running machine holds. ``machine.device()`` is the way to a machine's
+    device."""
+    return _C.device_count()
 
-    Their indices need not be 0..n-1: a stopped machine's indices go back to
-    a pool. ``machine.device()`` is the way to a machine's device.
-    """
-    return len(_C.running_device_indices())
+
+def _is_gap(index):
+    """Whether ``index`` lies below device_count() but no running machine holds it."""
+    return 0 <= index < device_count() and index not in _C.running_device_indices()
 
 
 def _index_of(device):
@@ -81,9 +88,10 @@ def current_device():
 
 def set_device(device):
     """Makes ``device`` (an index, "mycelya:k" or a torch.device) current for
-    this thread. Raises ValueError for one that names no running machine."""
+    this thread. Raises ValueError for one that names no running machine; a
+    negative index changes nothing, as with torch.cuda."""
     index = _index_of(device)
-    if index is not None:
+    if index is not None and index >= 0:
         _C.set_device(index)
 
 
@@ -97,7 +105,7 @@ class device:
         self._previous = None
 
     def __enter__(self):
-        if self._index is not None:
+        if self._index is not None and self._index >= 0:
             self._previous = _C.exchange_device(self._index)
         return self
 
@@ -113,39 +121,56 @@ def default_generator(device=None):
     return _C.default_generator(_device_index(device))
 
 
+def _seed_value(seed):
+    return int(seed) & 0xFFFF_FFFF_FFFF_FFFF
+
+
 def manual_seed(seed):
     """Seeds the current device's default generator (queued, no round trip).
-    The machine's other devices keep their streams, as with torch.cuda."""
-    default_generator().manual_seed(int(seed))
+    The machine's other devices keep their streams, as with torch.cuda. With
+    no machine running, the machines started next begin from ``seed``, as
+    CUDA seeds devices that initialize later."""
+    if not _C.running_device_indices():
+        _C.manual_seed_all(_seed_value(seed))
+        return
+    _C.manual_seed(_device_index(None), _seed_value(seed))
 
 
 def manual_seed_all(seed):
     """Seeds every device of every running machine, and of machines started
     later, as ``torch.manual_seed`` does (queued, no round trip)."""
-    _C.manual_seed_all(int(seed) & 0xFFFF_FFFF_FFFF_FFFF)
+    _C.manual_seed_all(_seed_value(seed))
 
 
 def seed():
     """Seeds the current device's default generator with a random number."""
-    default_generator().seed()
+    _C.seed(_device_index(None))
 
 
 def initial_seed():
     """The seed of the current device's default generator."""
-    return default_generator().initial_seed()
+    return _C.initial_seed(_device_index(None))
 
 
 def get_rng_state(device="mycelya"):
     """The state of ``device``'s default generator, read from its machine (a
-    sync point), as the CPU uint8 tensor ``torch.cuda.get_rng_state`` returns."""
-    return default_generator(device).get_state()
+    sync point), as the CPU uint8 tensor ``torch.cuda.get_rng_state`` returns.
+    A gap below ``device_count()`` has an empty state, so that
+    ``torch.random.fork_rng``, which saves every index, works."""
+    index = _device_index(device)
+    if _is_gap(index):
+        return torch.empty(0, dtype=torch.uint8)
+    return _C.get_rng_state(index)
 
 
 def set_rng_state(new_state, device="mycelya"):
     """Restores a state ``get_rng_state`` returned (queued, like an op)."""
     if not isinstance(new_state, torch.Tensor) or new_state.dtype != torch.uint8:
         raise ValueError("set_rng_state expects the uint8 tensor get_rng_state returned")
-    default_generator(device).set_state(new_state.cpu().contiguous())
+    index = _device_index(device)
+    if new_state.numel() == 0 and _is_gap(index):
+        return
+    _C.set_rng_state(index, new_state.cpu().contiguous())
 
 
 def synchronize(device=None):
