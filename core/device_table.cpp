@@ -81,6 +81,15 @@ void release_machine(const std::vector<DeviceRef>& entries) {
   }
 }
 
+c10::DeviceIndex checked_device_index(int64_t index) {
+  // torch.device keeps indices in 8 bits: "mycelya:999" arrives as -25.
+  TORCH_CHECK_VALUE(index >= 0 && index < kMaxDevices, "mycelya device index ", index,
+                    " does not exist: mycelya devices are numbered 0 to ",
+                    static_cast<int>(kMaxDevices) - 1,
+                    " (torch.device stores indices in 8 bits, so a larger one wraps around).");
+  return static_cast<c10::DeviceIndex>(index);
+}
+
 DeviceRef lookup_device(c10::DeviceIndex index) {
   Table& t = table();
   {

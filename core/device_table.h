@@ -68,6 +68,10 @@ void adopt_as_current_if_unset(const std::vector<DeviceRef>& entries);
 // Marks the entries stopped and frees their indices.
 void release_machine(const std::vector<DeviceRef>& entries);
 
+// `index` as a device index; throws c10::ValueError (Python's ValueError)
+// outside 0 .. kMaxDevices - 1.
+c10::DeviceIndex checked_device_index(int64_t index);
+
 // The entry "mycelya:index" names now; throws c10::Error when it names no
 // device of a running machine.
 DeviceRef lookup_device(c10::DeviceIndex index);

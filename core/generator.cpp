@@ -178,14 +178,12 @@ std::array<at::Generator, kMaxDevices>& default_generators() {
   return *generators;
 }
 
+// `device`, or the current device for -1.
 c10::DeviceIndex checked_index(c10::DeviceIndex device) {
-  const c10::DeviceIndex index =
-      device < 0 ? c10::impl::getDeviceGuardImpl(c10::DeviceType::PrivateUse1)->getDevice().index()
-                 : device;
-  TORCH_CHECK(index >= 0 && index < kMaxDevices, "mycelya:", static_cast<int>(index),
-              " does not exist: mycelya devices are numbered 0 to ",
-              static_cast<int>(kMaxDevices) - 1);
-  return index;
+  if (device == -1) {
+    return c10::impl::getDeviceGuardImpl(c10::DeviceType::PrivateUse1)->getDevice().index();
+  }
+  return checked_device_index(device);
 }
 
 std::mutex seed_mu;

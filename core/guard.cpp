@@ -33,13 +33,8 @@ struct RemoteGuardImpl final : public c10::impl::DeviceGuardImplInterface {
 
   void setDevice(c10::Device device) const override {
     TORCH_CHECK(device.type() == kType, "expected a mycelya device, got ", device);
-    // torch.device keeps indices in 8 bits: "mycelya:999" arrives as -25.
-    TORCH_CHECK_VALUE(device.index() >= -1 && device.index() < kMaxDevices, "mycelya device index ",
-                      static_cast<int>(device.index()),
-                      " does not exist: mycelya devices are numbered 0 to ",
-                      static_cast<int>(kMaxDevices) - 1,
-                      " (torch.device stores indices in 8 bits, so a larger one wraps around).");
-    if (device.index() >= 0) current_device = device.index();
+    // -1 is a device without an index: the current one stays.
+    if (device.index() != -1) current_device = checked_device_index(device.index());
   }
 
   void uncheckedSetDevice(c10::Device device) const noexcept override {

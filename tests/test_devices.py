@@ -62,6 +62,8 @@ def test_an_index_that_names_no_running_machine_is_refused():
     with pytest.raises(ValueError, match="does not exist"):
         torch.randn(2, 2, device="mycelya:999")  # torch.device wraps it to -25
     with pytest.raises(ValueError, match="does not exist"):
+        torch.Generator(device="mycelya:999")
+    with pytest.raises(ValueError, match="does not exist"):
         torch.mycelya.set_device(40)
     with pytest.raises(ValueError, match="not a device of any running RemoteMachine"):
         torch.mycelya.set_device(index)
