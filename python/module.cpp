@@ -40,14 +40,22 @@ c10::Device device(int index) {
 }
 
 // Refuses an index that names no device of a running machine (ValueError).
-int running_index(int index) {
-  if (index < 0 || index >= kMaxDevices) {
-    throw std::invalid_argument("mycelya:" + std::to_string(index) +
-                                " does not exist: mycelya devices are numbered 0 to " +
-                                std::to_string(kMaxDevices - 1) + ".");
-  }
-  lookup_device(static_cast<c10::DeviceIndex>(index));
-  return index;
+c10::DeviceIndex running_index(int index) {
+  const c10::DeviceIndex checked = checked_device_index(index);
+  lookup_device(checked);
+  return checked;
+}
+
+// Calls `call(generator)` on the default generator of running device `index`,
+// as torch's Generator methods do (under the generator's mutex), but without
+// the GIL: seeding may wait for room in the queue, and reading a state waits
+// for the machine.
+template <typename Call>
+auto with_default_generator(int index, const Call& call) {
+  at::Generator generator = default_generator(running_index(index));
+  py::gil_scoped_release release;
+  std::lock_guard<std::mutex> lock(generator.mutex());
+  return call(generator);
 }
 
 }  // namespace
@@ -115,10 +123,7 @@ PYBIND11_MODULE(_C, m) {
     return indices;
   });
   m.def(
-      "machine_of",
-      [](int index) {
-        return lookup_device(static_cast<c10::DeviceIndex>(running_index(index)))->machine;
-      },
+      "machine_of", [](int index) { return lookup_device(running_index(index))->machine; },
       py::arg("index"));
   m.def("current_device", [] { return static_cast<int>(guard().getDevice().index()); });
   m.def(
@@ -136,65 +141,44 @@ PYBIND11_MODULE(_C, m) {
       "restore_device", [](int index) { guard().uncheckedSetDevice(device(index)); },
       py::arg("index"));
 
-  // Random generators (core/generator.h). The device module's calls go to a
-  // device's default generator here, without the GIL: seeding may wait for
-  // room in the queue and reading a state waits for the machine.
+  // Random generators (core/generator.h): the device module's calls to a
+  // device's default generator go through with_default_generator.
   m.def("manual_seed_all", &seed_all, py::arg("seed"), py::call_guard<py::gil_scoped_release>());
   m.def(
       "default_generator",
       [](int index) {
-        return py::reinterpret_steal<py::object>(THPGenerator_initDefaultGenerator(
-            default_generator(static_cast<c10::DeviceIndex>(running_index(index)))));
+        return py::reinterpret_steal<py::object>(
+            THPGenerator_initDefaultGenerator(default_generator(running_index(index))));
       },
       py::arg("index"));
   m.def(
       "manual_seed",
       [](int index, uint64_t seed) {
-        at::Generator generator =
-            default_generator(static_cast<c10::DeviceIndex>(running_index(index)));
-        py::gil_scoped_release release;
-        std::lock_guard<std::mutex> lock(generator.mutex());
-        generator.set_current_seed(seed);
+        with_default_generator(index, [&](at::Generator& g) { g.set_current_seed(seed); });
       },
       py::arg("index"), py::arg("seed"));
   m.def(
       "seed",
       [](int index) {
-        at::Generator generator =
-            default_generator(static_cast<c10::DeviceIndex>(running_index(index)));
-        py::gil_scoped_release release;
-        std::lock_guard<std::mutex> lock(generator.mutex());
-        return generator.seed();
+        return with_default_generator(index, [](at::Generator& g) { return g.seed(); });
       },
       py::arg("index"));
   m.def(
       "initial_seed",
       [](int index) {
-        at::Generator generator =
-            default_generator(static_cast<c10::DeviceIndex>(running_index(index)));
-        py::gil_scoped_release release;
-        std::lock_guard<std::mutex> lock(generator.mutex());
-        return generator.current_seed();
+        return with_default_generator(index, [](at::Generator& g) { return g.current_seed(); });
       },
       py::arg("index"));
   m.def(
       "get_rng_state",
       [](int index) {
-        at::Generator generator =
-            default_generator(static_cast<c10::DeviceIndex>(running_index(index)));
-        py::gil_scoped_release release;
-        std::lock_guard<std::mutex> lock(generator.mutex());
-        return generator.get_state();
+        return with_default_generator(index, [](at::Generator& g) { return g.get_state(); });
       },
       py::arg("index"));
   m.def(
       "set_rng_state",
       [](int index, const at::Tensor& state) {
-        at::Generator generator =
-            default_generator(static_cast<c10::DeviceIndex>(running_index(index)));
-        py::gil_scoped_release release;
-        std::lock_guard<std::mutex> lock(generator.mutex());
-        generator.set_state(state);
+        with_default_generator(index, [&](at::Generator& g) { g.set_state(state); });
       },
       py::arg("index"), py::arg("state"));
 
