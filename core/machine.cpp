@@ -294,11 +294,15 @@ void Machine::flush_submit_locked() {
   }
 }
 
-void Machine::throw_lost_queue_locked(const std::string& why) {
+void Machine::mark_lost_queue_locked(const std::string& why) {
   // The first failure is the cause; a later one (another thread's call to
   // the same broken session) is its consequence.
   if (lost_.empty()) lost_ = "Machine " + id_ + " was lost: " + why;
-  room_cv_.notify_all();
+  room_cv_.notify_all();  // waiters for room see it now
+}
+
+void Machine::throw_lost_queue_locked(const std::string& why) {
+  mark_lost_queue_locked(why);
   throw std::runtime_error(lost_);
 }
 
@@ -315,11 +319,10 @@ void Machine::sender_loop() {
       session_->wait_until_ready();
       flush_submit_locked();
     } catch (const std::exception& e) {
-      // Callers see why at their next call; those waiting for room wake.
+      // Callers see why at their next call.
       log_info(std::string("sender stopped: ") + e.what());
       std::lock_guard<std::mutex> lock(queue_mu_);
-      if (lost_.empty()) lost_ = "Machine " + id_ + " was lost: " + e.what();
-      room_cv_.notify_all();
+      mark_lost_queue_locked(e.what());
       return;
     }
     std::lock_guard<std::mutex> lock(queue_mu_);

@@ -140,7 +140,9 @@ class Machine : public std::enable_shared_from_this<Machine> {
   // Hands everything queued to the session.
   void flush_submit_locked();
   void check_usable_queue_locked(const DeviceEntry* device = nullptr) const;
-  // Marks the session lost (keeping the first reason) and throws that.
+  // Marks the session lost, keeping the first reason.
+  void mark_lost_queue_locked(const std::string& why);
+  // The same, then throws that reason.
   [[noreturn]] void throw_lost_queue_locked(const std::string& why);
   // The download in `request` may skip the commands after this one (0: all);
   // nullopt when it must go the ordinary way.

@@ -83,13 +83,16 @@ std::vector<at::Tensor> flatten_tensors(const torch::jit::Stack& results) {
   return tensors;
 }
 
+// Bytes [from, from + count) of `storage`, as a uint8 tensor over them.
+at::Tensor storage_bytes(const c10::Storage& storage, uint64_t from, uint64_t count) {
+  at::Tensor bytes = at::empty({0}, at::TensorOptions().dtype(at::kByte).device(storage.device()));
+  bytes.set_(storage, static_cast<int64_t>(from), {static_cast<int64_t>(count)}, {1});
+  return bytes;
+}
+
 // Sets the bytes of `storage` from byte `from` on to zero.
 void zero_bytes(const c10::Storage& storage, uint64_t from) {
-  if (from >= storage.nbytes()) return;
-  at::Tensor bytes = at::empty({0}, at::TensorOptions().dtype(at::kByte).device(storage.device()));
-  bytes.set_(storage, static_cast<int64_t>(from), {static_cast<int64_t>(storage.nbytes() - from)},
-             {1});
-  bytes.zero_();
+  if (from < storage.nbytes()) storage_bytes(storage, from, storage.nbytes() - from).zero_();
 }
 
 }  // namespace
@@ -692,16 +695,11 @@ void Executor::resize(const wire::ResizeStorage& resize) {
   c10::DeviceGuard guard(device);
   c10::Storage grown(c10::Storage::use_byte_size_t(), resize.nbytes(),
                      c10::GetAllocator(device.type()), /*resizable=*/true);
-  const int64_t keep_bytes = static_cast<int64_t>(std::min<uint64_t>(resize.nbytes(), old_nbytes));
+  const uint64_t keep_bytes = std::min<uint64_t>(resize.nbytes(), old_nbytes);
   if (keep_bytes > 0) {
-    auto bytes_of = [&](const c10::Storage& storage) {
-      at::Tensor t = at::empty({0}, at::TensorOptions().dtype(at::kByte).device(storage.device()));
-      t.set_(storage, 0, {keep_bytes}, {1});
-      return t;
-    };
-    bytes_of(grown).copy_(bytes_of(old_storage));
+    storage_bytes(grown, 0, keep_bytes).copy_(storage_bytes(old_storage, 0, keep_bytes));
   }
-  zero_bytes(grown, static_cast<uint64_t>(keep_bytes));
+  zero_bytes(grown, keep_bytes);
   keep(resize.storage_id(), std::move(grown));
 }
 
