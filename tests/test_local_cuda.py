@@ -11,34 +11,9 @@ import time
 
 import pytest
 import torch
+from processes import alive, children_named
 
 import mycelya_torch
-
-
-def _children_named(name, parent=None):
-    parent = os.getpid() if parent is None else parent
-    pids = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as stat:
-                fields = stat.read().rsplit(")", 1)
-                comm = fields[0].split("(", 1)[1]
-                ppid = int(fields[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-        if ppid == parent and comm == name[:15]:
-            pids.append(int(entry))
-    return pids
-
-
-def _alive(pid):
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 def _wait_until(condition, timeout):
@@ -53,12 +28,12 @@ def _wait_until(condition, timeout):
 def test_runs_ops_in_a_child_server_and_stops_it():
     with mycelya_torch.RemoteMachine("local-cuda") as machine:
         assert "cpu" in machine.devices()
-        servers = _children_named("mycelya-server")
+        servers = children_named("mycelya-server")
         assert len(servers) == 1
         x = torch.randn(64, 32)
         remote = x.to(machine.device("cpu"))
         torch.testing.assert_close((remote @ remote.t()).relu().cpu(), (x @ x.t()).relu())
-    assert _wait_until(lambda: not _alive(servers[0]), 10)
+    assert _wait_until(lambda: not alive(servers[0]), 10)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this host has CUDA")
@@ -83,9 +58,9 @@ def test_server_death_is_a_clear_error_not_a_hang(sig):
     device = machine.device()
     x = torch.ones(8, device=device)
     assert x.sum().item() == 8.0
-    (server,) = _children_named("mycelya-server")
+    (server,) = children_named("mycelya-server")
     os.kill(server, sig)
-    assert _wait_until(lambda: not _alive(server), 10)
+    assert _wait_until(lambda: not alive(server), 10)
     start = time.monotonic()
     with pytest.raises(RuntimeError, match="was lost"):
         (x * 2).cpu()
@@ -104,7 +79,7 @@ def test_server_death_while_a_read_waits_is_a_clear_error_not_a_hang():
     for _ in range(100):  # seconds of queued work on the server
         x = torch.tanh(x @ x / 1024)
     total = x.sum()  # its read waits, beside the stream, for all of it
-    (server,) = _children_named("mycelya-server")
+    (server,) = children_named("mycelya-server")
     killer = threading.Timer(0.5, os.kill, (server, signal.SIGKILL))
     killer.start()
     start = time.monotonic()
@@ -161,12 +136,12 @@ def test_no_orphan_server_when_the_client_process_dies_abruptly():
     )
     try:
         client_pid = int(child.stdout.readline())
-        (server,) = _children_named("mycelya-server", parent=client_pid)
+        (server,) = children_named("mycelya-server", parent=client_pid)
         child.stdin.write("\n")
         child.stdin.flush()
         child.wait(timeout=30)
         assert child.returncode == -signal.SIGKILL
-        assert _wait_until(lambda: not _alive(server), 10), "mycelya-server outlived its client"
+        assert _wait_until(lambda: not alive(server), 10), "mycelya-server outlived its client"
     finally:
         if child.poll() is None:
             child.kill()

@@ -16,6 +16,7 @@ import time
 
 import pytest
 import torch
+from processes import children_named, rss_mb
 
 import mycelya_torch
 from conftest import PROVIDER
@@ -25,30 +26,6 @@ SERVER_MARGIN_MB = 48
 SMALL_OPS = 1_000_000
 TENSORS = 10_000
 MACHINES = 1_000
-
-
-def _rss_mb(pid):
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    raise RuntimeError(f"no VmRSS for process {pid}")
-
-
-def _server_pids():
-    """mycelya-server children of this process (local-cuda's servers)."""
-    pids = set()
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as stat:
-                head, tail = stat.read().rsplit(")", 1)
-            if head.split("(", 1)[1] == "mycelya-server" and int(tail.split()[1]) == os.getpid():
-                pids.add(int(entry))
-        except (OSError, IndexError, ValueError):
-            continue
-    return pids
 
 
 class Watch:
@@ -62,8 +39,8 @@ class Watch:
         gc.collect()
         stats = self.machine.memory_stats()  # a sync point: every free has arrived
         return {
-            "client_mb": _rss_mb(os.getpid()),
-            "server_mb": _rss_mb(self.server_pid) if self.server_pid else 0.0,
+            "client_mb": rss_mb(os.getpid()),
+            "server_mb": rss_mb(self.server_pid) if self.server_pid else 0.0,
             "storages": stats["storages"],
             "bytes_in_use": stats["bytes_in_use"],
             "generators": stats["generators"],
@@ -76,9 +53,9 @@ class Watch:
 
 @pytest.fixture
 def watched():
-    before = _server_pids()
+    before = set(children_named("mycelya-server"))
     machine = mycelya_torch.RemoteMachine(PROVIDER)
-    started = _server_pids() - before
+    started = set(children_named("mycelya-server")) - before
     yield Watch(machine, started.pop() if started else None)
     machine.stop()
 
