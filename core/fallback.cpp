@@ -278,6 +278,7 @@ void remote_fallback(const c10::OperatorHandle& op, torch::jit::Stack* stack) {
                               "mycelya supports only strided (dense) tensors; ",
                               op_display_name(op),
                               " works on sparse tensors. Keep sparse work on the CPU.");
+  check_op_allowed(op);
   upload_cpu_indices(schema, stack);
   auto args = torch::jit::last(*stack, num_args);
   OpPlacement placement = place_op(op, args);

@@ -4,12 +4,15 @@
 #include <c10/util/Exception.h>
 
 #include <cstring>
+#include <optional>
+#include <string>
 #include <unordered_map>
 
 #include "core/allocator.h"
 #include "core/generator.h"
 #include "core/machine.h"
 #include "core/remote_tensor.h"
+#include "proto/op_policy.h"
 #include "proto/schema_types.h"
 #include "proto/tensor_geometry.h"
 
@@ -149,18 +152,39 @@ void encode_value(const c10::IValue& value, const c10::TypePtr& type, const OpPl
   }
 }
 
-const std::string& op_display_name(const c10::OperatorHandle& op) {
-  // Built once per op and thread: every queued record carries the name.
-  thread_local std::unordered_map<const c10::FunctionSchema*, std::string> names;
-  auto it = names.find(&op.schema());
-  if (it == names.end()) {
+namespace {
+
+// What the client needs to know of an op per call, worked out once per op
+// and thread: every queued record carries the name.
+struct OpFacts {
+  std::string display_name;
+  std::optional<std::string> refusal;  // why machines refuse it (proto/op_policy.h)
+};
+
+const OpFacts& facts_of(const c10::OperatorHandle& op) {
+  thread_local std::unordered_map<const c10::FunctionSchema*, OpFacts> facts;
+  auto it = facts.find(&op.schema());
+  if (it == facts.end()) {
     const auto& name = op.operator_name();
-    it = names
+    it = facts
              .emplace(&op.schema(),
-                      name.overload_name.empty() ? name.name : name.name + "." + name.overload_name)
+                      OpFacts{name.overload_name.empty() ? name.name
+                                                         : name.name + "." + name.overload_name,
+                              refusal_reason(op.schema())})
              .first;
   }
   return it->second;
+}
+
+}  // namespace
+
+const std::string& op_display_name(const c10::OperatorHandle& op) {
+  return facts_of(op).display_name;
+}
+
+void check_op_allowed(const c10::OperatorHandle& op) {
+  const std::optional<std::string>& refusal = facts_of(op).refusal;
+  TORCH_CHECK(!refusal, "mycelya: ", *refusal);
 }
 
 wire::OpRecord encode_op(const c10::OperatorHandle& op, c10::ArrayRef<c10::IValue> args,

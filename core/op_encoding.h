@@ -43,4 +43,8 @@ wire::OpRecord encode_op(const c10::OperatorHandle& op, c10::ArrayRef<c10::IValu
 
 const std::string& op_display_name(const c10::OperatorHandle& op);
 
+// Throws (RuntimeError in Python) for an op no machine runs (proto/op_policy.h),
+// before anything is queued or allocated for it.
+void check_op_allowed(const c10::OperatorHandle& op);
+
 }  // namespace mycelya

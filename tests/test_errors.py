@@ -55,6 +55,18 @@ def test_rejected_op_names_the_op_and_the_machine_keeps_working(device):
     _still_works(device)
 
 
+def test_ops_that_reach_the_machines_files_are_refused_before_anything_is_sent(device, tmp_path):
+    target = tmp_path / "from_file"
+    with pytest.raises(RuntimeError, match=r"aten::from_file reaches files.*\.to\(device\)"):
+        torch.from_file(str(target), shared=True, size=16, dtype=torch.uint8, device=device)
+    assert not target.exists()
+    # The same file, read locally and moved, is fine.
+    target.write_bytes(bytes(range(16)))
+    local = torch.from_file(str(target), shared=False, size=16, dtype=torch.uint8)
+    torch.testing.assert_close(local.to(device).cpu(), torch.arange(16, dtype=torch.uint8))
+    _still_works(device)
+
+
 def _peak_rss_bytes():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
