@@ -12,6 +12,7 @@
 #include <fstream>
 #include <mutex>
 
+#include "proto/op_policy.h"
 #include "proto/schema_types.h"
 #include "proto/storage_ids.h"
 #include "proto/tensor_geometry.h"
@@ -111,7 +112,11 @@ uint64_t default_memory_limit() {
 Executor::Executor(ExecutorOptions options)
     : options_(std::move(options)), generators_(options_.devices) {
   if (options_.memory_limit_bytes == 0) options_.memory_limit_bytes = default_memory_limit();
+  budget_ = options_.server_budget ? options_.server_budget
+                                   : std::make_shared<MemoryBudget>(options_.memory_limit_bytes);
 }
+
+Executor::~Executor() { budget_->release(bytes_charged_); }
 
 namespace {
 
@@ -199,6 +204,8 @@ const Executor::KnownOp& Executor::op_for(const wire::OpRecord& record) {
     const std::string overload = dot == std::string::npos ? "" : name.substr(dot + 1);
     c10::OperatorHandle handle =
         c10::Dispatcher::singleton().findSchemaOrThrow(base.c_str(), overload.c_str());
+    const std::optional<std::string> refusal = refusal_reason(handle.schema());
+    TORCH_CHECK(!refusal, "refused: ", *refusal);
     const auto& arguments = handle.schema().arguments();
     const bool in_place = !arguments.empty() && arguments[0].name() == "self" &&
                           arguments[0].alias_info() && arguments[0].alias_info()->isWrite();
@@ -221,14 +228,41 @@ int Executor::slot_of(c10::Device device) const {
               ", which this machine does not serve");
 }
 
-void Executor::reserve_bytes(uint64_t nbytes) const {
-  if (nbytes <= options_.memory_limit_bytes &&
-      bytes_in_use_ <= options_.memory_limit_bytes - nbytes)
-    return;
-  TORCH_CHECK(false, "out of memory on the remote machine: ", format_bytes(nbytes), " requested, ",
-              format_bytes(bytes_in_use_), " in use, limit ",
-              format_bytes(options_.memory_limit_bytes),
+namespace {
+
+// What `nbytes` in `storages` storages cost against the limits; saturates.
+uint64_t cost_of(uint64_t nbytes, uint64_t storages) {
+  uint64_t overhead = 0, cost = 0;
+  if (__builtin_mul_overflow(storages, kStorageOverheadBytes, &overhead) ||
+      __builtin_add_overflow(nbytes, overhead, &cost)) {
+    return UINT64_MAX;
+  }
+  return cost;
+}
+
+}  // namespace
+
+void Executor::reserve_bytes(uint64_t nbytes, uint64_t storages) const {
+  const uint64_t cost = cost_of(nbytes, storages);
+  const uint64_t limit = options_.memory_limit_bytes;
+  if (cost <= limit && bytes_charged_ <= limit - cost && budget_->fits(cost)) return;
+  out_of_memory(nbytes);
+}
+
+void Executor::out_of_memory(uint64_t nbytes) const {
+  const uint64_t cost = cost_of(nbytes, 1);
+  const uint64_t limit = options_.memory_limit_bytes;
+  const bool session_full = cost > limit || bytes_charged_ > limit - cost;
+  TORCH_CHECK(!session_full && options_.server_budget,
+              "out of memory on the remote machine: ", format_bytes(nbytes), " requested, ",
+              format_bytes(bytes_in_use_), " in use, limit ", format_bytes(limit),
               ". Free tensors you no longer need or use a bigger machine.");
+  TORCH_CHECK(false, "out of memory on the remote machine: ", format_bytes(nbytes),
+              " requested; this session holds ", format_bytes(bytes_in_use_), " of its limit of ",
+              format_bytes(limit), ", and the server's sessions together hold ",
+              format_bytes(budget_->used()), " of its ", format_bytes(budget_->limit()),
+              ". Free tensors you no longer need, wait for other sessions to end, or use a bigger "
+              "machine.");
 }
 
 c10::Storage Executor::new_storage(uint64_t nbytes, c10::Device device, bool zeroed) {
@@ -243,16 +277,52 @@ c10::Storage Executor::new_storage(uint64_t nbytes, c10::Device device, bool zer
 }
 
 void Executor::keep(uint64_t id, c10::Storage storage) {
-  KeptStorage& kept = storages_[id];
-  bytes_in_use_ = bytes_in_use_ - kept.counted_bytes + storage.nbytes();
-  kept.counted_bytes = storage.nbytes();
+  auto it = storages_.find(id);
+  const bool known = it != storages_.end();
+  const uint64_t old_bytes = known ? it->second.counted_bytes : 0;
+  const uint64_t new_bytes = storage.nbytes();
+  const uint64_t old_cost = known ? cost_of(old_bytes, 1) : 0;
+  const uint64_t new_cost = cost_of(new_bytes, 1);
+  TORCH_CHECK(known || storages_.size() < options_.max_storages, "this session holds ",
+              storages_.size(),
+              " storages, the most a session may hold on this server; free "
+              "tensors you no longer need");
+  if (new_cost > old_cost) {
+    const uint64_t growth = new_cost - old_cost;
+    const uint64_t limit = options_.memory_limit_bytes;
+    if (growth > limit || bytes_charged_ > limit - growth || !budget_->try_charge(growth)) {
+      // Nothing stays under the ID: a storage a kernel grew past the limit is
+      // dropped (and poisoned by the failing op), not kept uncounted.
+      if (known) free(id);
+      out_of_memory(growth);
+    }
+    bytes_charged_ += growth;
+  } else {
+    budget_->release(old_cost - new_cost);
+    bytes_charged_ -= old_cost - new_cost;
+  }
+  bytes_in_use_ = bytes_in_use_ - old_bytes + new_bytes;
+  KeptStorage& kept = known ? it->second : storages_[id];
+  kept.counted_bytes = new_bytes;
   kept.storage = std::move(storage);
+}
+
+void Executor::recharge(const std::vector<uint64_t>& ids) {
+  for (uint64_t id : ids) {
+    auto it = storages_.find(id);
+    if (it != storages_.end() && it->second.storage.nbytes() != it->second.counted_bytes) {
+      keep(id, it->second.storage);
+    }
+  }
 }
 
 void Executor::free(uint64_t id) {
   poison_.erase(id);
   auto it = storages_.find(id);
   if (it == storages_.end()) return;
+  const uint64_t cost = cost_of(it->second.counted_bytes, 1);
+  budget_->release(cost);
+  bytes_charged_ -= cost;
   bytes_in_use_ -= it->second.counted_bytes;
   storages_.erase(it);
 }
@@ -437,15 +507,16 @@ void Executor::check_inputs(const StorageUse& use, const wire::OpRecord& record)
     for (uint64_t id : use.written) check_not_poisoned(id);
   }
   // Refuse outputs beyond the memory limit before the kernel allocates them.
-  uint64_t output_bytes = 0;
+  uint64_t output_bytes = 0, new_storages = 0;
   for (const auto& out : record.outputs()) {
     if (out.storage_id() == 0 || storages_.count(out.storage_id())) continue;
+    ++new_storages;
     if (__builtin_add_overflow(output_bytes, out.storage_nbytes(), &output_bytes)) {
       output_bytes = UINT64_MAX;  // beyond any limit
       break;
     }
   }
-  reserve_bytes(output_bytes);
+  reserve_bytes(output_bytes, new_storages);
 }
 
 torch::jit::Stack Executor::decode_and_call(const KnownOp& op, const wire::OpRecord& record,
@@ -586,7 +657,7 @@ void Executor::report_dynamic_outputs(const KnownOp& op, const wire::OpRecord& r
       info->mutable_value()->set_double_value(result.toDouble());
     }
   }
-  reserve_bytes(result_bytes);
+  reserve_bytes(result_bytes, results.size());
   for (auto& [id, storage] : results) keep(id, std::move(storage));
 }
 
@@ -605,6 +676,8 @@ void Executor::run_op(const wire::OpRecord& record, bool dynamic, wire::Response
     check_inputs(use, record);
     std::optional<ArgumentStorages> arguments;
     const torch::jit::Stack results = decode_and_call(op, record, &arguments);
+    // An out= kernel may have grown an argument's storage: count it now.
+    recharge(use.written);
     if (dynamic) {
       report_dynamic_outputs(op, record, results, *arguments, response);
     } else {
@@ -691,7 +764,7 @@ void Executor::resize(const wire::ResizeStorage& resize) {
               old_storage.device(), ", not on device slot ", resize.device());
   const uint64_t old_nbytes = old_storage.nbytes();
   // The old storage is still counted: only growth needs room.
-  reserve_bytes(resize.nbytes() > old_nbytes ? resize.nbytes() - old_nbytes : 0);
+  reserve_bytes(resize.nbytes() > old_nbytes ? resize.nbytes() - old_nbytes : 0, 0);
   c10::DeviceGuard guard(device);
   c10::Storage grown(c10::Storage::use_byte_size_t(), resize.nbytes(),
                      c10::GetAllocator(device.type()), /*resizable=*/true);
@@ -705,9 +778,20 @@ void Executor::resize(const wire::ResizeStorage& resize) {
 
 void Executor::download(const wire::TensorRef& ref, Payload* payload) {
   check_not_poisoned(ref.storage_id());
+  // A view can show a storage's bytes many times over (stride 0): what it
+  // would take to send more than the storage holds must fit in memory first.
+  const at::Tensor source = tensor_for(ref);
+  uint64_t payload_bytes = source.element_size();
+  for (int64_t size : source.sizes()) {
+    if (__builtin_mul_overflow(payload_bytes, static_cast<uint64_t>(size), &payload_bytes)) {
+      payload_bytes = UINT64_MAX;
+      break;
+    }
+  }
+  if (payload_bytes > source.storage().nbytes()) reserve_bytes(payload_bytes, 0);
   // A contiguous CPU view is sent as it is; the tensor keeps its storage alive.
   // The bytes of the values the tensor shows: lazy conjugate/negative bits applied.
-  payload->bytes = tensor_for(ref).resolve_conj().resolve_neg().contiguous().cpu();
+  payload->bytes = source.resolve_conj().resolve_neg().contiguous().cpu();
   // A tensor without memory (a ZeroTensor some kernel returned) has no bytes to send.
   TORCH_CHECK(payload->bytes.numel() == 0 || payload->bytes.const_data_ptr() != nullptr, "storage ",
               ref.storage_id(), " has no memory on the remote machine");

@@ -22,6 +22,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <optional>
 #include <stdexcept>
 #include <string>
@@ -29,6 +30,7 @@
 #include <vector>
 
 #include "proto/mycelya.pb.h"
+#include "server/memory_budget.h"
 #include "server/session_generators.h"
 
 namespace mycelya {
@@ -39,6 +41,11 @@ struct ExecutorOptions {
   std::vector<std::string> device_names;
   // Storages beyond this many bytes are refused (an error, not the OOM killer).
   uint64_t memory_limit_bytes = 0;
+  // The server's memory, shared by all its sessions; null: one of the
+  // session's own, as large as memory_limit_bytes.
+  std::shared_ptr<MemoryBudget> server_budget;
+  // Storages one session may hold at once, whatever their size.
+  uint64_t max_storages = 1 << 20;
 };
 
 // A response's bulk bytes (a download), kept as the contiguous CPU tensor they
@@ -78,6 +85,9 @@ uint64_t default_memory_limit();
 class Executor {
  public:
   explicit Executor(ExecutorOptions options);
+  ~Executor();
+  Executor(const Executor&) = delete;
+  Executor& operator=(const Executor&) = delete;
 
   const ExecutorOptions& options() const { return options_; }
 
@@ -100,7 +110,10 @@ class Executor {
   // commands: the one point where a transport may serve a read early.
   void set_after_command(std::function<void()> hook) { after_command_ = std::move(hook); }
 
+  // Bytes of the session's storages, and what they cost against the limits
+  // (those bytes plus kStorageOverheadBytes per storage).
   uint64_t bytes_in_use() const { return bytes_in_use_; }
+  uint64_t bytes_charged() const { return bytes_charged_; }
   size_t storage_count() const { return storages_.size(); }
   size_t client_generators() const { return generators_.client_generators(); }
 
@@ -172,16 +185,24 @@ class Executor {
   c10::Storage new_storage(uint64_t nbytes, c10::Device device, bool zeroed);
   // Throws PoisonedStorage with the error that left a storage invalid, if any.
   void check_not_poisoned(uint64_t id) const;
+  // Keeps a storage under `id`, charging what it costs beyond what the ID was
+  // charged before; throws the out-of-memory error (keeping nothing under the
+  // ID) when that is beyond a limit.
   void keep(uint64_t id, c10::Storage storage);
+  // Charges storages that a kernel grew in place (out= arguments) anew.
+  void recharge(const std::vector<uint64_t>& ids);
   void free(uint64_t id);
-  void reserve_bytes(uint64_t nbytes) const;
+  // Throws the out-of-memory error unless `nbytes` more, in `storages` new
+  // storages, fit in both limits now: the check before allocating.
+  void reserve_bytes(uint64_t nbytes, uint64_t storages = 1) const;
+  [[noreturn]] void out_of_memory(uint64_t nbytes) const;
 
   ExecutorOptions options_;
   struct KeptStorage {
     c10::Storage storage;
-    // Bytes counted against the limit, as of keep(). A kernel may resize a
-    // storage in place (an out= argument), so storage.nbytes() can differ by
-    // the time it is freed.
+    // Bytes counted against the limits, as of keep(). A kernel may resize a
+    // storage in place (an out= argument), so storage.nbytes() can differ
+    // until recharge() catches up.
     uint64_t counted_bytes = 0;
   };
   std::unordered_map<uint64_t, KeptStorage> storages_;
@@ -190,7 +211,9 @@ class Executor {
   std::unordered_map<uint64_t, std::string> poison_;
   std::vector<std::optional<KnownOp>> ops_;  // by op_id
   SessionGenerators generators_;
+  std::shared_ptr<MemoryBudget> budget_;
   uint64_t bytes_in_use_ = 0;
+  uint64_t bytes_charged_ = 0;
   std::optional<wire::Error> pending_error_;
   uint64_t commands_run_ = 0;
   bool commands_counted_ = true;

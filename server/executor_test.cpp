@@ -8,6 +8,7 @@
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 #include <cstdint>
 #include <cstring>
@@ -844,6 +845,156 @@ TEST_F(ExecutorTest, NewStoragesAndGrownBytesStartZeroed) {
   at::Tensor whole = download(contiguous_ref(12, {16}));
   EXPECT_TRUE(at::equal(whole.narrow(0, 8, 4), at::full({4}, 2.0f)));
   EXPECT_EQ(whole.sum().item<float>(), 8.0f);
+}
+
+wire::Value string_value(const std::string& text) {
+  wire::Value value;
+  value.set_string_value(text);
+  return value;
+}
+
+wire::Value none_value() {
+  wire::Value value;
+  value.set_none(true);
+  return value;
+}
+
+wire::Value int_value(int64_t i) {
+  wire::Value value;
+  value.set_int_value(i);
+  return value;
+}
+
+TEST_F(ExecutorTest, OpsThatReachFilesOrHandOutUnwrittenMemoryAreRefused) {
+  const std::string path = ::testing::TempDir() + "/from_file_target";
+  upload(1, at::arange(4, at::kFloat));
+  // aten::from_file(str filename, bool? shared, int? size, *, dtype, layout, device, pin_memory)
+  BatchBuilder()
+      .op(op_record(1, "aten::from_file",
+                    {string_value(path), none_value(), int_value(16), none_value(), none_value(),
+                     none_value(), none_value()},
+                    {contiguous_ref(2, {16}, at::kByte)}))
+      .run(executor_);
+  wire::Response response = sync();
+  ASSERT_TRUE(response.has_pending_error());
+  EXPECT_TRUE(Contains(response.pending_error().message(), "refused"));
+  EXPECT_TRUE(Contains(response.pending_error().message(), "files or processes"));
+  EXPECT_NE(access(path.c_str(), F_OK), 0) << "from_file created " << path;
+
+  // empty.memory_format would hand out whatever the allocator held.
+  const wire::OpRecord empty = op_record(2, "aten::empty.memory_format",
+                                         {int_list_value({1024}), none_value(), none_value(),
+                                          none_value(), none_value(), none_value()},
+                                         {contiguous_ref(3, {1024}, at::kFloat)});
+  BatchBuilder().op(empty).run(executor_);
+  response = sync();
+  ASSERT_TRUE(response.has_pending_error());
+  EXPECT_TRUE(Contains(response.pending_error().message(), "without writing it"));
+  response = execute(empty);
+  EXPECT_TRUE(Contains(response.error().message(), "without writing it"));
+  // resize_ would grow a storage with unwritten bytes behind the client's back.
+  BatchBuilder()
+      .op(op_record(3, "aten::resize_",
+                    {tensor_value(contiguous_ref(1, {4})), int_list_value({1 << 20}), none_value()},
+                    {wire::TensorRef()}))
+      .run(executor_);
+  EXPECT_TRUE(Contains(sync().pending_error().message(), "without writing it"));
+  EXPECT_EQ(executor_.bytes_in_use(), 4 * sizeof(float));
+  // The session goes on.
+  EXPECT_TRUE(at::equal(download(contiguous_ref(1, {4})), at::arange(4, at::kFloat)));
+}
+
+TEST_F(SmallExecutorTest, AnOutArgumentAKernelGrowsPastTheLimitIsDroppedAndPoisoned) {
+  at::Tensor small = at::arange(4, at::kFloat);
+  upload(1, small);
+  upload(2, at::zeros({1}));
+  const uint64_t before = executor_.bytes_in_use();
+  // repeat.out grows the 4-byte out storage to 16 MiB inside the kernel,
+  // where no ref was checked against the limit.
+  BatchBuilder()
+      .op(op_record(1, "aten::repeat.out",
+                    {tensor_value(ref_for(1, small)), int_list_value({1024, 1024}),
+                     tensor_value(contiguous_ref(2, {1}))},
+                    {wire::TensorRef()}))
+      .run(executor_);
+  wire::Response response = sync();
+  ASSERT_TRUE(response.has_pending_error());
+  EXPECT_TRUE(Contains(response.pending_error().message(), "out of memory"));
+  EXPECT_EQ(executor_.bytes_in_use(), before - sizeof(float));
+  EXPECT_EQ(executor_.storage_count(), 1u);
+  std::string payload;
+  EXPECT_TRUE(download_response(contiguous_ref(2, {1}), &payload).has_error());
+  EXPECT_TRUE(at::equal(download(ref_for(1, small)), small));
+}
+
+TEST_F(SmallExecutorTest, EveryStorageCostsItsBookkeepingToo) {
+  // 1 MiB holds about 2,000 one-byte storages, not a million.
+  for (uint64_t id = 1; id <= 4096; ++id) {
+    BatchBuilder().upload(contiguous_ref(id, {1}, at::kByte), std::string(1, 'x')).run(executor_);
+  }
+  wire::Response response = sync();
+  ASSERT_TRUE(response.has_pending_error());
+  EXPECT_TRUE(Contains(response.pending_error().message(), "out of memory"));
+  EXPECT_LT(executor_.storage_count(), 2048u);
+  EXPECT_LE(executor_.bytes_charged(), kMiB);
+  EXPECT_EQ(executor_.bytes_charged(),
+            executor_.bytes_in_use() + executor_.storage_count() * kStorageOverheadBytes);
+}
+
+TEST(ExecutorBudgetTest, SessionsShareTheServersBudget) {
+  auto budget = std::make_shared<MemoryBudget>(kMiB);
+  ExecutorOptions options{{c10::Device(c10::kCPU)}, {"cpu"}, kMiB, budget};
+  auto first = std::make_unique<Executor>(options);
+  Executor second(options);
+  const std::string bytes(600 * 1024, 'a');
+  BatchBuilder().upload(contiguous_ref(1, {600 * 1024}, at::kByte), bytes).run(*first);
+  EXPECT_EQ(budget->used(), 600 * 1024 + kStorageOverheadBytes);
+  // The second session's own limit has room; the server's budget does not.
+  BatchBuilder().upload(contiguous_ref(1, {600 * 1024}, at::kByte), bytes).run(second);
+  EXPECT_EQ(second.storage_count(), 0u);
+  std::string payload;
+  wire::Request sync;
+  sync.mutable_sync();
+  wire::Response response;
+  ASSERT_TRUE(response.ParseFromString(second.handle_request(sync.SerializeAsString(), &payload)));
+  EXPECT_TRUE(Contains(response.pending_error().message(), "sessions together hold"))
+      << response.pending_error().message();
+  // A session that ends gives its bytes back.
+  first.reset();
+  EXPECT_EQ(budget->used(), 0u);
+  BatchBuilder().upload(contiguous_ref(1, {600 * 1024}, at::kByte), bytes).run(second);
+  EXPECT_EQ(second.storage_count(), 1u);
+}
+
+TEST_F(SmallExecutorTest, ADownloadMayNotBlowAStorageUpBeyondTheLimit) {
+  upload(1, at::arange(4, at::kFloat));
+  // Stride 0: 16 bytes shown as 64 Mi floats (256 MiB).
+  std::string payload;
+  wire::Response response =
+      download_response(make_ref(1, 16, {64 << 20}, {0}, 0, at::kFloat), &payload);
+  ASSERT_TRUE(response.has_error());
+  EXPECT_TRUE(Contains(response.error().message(), "out of memory"));
+  EXPECT_TRUE(payload.empty());
+  // A modest broadcast still downloads.
+  EXPECT_TRUE(at::equal(download(make_ref(1, 16, {3, 4}, {0, 1}, 0, at::kFloat)),
+                        at::arange(4, at::kFloat).expand({3, 4})));
+}
+
+TEST(ExecutorLimitsTest, StoragesPerSessionAreBounded) {
+  ExecutorOptions options{{c10::Device(c10::kCPU)}, {"cpu"}, 256 * kMiB};
+  options.max_storages = 3;
+  Executor executor(options);
+  for (uint64_t id = 1; id <= 4; ++id) {
+    BatchBuilder().upload(contiguous_ref(id, {1}, at::kByte), std::string(1, 'x')).run(executor);
+  }
+  EXPECT_EQ(executor.storage_count(), 3u);
+  wire::Request sync;
+  sync.mutable_sync();
+  std::string payload;
+  wire::Response response;
+  ASSERT_TRUE(
+      response.ParseFromString(executor.handle_request(sync.SerializeAsString(), &payload)));
+  EXPECT_TRUE(Contains(response.pending_error().message(), "the most a session may hold"));
 }
 
 TEST(ExecutorProcessTest, ProtobufAndTorchInOneProcess) {

@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <fstream>
+#include <memory>
 #include <sstream>
 
 #include "proto/payload_chunks.h"
@@ -24,7 +25,7 @@ gets an executor, and storages, of its own. SIGTERM or SIGINT stops it cleanly.
 Flags (--flag=value or --flag value):
   --listen ADDRESS        HOST:PORT (port 0 picks a free one) or unix:/path.
                           Default 127.0.0.1:0. Addresses other machines can
-                          reach require a token.
+                          reach require a token and TLS (or --insecure).
   --token-file PATH       Read the token from a file (surrounding whitespace
                           is trimmed).
   --token-env NAME        Read the token from the environment variable NAME.
@@ -34,10 +35,23 @@ Flags (--flag=value or --flag value):
                           CUDA devices, then cpu) or a comma-separated list
                           such as "cpu" or "cuda:0,cpu". Device slot i of the
                           protocol is the i-th entry.
+  --tls-cert PATH         The server's certificate chain (PEM) for TLS; or
+                          MYCELYA_TLS_CERT, holding a path or the PEM text.
+  --tls-key PATH          Its private key (PEM); or MYCELYA_TLS_KEY.
+  --insecure              Allow plaintext on an address other machines can
+                          reach (anyone on the path reads the token).
   --max-message-bytes N   Largest gRPC message either way (default 64 MiB).
-  --memory-limit BYTES    Storage bytes each session may hold (default: half
+  --memory-limit BYTES    Memory all sessions together may hold in storages,
+                          counting each storage's bookkeeping (default: half
                           of this machine's memory or cgroup limit, or
                           MYCELYA_MEMORY_LIMIT).
+  --session-memory-limit BYTES
+                          The most one session may hold (default: all of
+                          --memory-limit).
+  --max-sessions N        Sessions open at once (default 64); more are refused.
+  --idle-timeout SECONDS  Stop once no client has sent anything for this long
+                          (default 0: never). Stops a cloud machine's billing
+                          when its client vanished.
   --exit-with-parent      Stop (as on SIGTERM) when the parent process dies.
   --help                  Print this and exit.
 )";
@@ -88,6 +102,37 @@ std::string read_token(const Flags& flags, const std::function<const char*(const
   }
   const char* value = getenv("MYCELYA_TOKEN");
   return value ? trim(value) : "";
+}
+
+std::string read_file(const std::string& path, const std::string& what) {
+  std::ifstream file(path, std::ios::binary);
+  if (!file) throw FlagError("cannot read " + what + " " + path);
+  std::stringstream contents;
+  contents << file.rdbuf();
+  return contents.str();
+}
+
+// A PEM file named by the flag, else by the environment variable, which may
+// also hold the PEM text itself (a container's secret).
+std::string read_pem(const std::optional<std::string>& flag, const char* env_name,
+                     const std::function<const char*(const char*)>& getenv, const char* what) {
+  if (flag) return read_file(*flag, what);
+  const char* value = getenv(env_name);
+  if (!value || trim(value).empty()) return "";
+  const std::string text = trim(value);
+  if (text.rfind("-----BEGIN", 0) == 0) return text + "\n";
+  return read_file(text, what);
+}
+
+// A whole number of units from `low` to `high`, for --flag.
+uint64_t parse_bounded(const std::string& flag, const std::string& text, uint64_t low,
+                       uint64_t high, const char* unit) {
+  const std::optional<uint64_t> value = parse_count(text);
+  if (!value || *value < low || *value > high) {
+    throw FlagError("--" + flag + " must be a number of " + unit + " from " + std::to_string(low) +
+                    " to " + std::to_string(high));
+  }
+  return *value;
 }
 
 void parse_devices(const std::string& list, int cuda_devices, ExecutorOptions* options) {
@@ -147,9 +192,11 @@ Flags parse_flags(const std::vector<std::string>& args) {
     std::optional<std::string> inline_value;
     if (equals != std::string::npos) inline_value = arg.substr(equals + 1);
 
-    if (name == "help" || name == "exit-with-parent") {
+    if (name == "help" || name == "exit-with-parent" || name == "insecure") {
       if (inline_value) throw FlagError("--" + name + " takes no value");
-      (name == "help" ? flags.help : flags.exit_with_parent) = true;
+      (name == "help"       ? flags.help
+       : name == "insecure" ? flags.insecure
+                            : flags.exit_with_parent) = true;
       continue;
     }
     std::string* target = nullptr;
@@ -166,6 +213,16 @@ Flags parse_flags(const std::vector<std::string>& args) {
       optional_target = &flags.token_env;
     } else if (name == "memory-limit") {
       optional_target = &flags.memory_limit;
+    } else if (name == "session-memory-limit") {
+      optional_target = &flags.session_memory_limit;
+    } else if (name == "max-sessions") {
+      optional_target = &flags.max_sessions;
+    } else if (name == "idle-timeout") {
+      optional_target = &flags.idle_timeout;
+    } else if (name == "tls-cert") {
+      optional_target = &flags.tls_cert;
+    } else if (name == "tls-key") {
+      optional_target = &flags.tls_key;
     } else {
       throw FlagError("unknown flag --" + name);
     }
@@ -206,12 +263,33 @@ ServerConfig configure(const Flags& flags, const std::function<const char*(const
     }
     config.max_message_bytes = static_cast<int>(*bytes);
   }
-  if (flags.memory_limit) {
-    const std::optional<uint64_t> limit = parse_count(*flags.memory_limit);
-    if (!limit || *limit == 0) throw FlagError("--memory-limit must be a positive number of bytes");
-    config.executor.memory_limit_bytes = *limit;
-  } else {
-    config.executor.memory_limit_bytes = default_memory_limit();
+  const uint64_t budget = flags.memory_limit ? parse_bounded("memory-limit", *flags.memory_limit, 1,
+                                                             UINT64_MAX, "bytes")
+                                             : default_memory_limit();
+  config.executor.server_budget = std::make_shared<MemoryBudget>(budget);
+  config.executor.memory_limit_bytes =
+      flags.session_memory_limit
+          ? parse_bounded("session-memory-limit", *flags.session_memory_limit, 1, budget, "bytes")
+          : budget;
+  config.max_sessions = flags.max_sessions
+                            ? static_cast<int>(parse_bounded("max-sessions", *flags.max_sessions, 1,
+                                                             4096, "sessions"))
+                            : 64;
+  config.idle_timeout_seconds =
+      flags.idle_timeout ? static_cast<int>(parse_bounded("idle-timeout", *flags.idle_timeout, 0,
+                                                          365 * 24 * 3600, "seconds"))
+                         : 0;
+  config.tls_cert_pem = read_pem(flags.tls_cert, "MYCELYA_TLS_CERT", getenv, "the TLS certificate");
+  config.tls_key_pem = read_pem(flags.tls_key, "MYCELYA_TLS_KEY", getenv, "the TLS key");
+  if (config.tls_cert_pem.empty() != config.tls_key_pem.empty()) {
+    throw FlagError(
+        "TLS needs both a certificate and its key: give --tls-cert and --tls-key "
+        "(or MYCELYA_TLS_CERT and MYCELYA_TLS_KEY)");
+  }
+  if (config.tls_cert_pem.empty() && !is_local_address(flags.listen) && !flags.insecure) {
+    throw FlagError("--listen " + flags.listen +
+                    " is reachable from other machines, so TLS is required: give --tls-cert and "
+                    "--tls-key, or --insecure to send the token and tensors in plaintext");
   }
   parse_devices(flags.devices, cuda_devices, &config.executor);
   return config;

@@ -30,6 +30,12 @@ struct Flags {
   std::string devices = "auto";
   std::optional<std::string> max_message_bytes;
   std::optional<std::string> memory_limit;
+  std::optional<std::string> session_memory_limit;
+  std::optional<std::string> max_sessions;
+  std::optional<std::string> idle_timeout;
+  std::optional<std::string> tls_cert;
+  std::optional<std::string> tls_key;
+  bool insecure = false;
   bool exit_with_parent = false;
   bool help = false;
 };
@@ -42,8 +48,16 @@ Flags parse_flags(const std::vector<std::string>& args);
 struct ServerConfig {
   std::string listen;
   std::string token;  // empty: no token, which only local addresses allow
+  // Every session's options; executor.server_budget is the server-wide
+  // memory budget, shared by all of them.
   ExecutorOptions executor;
   int max_message_bytes = 0;
+  int max_sessions = 0;
+  int idle_timeout_seconds = 0;  // 0: never stop for want of clients
+  // PEM text of the server's certificate chain and private key; both empty:
+  // plaintext, which only local addresses (or --insecure) allow.
+  std::string tls_cert_pem;
+  std::string tls_key_pem;
   bool exit_with_parent = false;
 };
 

@@ -54,6 +54,7 @@ TEST(Flags, BothSpellingsOfAValue) {
                                               "--max-message-bytes=8388608", "--exit-with-parent"});
   EXPECT_EQ(config.listen, "unix:/tmp/s");
   EXPECT_EQ(config.executor.memory_limit_bytes, 4096u);
+  EXPECT_EQ(config.executor.server_budget->limit(), 4096u);
   EXPECT_EQ(config.max_message_bytes, 8 << 20);
   EXPECT_TRUE(config.exit_with_parent);
   EXPECT_TRUE(parse_flags({"--help"}).help);
@@ -74,10 +75,50 @@ TEST(Flags, TheTokenComesFromOnePlace) {
   EXPECT_TRUE(Contains(flag_error({"--token-file", file + ".empty"}), "is empty"));
 }
 
-TEST(Flags, AnAddressOthersCanReachNeedsAToken) {
+TEST(Flags, AnAddressOthersCanReachNeedsATokenAndTls) {
   EXPECT_TRUE(Contains(flag_error({"--listen", "0.0.0.0:50051"}), "token is required"));
+  EXPECT_TRUE(
+      Contains(flag_error({"--listen", "0.0.0.0:50051", "--insecure"}), "token is required"));
   Environment env{{{"MYCELYA_TOKEN", "t"}}};
-  EXPECT_EQ(configure_args({"--listen", "0.0.0.0:50051"}, env).listen, "0.0.0.0:50051");
+  EXPECT_TRUE(Contains(flag_error({"--listen", "0.0.0.0:50051"}, env), "TLS is required"));
+  EXPECT_EQ(configure_args({"--listen", "0.0.0.0:50051", "--insecure"}, env).listen,
+            "0.0.0.0:50051");
+  EXPECT_EQ(configure_args({"--listen", "127.0.0.1:50051"}, env).tls_cert_pem, "");
+}
+
+TEST(Flags, TlsFromFilesOrTheEnvironment) {
+  const std::string cert = ::testing::TempDir() + "/cert.pem";
+  const std::string key = ::testing::TempDir() + "/key.pem";
+  std::ofstream(cert) << "-----BEGIN CERTIFICATE-----\nC\n";
+  std::ofstream(key) << "-----BEGIN PRIVATE KEY-----\nK\n";
+  Environment env{{{"MYCELYA_TOKEN", "t"}}};
+  const ServerConfig config =
+      configure_args({"--listen", "0.0.0.0:1", "--tls-cert", cert, "--tls-key", key}, env);
+  EXPECT_TRUE(Contains(config.tls_cert_pem, "CERTIFICATE"));
+  EXPECT_TRUE(Contains(config.tls_key_pem, "PRIVATE KEY"));
+  // A variable holds a path or the PEM text itself.
+  env.variables["MYCELYA_TLS_CERT"] = cert;
+  env.variables["MYCELYA_TLS_KEY"] = "-----BEGIN PRIVATE KEY-----\nfrom-env\n";
+  const ServerConfig from_env = configure_args({"--listen", "0.0.0.0:1"}, env);
+  EXPECT_TRUE(Contains(from_env.tls_cert_pem, "CERTIFICATE"));
+  EXPECT_TRUE(Contains(from_env.tls_key_pem, "from-env"));
+  EXPECT_TRUE(Contains(flag_error({"--tls-cert", cert}), "both a certificate and its key"));
+  EXPECT_TRUE(Contains(flag_error({"--tls-cert", cert + ".missing", "--tls-key", key}),
+                       "cannot read the TLS certificate"));
+}
+
+TEST(Flags, LimitsOfTheServerAndItsSessions) {
+  const ServerConfig config =
+      configure_args({"--memory-limit", "8192", "--session-memory-limit", "4096", "--max-sessions",
+                      "3", "--idle-timeout", "90"});
+  EXPECT_EQ(config.executor.server_budget->limit(), 8192u);
+  EXPECT_EQ(config.executor.memory_limit_bytes, 4096u);
+  EXPECT_EQ(config.max_sessions, 3);
+  EXPECT_EQ(config.idle_timeout_seconds, 90);
+  const ServerConfig defaults = configure_args({"--memory-limit", "8192"});
+  EXPECT_EQ(defaults.executor.memory_limit_bytes, 8192u);
+  EXPECT_EQ(defaults.max_sessions, 64);
+  EXPECT_EQ(defaults.idle_timeout_seconds, 0);
 }
 
 TEST(Flags, DevicesFollowTheHost) {
@@ -99,7 +140,11 @@ TEST(Flags, NumbersAreDigitsInRange) {
     EXPECT_TRUE(Contains(flag_error({"--memory-limit", bad}), "--memory-limit")) << bad;
     EXPECT_TRUE(Contains(flag_error({"--max-message-bytes", bad}), "--max-message-bytes")) << bad;
   }
-  EXPECT_TRUE(Contains(flag_error({"--memory-limit", "0"}), "positive"));
+  EXPECT_TRUE(Contains(flag_error({"--memory-limit", "0"}), "from 1"));
+  EXPECT_TRUE(Contains(flag_error({"--max-sessions", "0"}), "--max-sessions"));
+  EXPECT_TRUE(Contains(flag_error({"--idle-timeout", "-5"}), "--idle-timeout"));
+  EXPECT_TRUE(Contains(flag_error({"--memory-limit", "4096", "--session-memory-limit", "8192"}),
+                       "--session-memory-limit"));
   EXPECT_TRUE(Contains(flag_error({"--max-message-bytes", "1024"}), "from"));
 }
 

@@ -67,10 +67,17 @@ std::string bound_address(const std::string& listen, int port) {
   return listen.substr(0, colon) + ":" + std::to_string(port);
 }
 
+std::shared_ptr<grpc::ServerCredentials> credentials(const ServerConfig& config) {
+  if (config.tls_cert_pem.empty()) return grpc::InsecureServerCredentials();
+  grpc::SslServerCredentialsOptions options;
+  options.pem_key_cert_pairs.push_back({config.tls_key_pem, config.tls_cert_pem});
+  return grpc::SslServerCredentials(options);
+}
+
 std::unique_ptr<grpc::Server> build_server(const ServerConfig& config, MycelyaService* service,
                                            int* port) {
   grpc::ServerBuilder builder;
-  builder.AddListeningPort(config.listen, grpc::InsecureServerCredentials(), port);
+  builder.AddListeningPort(config.listen, credentials(config), port);
   builder.RegisterService(service);
   apply_shared_channel_args(config.max_message_bytes, [&builder](const char* name, int value) {
     builder.AddChannelArgument(name, value);
@@ -89,6 +96,19 @@ std::unique_ptr<grpc::Server> build_server(const ServerConfig& config, MycelyaSe
   // Clients ping idle connections this often; gRPC would answer GOAWAY.
   builder.AddChannelArgument(GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS,
                              kClientKeepaliveMs);
+  // Connections that hold nobody's time: one that has not finished its TLS
+  // and HTTP/2 handshake in 10 s (half-open, or a slowloris) is dropped, and
+  // so is one with no call in flight for a minute.
+  builder.AddChannelArgument(GRPC_ARG_SERVER_HANDSHAKE_TIMEOUT_MS, 10 * 1000);
+  builder.AddChannelArgument(GRPC_ARG_MAX_CONNECTION_IDLE_MS, 60 * 1000);
+  // A session and its Read calls; no client needs more streams on one connection.
+  builder.AddChannelArgument(GRPC_ARG_MAX_CONCURRENT_STREAMS, 16);
+  // Each open call holds a thread of the synchronous server: bounded, so a
+  // flood of calls is refused (RESOURCE_EXHAUSTED) instead of exhausting the
+  // process, with room for every allowed session and its reads.
+  grpc::ResourceQuota quota("mycelya-server");
+  quota.SetMaxThreads(4 * config.max_sessions + 16);
+  builder.SetResourceQuota(quota);
   return builder.BuildAndStart();
 }
 
@@ -117,7 +137,7 @@ int run(int argc, char** argv) {
   ParentWatch parent_watch(parent);
   if (config.exit_with_parent) parent_watch.start();
 
-  MycelyaService service(ServiceOptions{config.token, config.executor});
+  MycelyaService service(ServiceOptions{config.token, config.executor, config.max_sessions});
   int port = 0;
   std::unique_ptr<grpc::Server> server = build_server(config, &service, &port);
   if (!server || port == 0) {
@@ -130,15 +150,22 @@ int run(int argc, char** argv) {
   for (const std::string& name : config.executor.device_names) {
     devices += (devices.empty() ? "" : ",") + name;
   }
-  log("devices ", devices, "; ", config.executor.memory_limit_bytes,
-      " bytes of storage per session; ", config.token.empty() ? "no token" : "token required");
+  log("devices ", devices, "; ", config.executor.server_budget->limit(),
+      " bytes of storage in all, ", config.executor.memory_limit_bytes, " per session, at most ",
+      config.max_sessions, " sessions; ", config.token.empty() ? "no token" : "token required",
+      "; ", config.tls_cert_pem.empty() ? "plaintext" : "TLS");
   std::cout << "mycelya-server listening on " << bound_address(config.listen, port) << std::endl;
   // That line is all stdout is for: whoever started the server may stop
   // reading it (a pipe nobody drains would block the server once full).
   dup2(STDERR_FILENO, STDOUT_FILENO);
 
+  IdleWatch idle_watch(std::chrono::seconds(config.idle_timeout_seconds),
+                       [&service] { return service.last_activity(); });
+  if (config.idle_timeout_seconds > 0) idle_watch.start();
+
   signals.start();
   log(signals.wait(), ", shutting down");
+  idle_watch.stop();
   // Cancels the sessions still open after the grace period; Wait returns once
   // every handler has returned, so every executor has been freed.
   server->Shutdown(std::chrono::system_clock::now() + kShutdownGrace);

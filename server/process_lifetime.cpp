@@ -84,4 +84,31 @@ void ParentWatch::stop() {
   thread_.join();
 }
 
+void IdleWatch::start() {
+  thread_ = std::thread([this] {
+    std::unique_lock<std::mutex> lock(mu_);
+    while (!stopped_) {
+      const auto idle_until = last_activity_() + timeout_;
+      if (std::chrono::steady_clock::now() >= idle_until) {
+        log("no client activity for ", timeout_.count(), " s (--idle-timeout), stopping");
+        kill(getpid(), SIGTERM);
+        return;
+      }
+      // Activity moves the deadline later, never earlier: waking at the
+      // current one is enough.
+      cv_.wait_until(lock, idle_until);
+    }
+  });
+}
+
+void IdleWatch::stop() {
+  if (!thread_.joinable()) return;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    stopped_ = true;
+  }
+  cv_.notify_all();
+  thread_.join();
+}
+
 }  // namespace mycelya

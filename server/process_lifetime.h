@@ -1,13 +1,16 @@
 // SPDX-License-Identifier: AGPL-3.0-or-later
 //
-// How mycelya-server's process ends: on SIGTERM or SIGINT (StopSignals), or
-// when the process that started it dies (ParentWatch, for --exit-with-parent).
+// How mycelya-server's process ends: on SIGTERM or SIGINT (StopSignals), when
+// the process that started it dies (ParentWatch, for --exit-with-parent), or
+// when no client has done anything for a while (IdleWatch, --idle-timeout).
 #pragma once
 
 #include <signal.h>
 #include <sys/types.h>
 
+#include <chrono>
 #include <condition_variable>
+#include <functional>
 #include <mutex>
 #include <string>
 #include <thread>
@@ -52,6 +55,27 @@ class ParentWatch {
 
  private:
   const pid_t parent_;
+  std::thread thread_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool stopped_ = false;
+};
+
+// Sends this process SIGTERM, with a log line saying why, once
+// `last_activity()` is `timeout` in the past: a cloud machine whose client
+// vanished (a closed laptop, a killed process) stops billing by itself.
+class IdleWatch {
+ public:
+  IdleWatch(std::chrono::seconds timeout,
+            std::function<std::chrono::steady_clock::time_point()> last_activity)
+      : timeout_(timeout), last_activity_(std::move(last_activity)) {}
+
+  void start();
+  void stop();
+
+ private:
+  const std::chrono::seconds timeout_;
+  const std::function<std::chrono::steady_clock::time_point()> last_activity_;
   std::thread thread_;
   std::mutex mu_;
   std::condition_variable cv_;

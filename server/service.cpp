@@ -7,12 +7,14 @@
 
 #include <algorithm>
 #include <cstring>
+#include <functional>
 #include <mutex>
 #include <random>
 #include <stdexcept>
 #include <utility>
 #include <vector>
 
+#include "proto/handshake.h"
 #include "server/log.h"
 
 namespace mycelya {
@@ -153,9 +155,11 @@ class Executing {
 };
 
 // The message loop of one session, after the hello.
-grpc::Status serve(Executor& executor, EarlyReads& early_reads, Stream* stream) {
+grpc::Status serve(Executor& executor, EarlyReads& early_reads, Stream* stream,
+                   const std::function<void()>& note_activity) {
   wire::ClientMessage message;
   while (stream->Read(&message)) {
+    note_activity();
     switch (message.kind_case()) {
       case wire::ClientMessage::kBatch: {
         const std::string batch = std::move(*message.mutable_batch());
@@ -210,17 +214,49 @@ grpc::Status serve(Executor& executor, EarlyReads& early_reads, Stream* stream) 
   return grpc::Status::OK;
 }
 
-// Counts a session for Health while it lives.
+// Counts a session while it lives, if it is within the server's limit.
 class OpenSession {
  public:
-  explicit OpenSession(std::atomic<int>* counter) : counter_(counter) { ++*counter_; }
+  OpenSession(std::atomic<int>* counter, int limit) : counter_(counter) {
+    admitted_ = ++*counter_ <= limit;
+  }
   ~OpenSession() { --*counter_; }
   OpenSession(const OpenSession&) = delete;
   OpenSession& operator=(const OpenSession&) = delete;
+  bool admitted() const { return admitted_; }
 
  private:
   std::atomic<int>* counter_;
+  bool admitted_ = false;
 };
+
+std::string metadata_value(const grpc::ServerContext& context, const char* key) {
+  const auto& metadata = context.client_metadata();
+  const auto it = metadata.find(key);
+  return it == metadata.end() ? "" : std::string(it->second.data(), it->second.size());
+}
+
+// Refuses a client whose protocol or torch differs from the server's.
+grpc::Status check_versions(const grpc::ServerContext& context) {
+  const std::string protocol = metadata_value(context, kProtocolMetadataKey);
+  const std::string torch = metadata_value(context, kTorchMetadataKey);
+  if (protocol.empty() || torch.empty()) {
+    return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION,
+                        "the client did not send its protocol and torch versions (\"" +
+                            std::string(kProtocolMetadataKey) + "\" and \"" + kTorchMetadataKey +
+                            "\" metadata): it is older than this server (torch " + torch_version() +
+                            "); install the same mycelya-torch release on both "
+                            "sides");
+  }
+  const uint32_t protocol_version =
+      protocol.find_first_not_of("0123456789") == std::string::npos && protocol.size() < 10
+          ? static_cast<uint32_t>(std::stoul(protocol))
+          : 0;
+  if (const auto mismatch = version_mismatch(protocol_version, torch, "client")) {
+    return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION, *mismatch);
+  }
+  return grpc::Status::OK;
+}
 
 }  // namespace
 
@@ -245,7 +281,9 @@ grpc::Status MycelyaService::authenticate(const grpc::ServerContext& context) co
 }
 
 grpc::Status MycelyaService::Session(grpc::ServerContext* context, Stream* stream) {
+  note_activity();
   grpc::Status status = authenticate(*context);
+  if (status.ok()) status = check_versions(*context);
   if (!status.ok()) {
     log("refused a session from ", context->peer(), " (", status.error_message(), ")");
     return status;
@@ -254,7 +292,16 @@ grpc::Status MycelyaService::Session(grpc::ServerContext* context, Stream* strea
   {
     // Declared before the executor, so the count drops only once the
     // executor and its storages are gone.
-    OpenSession counted(&open_sessions_);
+    OpenSession counted(&open_sessions_, options_.max_sessions);
+    if (!counted.admitted()) {
+      status = grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
+                            "this mycelya-server already serves " +
+                                std::to_string(options_.max_sessions) +
+                                " sessions, its limit (--max-sessions); stop a machine that "
+                                "uses it, or start another server");
+      log("refused a session from ", context->peer(), " (", status.error_message(), ")");
+      return status;
+    }
     Executor executor(options_.executor);
     auto early_reads = std::make_shared<EarlyReads>(executor);
     const std::string key = new_session_key();
@@ -281,8 +328,9 @@ grpc::Status MycelyaService::Session(grpc::ServerContext* context, Stream* strea
       hello.mutable_hello()->add_devices(name);
     }
     hello.mutable_hello()->set_session_key(key);
+    hello.mutable_hello()->set_torch_version(torch_version());
     status = stream->Write(hello, grpc::WriteOptions().clear_buffer_hint())
-                 ? serve(executor, *early_reads, stream)
+                 ? serve(executor, *early_reads, stream, [this] { note_activity(); })
                  : stream_broken();
     if (!status.ok()) failure = status.error_message();
   }
@@ -301,6 +349,8 @@ grpc::Status MycelyaService::Health(grpc::ServerContext* context,
   grpc::Status status = authenticate(*context);
   if (!status.ok()) return status;
   response->set_serving(true);
+  response->set_protocol_version(wire::PROTOCOL_VERSION_CURRENT);
+  response->set_torch_version(torch_version());
   for (const std::string& name : options_.executor.device_names) response->add_devices(name);
   response->set_sessions(static_cast<uint32_t>(std::max(open_sessions_.load(), 0)));
   return grpc::Status::OK;
@@ -319,6 +369,7 @@ size_t MycelyaService::reads_waiting() {
 
 grpc::Status MycelyaService::Read(grpc::ServerContext* context, const wire::ReadRequest* request,
                                   wire::ReadResponse* response) {
+  note_activity();
   grpc::Status status = authenticate(*context);
   if (!status.ok()) return status;
   std::shared_ptr<EarlyReads> session;

@@ -22,6 +22,7 @@
 #include <grpcpp/grpcpp.h>
 
 #include <atomic>
+#include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
@@ -41,9 +42,11 @@ struct ServiceOptions {
   // Clients must send "authorization: Bearer <token>". Empty: no check at all,
   // which main() only allows on loopback and unix-socket addresses.
   std::string token;
-  // Copied into every session's Executor: the devices and the memory limit
-  // apply to each session separately.
+  // Copied into every session's Executor: the devices, the session's memory
+  // limit and the server's budget (shared by all sessions).
   ExecutorOptions executor;
+  // Sessions open at once; more are refused with RESOURCE_EXHAUSTED.
+  int max_sessions = 64;
 };
 
 class MycelyaService final : public wire::Mycelya::Service {
@@ -66,13 +69,23 @@ class MycelyaService final : public wire::Mycelya::Service {
   int open_sessions() const { return open_sessions_.load(); }
   // Reads of all sessions waiting for their command (for tests).
   size_t reads_waiting();
+  // When a client last did anything (any message or call), for --idle-timeout.
+  std::chrono::steady_clock::time_point last_activity() const {
+    return std::chrono::steady_clock::time_point(
+        std::chrono::steady_clock::duration(last_activity_.load()));
+  }
 
  private:
   grpc::Status authenticate(const grpc::ServerContext& context) const;
+  void note_activity() {
+    last_activity_ = std::chrono::steady_clock::now().time_since_epoch().count();
+  }
 
   const ServiceOptions options_;
   std::atomic<int> open_sessions_{0};
   std::atomic<uint64_t> next_session_id_{1};  // tells sessions apart in the log
+  std::atomic<std::chrono::steady_clock::rep> last_activity_{
+      std::chrono::steady_clock::now().time_since_epoch().count()};
 
   // Open sessions by their key (Hello.session_key), for Read.
   std::mutex sessions_mu_;

@@ -26,8 +26,10 @@
 #include <utility>
 #include <vector>
 
+#include "proto/handshake.h"
 #include "proto/mycelya.grpc.pb.h"
 #include "proto/mycelya.pb.h"
+#include "tests/cc/gtest_helpers.h"
 #include "tests/cc/wire_refs.h"
 
 extern char** environ;
@@ -104,8 +106,16 @@ wire::ClientMessage chunk_message(const std::string& data, bool last, uint64_t t
 // One Session stream, as the client drives it.
 class SessionClient {
  public:
-  SessionClient(wire::Mycelya::Stub* stub, const std::optional<std::string>& authorization) {
+  // `versions`: the protocol and torch versions sent, as a client does (none
+  // when nullopt, as an old client would).
+  SessionClient(wire::Mycelya::Stub* stub, const std::optional<std::string>& authorization,
+                const std::optional<std::pair<std::string, std::string>>& versions = std::make_pair(
+                    std::to_string(wire::PROTOCOL_VERSION_CURRENT), torch_version())) {
     if (authorization) context_.AddMetadata("authorization", *authorization);
+    if (versions) {
+      context_.AddMetadata(kProtocolMetadataKey, versions->first);
+      context_.AddMetadata(kTorchMetadataKey, versions->second);
+    }
     stream_ = stub->Session(&context_);
   }
 
@@ -221,10 +231,11 @@ class ServiceTest : public ::testing::Test {
     if (server_) server_->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(1));
   }
 
-  void start(const std::string& token) {
+  void start(const std::string& token, int max_sessions = 64) {
     if (server_) server_->Shutdown();
     ServiceOptions options;
     options.token = token;
+    options.max_sessions = max_sessions;
     // Two CPU slots named like a GPU machine's, as the mock provider does:
     // the names must reach the client unchanged.
     options.executor.devices = {c10::Device(c10::kCPU), c10::Device(c10::kCPU)};
@@ -293,6 +304,76 @@ TEST_F(ServiceTest, WithoutAServerTokenNoneIsNeeded) {
   EXPECT_TRUE(health(&response, std::nullopt).ok());
   auto client = session(std::nullopt);
   EXPECT_EQ(client->hello().devices_size(), 2);
+  EXPECT_TRUE(client->close().ok());
+}
+
+TEST_F(ServiceTest, AClientOfAnotherTorchIsRefusedNamingBothVersions) {
+  const std::string protocol = std::to_string(wire::PROTOCOL_VERSION_CURRENT);
+  auto old_torch = std::make_unique<SessionClient>(stub_.get(), bearer(kToken),
+                                                   std::make_pair(protocol, "2.12.1"));
+  const grpc::Status status = old_torch->ended_by_server();
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+  EXPECT_TRUE(Contains(status.error_message(), "client runs torch 2.12.1"))
+      << status.error_message();
+  EXPECT_TRUE(Contains(status.error_message(), "server torch " + torch_version()));
+  EXPECT_TRUE(Contains(status.error_message(), "pip install torch==" + torch_version()));
+  EXPECT_EQ(open_sessions(), 0u);
+
+  // Another patch release or build (a CUDA wheel) of the same major.minor is served.
+  const std::string same_minor = major_minor(torch_version()) + ".9+cu128";
+  auto patch = std::make_unique<SessionClient>(stub_.get(), bearer(kToken),
+                                               std::make_pair(protocol, same_minor));
+  EXPECT_EQ(patch->hello().torch_version(), torch_version());
+  EXPECT_TRUE(patch->close().ok());
+}
+
+TEST_F(ServiceTest, AClientOfAnotherProtocolOrNoVersionsIsRefused) {
+  auto other = std::make_unique<SessionClient>(stub_.get(), bearer(kToken),
+                                               std::make_pair("1", torch_version()));
+  grpc::Status status = other->ended_by_server();
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+  EXPECT_TRUE(Contains(status.error_message(), "protocol version 1")) << status.error_message();
+
+  for (const char* garbage : {"", "two", "99999999999999999999"}) {
+    auto bad = std::make_unique<SessionClient>(stub_.get(), bearer(kToken),
+                                               std::make_pair(garbage, torch_version()));
+    EXPECT_EQ(bad->ended_by_server().error_code(), grpc::StatusCode::FAILED_PRECONDITION)
+        << garbage;
+  }
+  auto old = std::make_unique<SessionClient>(stub_.get(), bearer(kToken), std::nullopt);
+  status = old->ended_by_server();
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+  EXPECT_TRUE(Contains(status.error_message(), "did not send its protocol and torch versions"));
+}
+
+TEST_F(ServiceTest, SessionsBeyondTheLimitAreRefusedUntilOneEnds) {
+  start(kToken, /*max_sessions=*/2);
+  auto first = session();
+  auto second = session();
+  first->hello();
+  second->hello();
+  auto third = session();
+  const grpc::Status status = third->ended_by_server();
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+  EXPECT_TRUE(Contains(status.error_message(), "--max-sessions")) << status.error_message();
+  EXPECT_EQ(open_sessions(), 2u);
+
+  EXPECT_TRUE(first->close().ok());
+  auto fourth = session();
+  fourth->hello();
+  EXPECT_TRUE(fourth->close().ok());
+  EXPECT_TRUE(second->close().ok());
+}
+
+TEST_F(ServiceTest, HealthAndHelloTellTheVersions) {
+  wire::HealthResponse response;
+  ASSERT_TRUE(health(&response).ok());
+  EXPECT_EQ(response.protocol_version(), static_cast<uint32_t>(wire::PROTOCOL_VERSION_CURRENT));
+  EXPECT_EQ(response.torch_version(), torch_version());
+  auto client = session();
+  const wire::Hello hello = client->hello();
+  EXPECT_EQ(hello.version(), static_cast<uint32_t>(wire::PROTOCOL_VERSION_CURRENT));
+  EXPECT_EQ(hello.torch_version(), torch_version());
   EXPECT_TRUE(client->close().ok());
 }
 

@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <stdexcept>
 
+#include "proto/handshake.h"
 #include "proto/payload_chunks.h"
 #include "proto/transport_tuning.h"
 
@@ -20,6 +21,9 @@ std::string describe(const grpc::Status& status) {
       return "the server refused the session (wrong or missing token): " + status.error_message();
     case grpc::StatusCode::UNAVAILABLE:
       return "the server is unreachable (did it exit?): " + status.error_message();
+    case grpc::StatusCode::FAILED_PRECONDITION:
+    case grpc::StatusCode::RESOURCE_EXHAUSTED:
+      return "the server refused the session: " + status.error_message();
     case grpc::StatusCode::OK:
       return "the server closed the session";
     default:
@@ -41,7 +45,15 @@ std::shared_ptr<grpc::Channel> make_channel(const GrpcTarget& target) {
   args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 20);
   args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, 20);
   args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 1000);
-  return grpc::CreateCustomChannel(target.address, grpc::InsecureChannelCredentials(), args);
+  if (!target.tls) {
+    return grpc::CreateCustomChannel(target.address, grpc::InsecureChannelCredentials(), args);
+  }
+  grpc::SslCredentialsOptions tls;
+  tls.pem_root_certs = target.tls_root_certs_pem;
+  if (!target.tls_server_name.empty()) {
+    args.SetString(GRPC_SSL_TARGET_NAME_OVERRIDE_ARG, target.tls_server_name);
+  }
+  return grpc::CreateCustomChannel(target.address, grpc::SslCredentials(tls), args);
 }
 
 GrpcSession::GrpcSession(const GrpcTarget& target, std::chrono::milliseconds connect_timeout)
@@ -49,19 +61,25 @@ GrpcSession::GrpcSession(const GrpcTarget& target, std::chrono::milliseconds con
       stub_(wire::Mycelya::NewStub(channel_)),
       token_(target.token) {
   if (!channel_->WaitForConnected(std::chrono::system_clock::now() + connect_timeout)) {
-    throw std::runtime_error("could not connect to mycelya-server at " + target.address);
+    // A TLS failure (a wrong certificate, a plaintext server) also ends up
+    // here: the channel never becomes ready.
+    throw std::runtime_error(
+        "could not connect to mycelya-server at " + target.address +
+        (target.tls ? " over TLS (is it up, does it speak TLS, and does its certificate match "
+                      "the CA or pinned certificate given?)"
+                    : " (is it up, and does it expect plaintext rather than TLS?)"));
   }
   authorize(context_.get(), target.token);
+  context_->AddMetadata(kProtocolMetadataKey, std::to_string(wire::PROTOCOL_VERSION_CURRENT));
+  context_->AddMetadata(kTorchMetadataKey, torch_version());
   stream_ = stub_->Session(context_.get());
   wire::ServerMessage hello;
   if (!stream_->Read(&hello) || !hello.has_hello()) {
     throw std::runtime_error(describe(stream_->Finish()));
   }
-  if (hello.hello().version() != wire::PROTOCOL_VERSION_CURRENT) {
-    throw std::runtime_error("mycelya-server speaks protocol version " +
-                             std::to_string(hello.hello().version()) + ", this client " +
-                             std::to_string(wire::PROTOCOL_VERSION_CURRENT) +
-                             ": use matching builds.");
+  if (const auto mismatch =
+          version_mismatch(hello.hello().version(), hello.hello().torch_version(), "server")) {
+    throw std::runtime_error(*mismatch);
   }
   devices_.assign(hello.hello().devices().begin(), hello.hello().devices().end());
   session_key_ = hello.hello().session_key();

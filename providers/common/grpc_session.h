@@ -36,6 +36,14 @@ struct GrpcTarget {
   std::string address;  // "host:port" or "unix:/path"
   std::string token;    // sent as "authorization: Bearer <token>"
   int max_message_bytes = kDefaultMaxMessageBytes;
+  // TLS: the server must present a certificate that these PEM roots (a CA,
+  // or the server's own certificate, pinned) vouch for; with tls and no
+  // roots, the system's. Without tls, plaintext.
+  bool tls = false;
+  std::string tls_root_certs_pem;
+  // The name the certificate must carry, where it is not the address's host
+  // (a pinned certificate made for a name, reached by IP).
+  std::string tls_server_name;
 };
 
 std::shared_ptr<grpc::Channel> make_channel(const GrpcTarget& target);
