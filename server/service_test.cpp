@@ -21,6 +21,7 @@
 #include <fstream>
 #include <memory>
 #include <optional>
+#include <sstream>
 #include <string>
 #include <thread>
 #include <utility>
@@ -30,6 +31,7 @@
 #include "proto/mycelya.grpc.pb.h"
 #include "proto/mycelya.pb.h"
 #include "tests/cc/gtest_helpers.h"
+#include "tests/cc/server_process.h"
 #include "tests/cc/wire_refs.h"
 
 extern char** environ;
@@ -766,101 +768,10 @@ TEST(LocalAddressTest, LoopbackAndUnixSocketsAreLocal) {
 // ---------------------------------------------------------------------------
 // The binary, end to end.
 
-class ServerProcess {
- public:
-  // Starts mycelya-server with `args`; `env` replaces MYCELYA_TOKEN and friends.
-  ServerProcess(const std::vector<std::string>& args, const std::vector<std::string>& env,
-                const std::string& program = binary()) {
-    int out[2];
-    if (pipe2(out, O_CLOEXEC) != 0) return;
-    std::vector<std::string> argv_strings = {program};
-    argv_strings.insert(argv_strings.end(), args.begin(), args.end());
-    std::vector<char*> argv;
-    for (auto& arg : argv_strings) argv.push_back(arg.data());
-    argv.push_back(nullptr);
-    std::vector<std::string> env_strings;
-    for (char** e = environ; *e; ++e) {
-      if (std::strncmp(*e, "MYCELYA_TOKEN=", 14) != 0) env_strings.emplace_back(*e);
-    }
-    env_strings.insert(env_strings.end(), env.begin(), env.end());
-    std::vector<char*> envp;
-    for (auto& e : env_strings) envp.push_back(e.data());
-    envp.push_back(nullptr);
-
-    posix_spawn_file_actions_t actions;
-    posix_spawn_file_actions_init(&actions);
-    posix_spawn_file_actions_adddup2(&actions, out[1], STDOUT_FILENO);
-    if (posix_spawn(&pid_, argv[0], &actions, nullptr, argv.data(), envp.data()) != 0) pid_ = -1;
-    posix_spawn_file_actions_destroy(&actions);
-    close(out[1]);
-    stdout_ = out[0];
-  }
-
-  ~ServerProcess() {
-    if (pid_ > 0 && !exited_) {
-      kill(pid_, SIGKILL);
-      waitpid(pid_, nullptr, 0);
-    }
-    if (stdout_ >= 0) close(stdout_);
-  }
-
-  static std::string binary() {
-    const char* srcdir = std::getenv("TEST_SRCDIR");
-    const char* workspace = std::getenv("TEST_WORKSPACE");
-    if (!srcdir || !workspace) return "";
-    return std::string(srcdir) + "/" + workspace + "/server/mycelya-server";
-  }
-
-  bool started() const { return pid_ > 0; }
-  pid_t pid() const { return pid_; }
-
-  // The next line of stdout; nullopt at end of file or after `timeout`.
-  std::optional<std::string> read_line(std::chrono::seconds timeout = std::chrono::seconds(60)) {
-    std::string line;
-    const auto deadline = std::chrono::steady_clock::now() + timeout;
-    while (true) {
-      const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
-          deadline - std::chrono::steady_clock::now());
-      if (left.count() <= 0) return std::nullopt;
-      pollfd fd{stdout_, POLLIN, 0};
-      if (poll(&fd, 1, static_cast<int>(left.count())) <= 0) continue;
-      char c;
-      if (read(stdout_, &c, 1) != 1) return std::nullopt;
-      if (c == '\n') return line;
-      line += c;
-    }
-  }
-
-  // The exit code, or -1 for a signal, or nullopt if still running after `timeout`.
-  std::optional<int> wait(std::chrono::seconds timeout = std::chrono::seconds(30)) {
-    const auto deadline = std::chrono::steady_clock::now() + timeout;
-    while (std::chrono::steady_clock::now() < deadline) {
-      int status = 0;
-      if (waitpid(pid_, &status, WNOHANG) == pid_) {
-        exited_ = true;
-        return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-      }
-      std::this_thread::sleep_for(std::chrono::milliseconds(20));
-    }
-    return std::nullopt;
-  }
-
- private:
-  pid_t pid_ = -1;
-  int stdout_ = -1;
-  bool exited_ = false;
-};
-
 class BinaryTest : public ::testing::Test {
  protected:
   void SetUp() override {
     if (ServerProcess::binary().empty()) GTEST_SKIP() << "needs bazel test's runfiles";
-  }
-
-  static std::string address_of(const std::optional<std::string>& line) {
-    const std::string prefix = "mycelya-server listening on ";
-    if (!line || line->rfind(prefix, 0) != 0) return "";
-    return line->substr(prefix.size());
   }
 
   static grpc::Status health(const std::string& address, const std::string& token,
@@ -896,6 +807,44 @@ TEST_F(BinaryTest, PrintsThePickedPortServesAndStopsOnSigterm) {
   ASSERT_EQ(kill(server.pid(), SIGTERM), 0);
   EXPECT_FALSE(client.ended_by_server().ok());
   EXPECT_EQ(server.wait(), std::optional<int>(0));
+}
+
+std::string read_whole(const std::string& path) {
+  std::ifstream file(path);
+  std::stringstream contents;
+  contents << file.rdbuf();
+  return contents.str();
+}
+
+TEST_F(BinaryTest, IdleTimeoutStopsAServerNobodyUsesWithALogLine) {
+  const std::string log = ::testing::TempDir() + "/idle.log";
+  const auto started = std::chrono::steady_clock::now();
+  ServerProcess server({"--listen", "127.0.0.1:0", "--devices=cpu", "--idle-timeout=1"},
+                       {"MYCELYA_TOKEN=idle"}, ServerProcess::binary(), log);
+  ASSERT_FALSE(address_of(server.read_line()).empty());
+  EXPECT_EQ(server.wait(), std::optional<int>(0));
+  EXPECT_GE(std::chrono::steady_clock::now() - started, std::chrono::seconds(1));
+  EXPECT_TRUE(Contains(read_whole(log), "no client activity for 1 s (--idle-timeout), stopping"));
+}
+
+TEST_F(BinaryTest, ASessionThatKeepsTalkingKeepsTheServerThenItsSilenceStopsIt) {
+  ServerProcess server({"--listen", "127.0.0.1:0", "--devices=cpu", "--idle-timeout=1"},
+                       {"MYCELYA_TOKEN=idle"});
+  const std::string address = address_of(server.read_line());
+  ASSERT_FALSE(address.empty());
+  auto stub =
+      wire::Mycelya::NewStub(grpc::CreateChannel(address, grpc::InsecureChannelCredentials()));
+  SessionClient client(stub.get(), bearer("idle"));
+  client.hello();
+  // Three seconds of a message every 300 ms: three idle timeouts, no stop.
+  for (int i = 0; i < 10; ++i) {
+    EXPECT_FALSE(client.sync().has_error());
+    std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  }
+  EXPECT_EQ(server.wait(std::chrono::seconds(0)), std::nullopt);
+  // An open session that says nothing does not keep it.
+  EXPECT_EQ(server.wait(), std::optional<int>(0));
+  EXPECT_FALSE(client.ended_by_server().ok());
 }
 
 TEST_F(BinaryTest, UnixSocketTokenFileAndSigint) {

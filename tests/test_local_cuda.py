@@ -73,6 +73,22 @@ def test_server_death_is_a_clear_error_not_a_hang(sig):
         assert torch.arange(4.0, device=fresh.device()).sum().item() == 6.0
 
 
+def test_idle_timeout_reaches_the_server_which_stops_itself_when_unused():
+    machine = mycelya_torch.RemoteMachine("local-cuda", idle_timeout=1)
+    x = torch.ones(8, device=machine.device())
+    (server,) = children_named("mycelya-server")
+    # Used more often than the timeout, the server stays.
+    for _ in range(6):
+        assert x.sum().item() == 8.0
+        time.sleep(0.3)
+    assert alive(server)
+    # Left alone, it stops (billing would end), and using it says so at once.
+    assert _wait_until(lambda: not alive(server), 10)
+    with pytest.raises(RuntimeError, match="was lost"):
+        (x * 2).cpu()
+    machine.stop()
+
+
 def test_server_death_while_a_read_waits_is_a_clear_error_not_a_hang():
     machine = mycelya_torch.RemoteMachine("local-cuda")
     x = torch.randn(1024, 1024, device=machine.device())

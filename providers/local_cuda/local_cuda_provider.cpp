@@ -21,7 +21,9 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -73,7 +75,9 @@ std::string tail_of(const std::string& path, size_t max_bytes = 2000) {
 // The server process and its private folder.
 class ChildServer {
  public:
-  ChildServer() {
+  // `idle_timeout_s` > 0: the server stops itself after that long without a
+  // client message (RemoteMachine(idle_timeout=...)).
+  explicit ChildServer(double idle_timeout_s) {
     const std::string binary = server_binary();
     if (access(binary.c_str(), X_OK) != 0) {
       throw std::runtime_error("local-cuda: mycelya-server not found at " + binary +
@@ -89,8 +93,14 @@ class ChildServer {
     // Everything the child needs is prepared before fork: after it, only
     // async-signal-safe calls until exec.
     const std::string listen = "--listen=unix:" + socket_;
+    // Whole seconds, rounded up (never sooner than asked), at most the
+    // server's year.
+    const double idle_seconds = std::min(std::ceil(idle_timeout_s), 365.0 * 24 * 3600);
+    const std::string idle_timeout =
+        "--idle-timeout=" + std::to_string(static_cast<long long>(idle_seconds));
     const char* argv[] = {binary.c_str(),   listen.c_str(),       "--token-env=MYCELYA_TOKEN",
-                          "--devices=auto", "--exit-with-parent", nullptr};
+                          "--devices=auto", "--exit-with-parent", idle_timeout.c_str(),
+                          nullptr};
     std::vector<std::string> env_strings;
     for (char** e = environ; *e; ++e) {
       if (std::strncmp(*e, "MYCELYA_TOKEN=", 14) != 0) env_strings.emplace_back(*e);
@@ -217,7 +227,7 @@ class ChildServer {
 
 class LocalCudaSession final : public Session {
  public:
-  LocalCudaSession() {
+  explicit LocalCudaSession(const MachineSpec& spec) : server_(spec.idle_timeout_s) {
     const std::string error = server_.wait_until_listening(std::chrono::seconds(60));
     if (!error.empty()) {
       const std::string log = server_.log_tail();
@@ -257,9 +267,9 @@ class LocalCudaProvider final : public Provider {
  public:
   std::string name() const override { return "local-cuda"; }
 
-  std::unique_ptr<Session> start(const MachineSpec&) override {
+  std::unique_ptr<Session> start(const MachineSpec& spec) override {
     // The GPU type is whatever this host has; the spec's type only names it.
-    return std::make_unique<LocalCudaSession>();
+    return std::make_unique<LocalCudaSession>(spec);
   }
 };
 
