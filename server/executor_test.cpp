@@ -941,6 +941,19 @@ TEST_F(SmallExecutorTest, EveryStorageCostsItsBookkeepingToo) {
             executor_.bytes_in_use() + executor_.storage_count() * kStorageOverheadBytes);
 }
 
+TEST(MemoryBudgetTest, ChargesAreAllOrNothingAndNeverWrap) {
+  MemoryBudget budget(1000);
+  EXPECT_TRUE(budget.try_charge(600));
+  EXPECT_FALSE(budget.try_charge(401));
+  EXPECT_FALSE(budget.try_charge(UINT64_MAX));  // 600 + 2^64-1 would wrap to 599
+  EXPECT_FALSE(budget.fits(UINT64_MAX - 100));
+  EXPECT_EQ(budget.used(), 600u);
+  EXPECT_TRUE(budget.try_charge(400));
+  EXPECT_FALSE(budget.try_charge(1));
+  budget.release(1000);
+  EXPECT_EQ(budget.used(), 0u);
+}
+
 TEST(ExecutorBudgetTest, SessionsShareTheServersBudget) {
   auto budget = std::make_shared<MemoryBudget>(kMiB);
   ExecutorOptions options{{c10::Device(c10::kCPU)}, {"cpu"}, kMiB, budget};
