@@ -242,18 +242,20 @@ uint64_t cost_of(uint64_t nbytes, uint64_t storages) {
 
 }  // namespace
 
-void Executor::reserve_bytes(uint64_t nbytes, uint64_t storages) const {
-  const uint64_t cost = cost_of(nbytes, storages);
+bool Executor::fits_session_limit(uint64_t cost) const {
   const uint64_t limit = options_.memory_limit_bytes;
-  if (cost <= limit && bytes_charged_ <= limit - cost && budget_->fits(cost)) return;
-  out_of_memory(nbytes);
+  return cost <= limit && bytes_charged_ <= limit - cost;
 }
 
-void Executor::out_of_memory(uint64_t nbytes) const {
-  const uint64_t cost = cost_of(nbytes, 1);
+void Executor::reserve_bytes(uint64_t nbytes, uint64_t storages) const {
+  const uint64_t cost = cost_of(nbytes, storages);
+  if (fits_session_limit(cost) && budget_->fits(cost)) return;
+  out_of_memory(nbytes, cost);
+}
+
+void Executor::out_of_memory(uint64_t nbytes, uint64_t cost) const {
   const uint64_t limit = options_.memory_limit_bytes;
-  const bool session_full = cost > limit || bytes_charged_ > limit - cost;
-  TORCH_CHECK(!session_full && options_.server_budget,
+  TORCH_CHECK(fits_session_limit(cost) && options_.server_budget,
               "out of memory on the remote machine: ", format_bytes(nbytes), " requested, ",
               format_bytes(bytes_in_use_), " in use, limit ", format_bytes(limit),
               ". Free tensors you no longer need or use a bigger machine.");
@@ -289,12 +291,11 @@ void Executor::keep(uint64_t id, c10::Storage storage) {
               "tensors you no longer need");
   if (new_cost > old_cost) {
     const uint64_t growth = new_cost - old_cost;
-    const uint64_t limit = options_.memory_limit_bytes;
-    if (growth > limit || bytes_charged_ > limit - growth || !budget_->try_charge(growth)) {
+    if (!fits_session_limit(growth) || !budget_->try_charge(growth)) {
       // Nothing stays under the ID: a storage a kernel grew past the limit is
       // dropped (and poisoned by the failing op), not kept uncounted.
       if (known) free(id);
-      out_of_memory(growth);
+      out_of_memory(new_bytes - old_bytes, growth);
     }
     bytes_charged_ += growth;
   } else {

@@ -195,7 +195,11 @@ class Executor {
   // Throws the out-of-memory error unless `nbytes` more, in `storages` new
   // storages, fit in both limits now: the check before allocating.
   void reserve_bytes(uint64_t nbytes, uint64_t storages = 1) const;
-  [[noreturn]] void out_of_memory(uint64_t nbytes) const;
+  // Whether `cost` more fits in the session's own limit.
+  bool fits_session_limit(uint64_t cost) const;
+  // Throws the out-of-memory error for `nbytes` requested at `cost`, naming
+  // the session's limit or, when that has room, the server's budget.
+  [[noreturn]] void out_of_memory(uint64_t nbytes, uint64_t cost) const;
 
   ExecutorOptions options_;
   struct KeptStorage {

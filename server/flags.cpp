@@ -77,16 +77,20 @@ std::optional<uint64_t> parse_count(const std::string& text) {
   return value;
 }
 
+std::string read_file(const std::string& path, const std::string& what) {
+  std::ifstream file(path, std::ios::binary);
+  if (!file) throw FlagError("cannot read " + what + " " + path);
+  std::stringstream contents;
+  contents << file.rdbuf();
+  return contents.str();
+}
+
 std::string read_token(const Flags& flags, const std::function<const char*(const char*)>& getenv) {
   if (flags.token_file && flags.token_env) {
     throw FlagError("give one of --token-file and --token-env, not both");
   }
   if (flags.token_file) {
-    std::ifstream file(*flags.token_file, std::ios::binary);
-    if (!file) throw FlagError("cannot read the token file " + *flags.token_file);
-    std::stringstream contents;
-    contents << file.rdbuf();
-    const std::string token = trim(contents.str());
+    const std::string token = trim(read_file(*flags.token_file, "the token file"));
     if (token.empty()) throw FlagError("the token file " + *flags.token_file + " is empty");
     return token;
   }
@@ -102,14 +106,6 @@ std::string read_token(const Flags& flags, const std::function<const char*(const
   }
   const char* value = getenv("MYCELYA_TOKEN");
   return value ? trim(value) : "";
-}
-
-std::string read_file(const std::string& path, const std::string& what) {
-  std::ifstream file(path, std::ios::binary);
-  if (!file) throw FlagError("cannot read " + what + " " + path);
-  std::stringstream contents;
-  contents << file.rdbuf();
-  return contents.str();
 }
 
 // A PEM file named by the flag, else by the environment variable, which may
@@ -253,16 +249,12 @@ ServerConfig configure(const Flags& flags, const std::function<const char*(const
                     " is reachable from other machines, so a token is required: use --token-file, "
                     "--token-env or MYCELYA_TOKEN");
   }
-  config.max_message_bytes = kDefaultMaxMessageBytes;
-  if (flags.max_message_bytes) {
-    const std::optional<uint64_t> bytes = parse_count(*flags.max_message_bytes);
-    // Below two chunks' worth, downloads could not be sent at all.
-    if (!bytes || *bytes < 2 * kPayloadChunkBytes || *bytes > INT_MAX) {
-      throw FlagError("--max-message-bytes must be a number of bytes from " +
-                      std::to_string(2 * kPayloadChunkBytes) + " to " + std::to_string(INT_MAX));
-    }
-    config.max_message_bytes = static_cast<int>(*bytes);
-  }
+  // Below two chunks' worth, downloads could not be sent at all.
+  config.max_message_bytes =
+      flags.max_message_bytes
+          ? static_cast<int>(parse_bounded("max-message-bytes", *flags.max_message_bytes,
+                                           2 * kPayloadChunkBytes, INT_MAX, "bytes"))
+          : kDefaultMaxMessageBytes;
   const uint64_t budget = flags.memory_limit ? parse_bounded("memory-limit", *flags.memory_limit, 1,
                                                              UINT64_MAX, "bytes")
                                              : default_memory_limit();

@@ -59,22 +59,17 @@ void StopSignals::stop() {
   thread_.join();
 }
 
-void ParentWatch::start() {
-  prctl(PR_SET_PDEATHSIG, SIGTERM);
-  thread_ = std::thread([this] {
+void Watch::watch(
+    std::function<bool(std::unique_lock<std::mutex>&, std::condition_variable&)> check) {
+  thread_ = std::thread([this, check = std::move(check)] {
     std::unique_lock<std::mutex> lock(mu_);
     while (!stopped_) {
-      if (getppid() != parent_) {
-        log("the parent process ", parent_, " is gone, stopping");
-        kill(getpid(), SIGTERM);
-        return;
-      }
-      cv_.wait_for(lock, std::chrono::milliseconds(200));
+      if (check(lock, cv_)) return;
     }
   });
 }
 
-void ParentWatch::stop() {
+void Watch::stop() {
   if (!thread_.joinable()) return;
   {
     std::lock_guard<std::mutex> lock(mu_);
@@ -82,33 +77,34 @@ void ParentWatch::stop() {
   }
   cv_.notify_all();
   thread_.join();
+}
+
+void ParentWatch::start() {
+  prctl(PR_SET_PDEATHSIG, SIGTERM);
+  watch([this](std::unique_lock<std::mutex>& lock, std::condition_variable& cv) {
+    if (getppid() != parent_) {
+      log("the parent process ", parent_, " is gone, stopping");
+      kill(getpid(), SIGTERM);
+      return true;
+    }
+    cv.wait_for(lock, std::chrono::milliseconds(200));
+    return false;
+  });
 }
 
 void IdleWatch::start() {
-  thread_ = std::thread([this] {
-    std::unique_lock<std::mutex> lock(mu_);
-    while (!stopped_) {
-      const auto idle_until = last_activity_() + timeout_;
-      if (std::chrono::steady_clock::now() >= idle_until) {
-        log("no client activity for ", timeout_.count(), " s (--idle-timeout), stopping");
-        kill(getpid(), SIGTERM);
-        return;
-      }
-      // Activity moves the deadline later, never earlier: waking at the
-      // current one is enough.
-      cv_.wait_until(lock, idle_until);
+  watch([this](std::unique_lock<std::mutex>& lock, std::condition_variable& cv) {
+    const auto idle_until = last_activity_() + timeout_;
+    if (std::chrono::steady_clock::now() >= idle_until) {
+      log("no client activity for ", timeout_.count(), " s (--idle-timeout), stopping");
+      kill(getpid(), SIGTERM);
+      return true;
     }
+    // Activity moves the deadline later, never earlier: waking at the
+    // current one is enough.
+    cv.wait_until(lock, idle_until);
+    return false;
   });
-}
-
-void IdleWatch::stop() {
-  if (!thread_.joinable()) return;
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    stopped_ = true;
-  }
-  cv_.notify_all();
-  thread_.join();
 }
 
 }  // namespace mycelya

@@ -40,46 +40,59 @@ class StopSignals {
   bool finished_ = false;
 };
 
-// Sends this process SIGTERM once `parent` is gone. PR_SET_PDEATHSIG acts at
-// once but misses a parent that died before it was set (and is dropped
-// across a setuid exec), so a poll of getppid() backs it up: once the parent
-// dies the process is reparented and getppid() changes. It also follows the
-// parent *thread*: a parent that spawns the server from a short-lived thread
-// stops it when that thread ends.
-class ParentWatch {
+// A thread that watches for a reason to stop this process, until stop(),
+// which its owner must call before destroying it.
+class Watch {
  public:
-  explicit ParentWatch(pid_t parent) : parent_(parent) {}
+  Watch() = default;
+  Watch(const Watch&) = delete;
+  Watch& operator=(const Watch&) = delete;
 
-  void start();
   void stop();
 
+ protected:
+  // Runs `check` on the watch thread, holding the lock, until it returns true
+  // (it has stopped the process) or stop() is called; `check` waits on the
+  // condition variable it is given between looks, so stop() wakes it.
+  void watch(std::function<bool(std::unique_lock<std::mutex>&, std::condition_variable&)> check);
+
  private:
-  const pid_t parent_;
   std::thread thread_;
   std::mutex mu_;
   std::condition_variable cv_;
   bool stopped_ = false;
 };
 
+// Sends this process SIGTERM once `parent` is gone. PR_SET_PDEATHSIG acts at
+// once but misses a parent that died before it was set (and is dropped
+// across a setuid exec), so a poll of getppid() backs it up: once the parent
+// dies the process is reparented and getppid() changes. It also follows the
+// parent *thread*: a parent that spawns the server from a short-lived thread
+// stops it when that thread ends.
+class ParentWatch : public Watch {
+ public:
+  explicit ParentWatch(pid_t parent) : parent_(parent) {}
+
+  void start();
+
+ private:
+  const pid_t parent_;
+};
+
 // Sends this process SIGTERM, with a log line saying why, once
 // `last_activity()` is `timeout` in the past: a cloud machine whose client
 // vanished (a closed laptop, a killed process) stops billing by itself.
-class IdleWatch {
+class IdleWatch : public Watch {
  public:
   IdleWatch(std::chrono::seconds timeout,
             std::function<std::chrono::steady_clock::time_point()> last_activity)
       : timeout_(timeout), last_activity_(std::move(last_activity)) {}
 
   void start();
-  void stop();
 
  private:
   const std::chrono::seconds timeout_;
   const std::function<std::chrono::steady_clock::time_point()> last_activity_;
-  std::thread thread_;
-  std::mutex mu_;
-  std::condition_variable cv_;
-  bool stopped_ = false;
 };
 
 }  // namespace mycelya

@@ -809,13 +809,6 @@ TEST_F(BinaryTest, PrintsThePickedPortServesAndStopsOnSigterm) {
   EXPECT_EQ(server.wait(), std::optional<int>(0));
 }
 
-std::string read_whole(const std::string& path) {
-  std::ifstream file(path);
-  std::stringstream contents;
-  contents << file.rdbuf();
-  return contents.str();
-}
-
 TEST_F(BinaryTest, IdleTimeoutStopsAServerNobodyUsesWithALogLine) {
   const std::string log = ::testing::TempDir() + "/idle.log";
   const auto started = std::chrono::steady_clock::now();

@@ -22,13 +22,6 @@ namespace {
 
 constexpr std::chrono::seconds kConnectTimeout{5};
 
-std::string read_whole(const std::string& path) {
-  std::ifstream file(path);
-  std::stringstream contents;
-  contents << file.rdbuf();
-  return contents.str();
-}
-
 // Runs an openssl command in `dir`; fails the test if it fails.
 void openssl(const std::string& dir, const std::string& args) {
   const std::string command = "cd '" + dir + "' && openssl " + args + " >/dev/null 2>&1";

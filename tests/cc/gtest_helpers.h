@@ -5,9 +5,19 @@
 
 #include <gtest/gtest.h>
 
+#include <fstream>
+#include <sstream>
 #include <string>
 
 namespace mycelya {
+
+// The whole contents of a file ("" when it cannot be read).
+inline std::string read_whole(const std::string& path) {
+  std::ifstream file(path, std::ios::binary);
+  std::stringstream contents;
+  contents << file.rdbuf();
+  return contents.str();
+}
 
 // EXPECT_TRUE(Contains(message, "aten::mm")) prints both strings on failure.
 inline ::testing::AssertionResult Contains(const std::string& haystack, const std::string& needle) {
