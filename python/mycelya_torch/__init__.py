@@ -22,6 +22,7 @@ from ._logging import (
     set_logging_level,
 )
 from ._machine import RemoteMachine, get_all_machines
+from ._version import __version__
 
 # Providers are looked up beside the package too (after $MYCELYA_PROVIDER_PATH).
 _C.add_plugin_dir(os.path.dirname(os.path.abspath(__file__)))
@@ -36,6 +37,7 @@ GPU_TYPES = tuple(_C.supported_gpu_types())
 
 __all__ = [
     "GPU_TYPES",
+    "__version__",
     "RemoteMachine",
     "available_providers",
     "disable_logging",

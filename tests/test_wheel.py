@@ -1,0 +1,207 @@
+# SPDX-License-Identifier: AGPL-3.0-or-later
+"""The wheel (//python:wheel) installs and runs outside the repository.
+
+One fresh virtual environment, outside the clone, gets torch==2.13.0 and the
+wheel and nothing else, through the server image's own install script
+(deploy/install-server.sh). Then:
+- the quick start runs from it on mock and on local-cuda;
+- its `mycelya-server` command serves, and so does the image's entry point
+  (deploy/entrypoint.sh) with its settings from the environment;
+- every ELF file it installed finds its libraries in the wheel, in torch, or
+  among the few system libraries the manylinux policy lets a wheel assume.
+"""
+
+import glob
+import os
+import re
+import subprocess
+
+import pytest
+
+RUNFILES = os.path.join(os.environ.get("TEST_SRCDIR", ""), "mycelya")
+WHEEL_DIR = os.path.join(RUNFILES, "python", "wheel")
+QUICKSTART = os.path.join(RUNFILES, "examples", "quickstart.py")
+DEPLOY = os.path.join(RUNFILES, "deploy")
+
+# PEP 600 / auditwheel's manylinux policy: what every manylinux host has.
+MANYLINUX_SYSTEM_LIBRARIES = {
+    "libc.so.6",
+    "libm.so.6",
+    "libmvec.so.1",
+    "libdl.so.2",
+    "librt.so.1",
+    "libpthread.so.0",
+    "libutil.so.1",
+    "libnsl.so.1",
+    "libanl.so.1",
+    "libresolv.so.2",
+    "libstdc++.so.6",
+    "libgcc_s.so.1",
+    "libatomic.so.1",
+    "libz.so.1",
+    "libexpat.so.1",
+    "linux-vdso.so.1",
+    "ld-linux-x86-64.so.2",
+}
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory):
+    """(python, site-packages, env) of a fresh venv holding torch and the wheel."""
+    (wheel,) = glob.glob(os.path.join(WHEEL_DIR, "*.whl"))
+    root = tmp_path_factory.mktemp("wheel-venv")
+    bin_dir = root / "venv" / "bin"
+    # Nothing of the build: no PYTHONPATH, no runfiles, no MYCELYA_* overrides.
+    env = {
+        name: value
+        for name, value in os.environ.items()
+        if not name.startswith(("PYTHON", "RUNFILES", "MYCELYA", "TEST_", "BUILD_"))
+    }
+    env["PATH"] = f"{bin_dir}:/usr/bin:/bin"
+    install = os.path.join(DEPLOY, "install-server.sh")
+    subprocess.run(["sh", install, str(root / "venv"), wheel], check=True, env=env, cwd=root)
+    python = str(bin_dir / "python")
+    site = subprocess.run(
+        [python, "-c", "import sysconfig; print(sysconfig.get_paths()['platlib'])"],
+        check=True,
+        capture_output=True,
+        text=True,
+        env=env,
+    ).stdout.strip()
+    return python, site, env, root
+
+
+def run(command, env, cwd, timeout=120):
+    result = subprocess.run(command, env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+    assert result.returncode == 0, f"{command} failed:\n{result.stdout}\n{result.stderr}"
+    return result.stdout
+
+
+def test_the_package_comes_from_the_venv(installed):
+    python, site, env, root = installed
+    out = run([python, "-c", "import mycelya_torch; print(mycelya_torch.__file__)"], env, root)
+    assert out.strip() == os.path.join(site, "mycelya_torch", "__init__.py")
+
+
+@pytest.mark.parametrize("provider", ["mock", "local-cuda"])
+def test_quick_start_runs_from_the_installed_package(installed, provider):
+    python, _, env, root = installed
+    out = run([python, QUICKSTART, "--provider", provider], env, root)
+    assert "Matches the local CPU result" in out
+    assert f"Machine {provider}-" in out
+
+
+def start(command, env, cwd):
+    """Starts a server; returns it and its first line of output."""
+    process = subprocess.Popen(
+        command, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    return process, process.stdout.readline().strip()
+
+
+def stop(process):
+    process.terminate()
+    process.wait(timeout=30)
+    assert process.returncode == 0, process.stderr.read()
+
+
+def test_mycelya_server_command_serves(installed):
+    python, _, env, root = installed
+    server = os.path.join(os.path.dirname(python), "mycelya-server")
+    process, line = start([server, "--listen", "127.0.0.1:0", "--devices", "cpu"], env, root)
+    try:
+        assert re.match(r"mycelya-server listening on 127\.0\.0\.1:\d+$", line), line
+    finally:
+        stop(process)
+
+
+ENTRYPOINT = os.path.join(DEPLOY, "entrypoint.sh")
+
+
+def test_image_entry_point_serves_tls_with_settings_from_the_environment(installed, tmp_path):
+    _, _, env, root = installed
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"]
+        + ["-subj", "/CN=mycelya", "-keyout", str(key), "-out", str(cert)],
+        check=True,
+        capture_output=True,
+    )
+    settings = {
+        "MYCELYA_PORT": "0",
+        "MYCELYA_TOKEN": "secret",
+        "MYCELYA_TLS_CERT": cert.read_text(),  # PEM text, as a provider passes it
+        "MYCELYA_TLS_KEY": key.read_text(),
+        "MYCELYA_DEVICES": "cpu",
+    }
+    process, line = start(["sh", ENTRYPOINT], {**env, **settings}, root)
+    try:
+        assert re.match(r"mycelya-server listening on 0\.0\.0\.0:\d+$", line), line
+    finally:
+        stop(process)
+
+
+def test_image_entry_point_refuses_a_public_port_without_a_token(installed):
+    _, _, env, root = installed
+    result = subprocess.run(
+        ["sh", ENTRYPOINT],
+        env={**env, "MYCELYA_PORT": "0", "MYCELYA_INSECURE": "1"},
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode != 0
+    assert "token" in result.stderr
+
+
+def test_image_entry_point_stops_after_the_idle_timeout(installed):
+    _, _, env, root = installed
+    settings = {
+        "MYCELYA_PORT": "0",
+        "MYCELYA_TOKEN": "secret",
+        "MYCELYA_INSECURE": "1",
+        "MYCELYA_IDLE_TIMEOUT": "1",
+    }
+    process, line = start(["sh", ENTRYPOINT], {**env, **settings}, root)
+    assert line.startswith("mycelya-server listening on 0.0.0.0:"), line
+    assert process.wait(timeout=60) == 0
+    assert "--idle-timeout" in process.stderr.read()
+
+
+def elf_files(folder):
+    for path in sorted(glob.glob(os.path.join(folder, "*"))):
+        if not os.path.isfile(path):
+            continue
+        with open(path, "rb") as f:
+            if f.read(4) == b"\x7fELF":
+                yield path
+
+
+def test_every_elf_file_resolves_only_wheel_torch_and_manylinux_libraries(installed):
+    _, site, env, root = installed
+    files = [
+        *elf_files(os.path.join(site, "mycelya_torch")),
+        *elf_files(os.path.join(site, "mycelya_torch.libs")),
+    ]
+    # The extension, libmycelya_wire, two providers, the server, and the
+    # bundled gRPC/protobuf/abseil/OpenSSL libraries.
+    assert len(files) > 10
+    assert any(path.endswith("/mycelya-server") for path in files)
+    problems = []
+    for path in files:
+        out = run(["ldd", path], env, root)
+        for line in out.splitlines():
+            line = line.strip()
+            if not line or line == "statically linked":
+                continue
+            name, _, target = line.partition(" => ")
+            name = os.path.basename(name.split()[0])
+            target = target.split(" (")[0].strip()
+            if "not found" in line:
+                problems.append(f"{path}: {name} not found")
+            elif target.startswith(site + "/"):
+                continue  # the wheel's own libraries, or torch's
+            elif name not in MANYLINUX_SYSTEM_LIBRARIES:
+                problems.append(f"{path}: {name} from the system ({target or line})")
+    assert not problems, "\n".join(problems)
