@@ -21,5 +21,8 @@ inline void log_debug(const std::string& message) {
 inline void log_info(const std::string& message) {
   if (log_enabled(kInfo)) log_message(kInfo, message);
 }
+inline void log_warning(const std::string& message) {
+  if (log_enabled(kWarning)) log_message(kWarning, message);
+}
 
 }  // namespace mycelya

@@ -8,6 +8,7 @@
 #include <atomic>
 #include <cstdio>
 #include <cstdlib>
+#include <fstream>
 #include <stdexcept>
 
 #include "core/generator.h"
@@ -41,6 +42,28 @@ size_t ref_nbytes(const wire::TensorRef& ref) {
   return numel * c10::elementSize(static_cast<c10::ScalarType>(ref.dtype()));
 }
 
+// 256 random bits, as 64 hex digits: the name of the machine's paused state.
+MachineSpec with_state_key(MachineSpec spec) {
+  unsigned char bytes[32];
+  std::ifstream urandom("/dev/urandom", std::ios::binary);
+  if (!urandom.read(reinterpret_cast<char*>(bytes), sizeof(bytes))) {
+    throw std::runtime_error("cannot read /dev/urandom for the machine's state key");
+  }
+  static const char hex[] = "0123456789abcdef";
+  spec.state_key.clear();
+  for (const unsigned char b : bytes) {
+    spec.state_key += hex[b >> 4];
+    spec.state_key += hex[b & 15];
+  }
+  return spec;
+}
+
+std::string joined(const std::vector<std::string>& names) {
+  std::string text;
+  for (const std::string& name : names) text += (text.empty() ? "" : ", ") + name;
+  return "[" + text + "]";
+}
+
 bool synchronous_mode() {
   const char* env = std::getenv("MYCELYA_SYNC");
   return env && *env && std::string(env) != "0";
@@ -50,7 +73,7 @@ bool synchronous_mode() {
 
 Machine::Machine(std::string provider, MachineSpec spec)
     : provider_(std::move(provider)),
-      spec_(std::move(spec)),
+      spec_(with_state_key(std::move(spec))),
       id_(make_machine_id(provider_)),
       synchronous_(synchronous_mode()) {}
 
@@ -63,6 +86,7 @@ Machine::~Machine() {
 }
 
 void Machine::start() {
+  if (paused()) return resume();
   std::lock_guard<std::mutex> lifecycle(lifecycle_mu_);
   std::vector<DeviceRef> entries;
   {
@@ -97,10 +121,20 @@ bool Machine::start_session_submit_locked(std::vector<DeviceRef>* started) {
   }
   {
     std::lock_guard<std::mutex> lock(queue_mu_);
-    session_ = std::move(session);
     devices_ = std::move(devices);
     entries_ = entries;
+  }
+  attach_session_lifecycle_locked(std::move(session));
+  *started = std::move(entries);
+  return true;
+}
+
+void Machine::attach_session_lifecycle_locked(std::shared_ptr<Session> session) {
+  {
+    std::lock_guard<std::mutex> lock(queue_mu_);
+    session_ = std::move(session);
     running_ = true;
+    paused_ = false;
     stopping_ = false;
     lost_.clear();
     // A new session knows no op names yet, and counts commands from 1.
@@ -108,8 +142,21 @@ bool Machine::start_session_submit_locked(std::vector<DeviceRef>* started) {
     session_reads_early_ = true;
   }
   sender_ = std::thread([this] { sender_loop(); });
-  *started = std::move(entries);
-  return true;
+}
+
+std::shared_ptr<Session> Machine::detach_session_lifecycle_locked() {
+  {
+    std::lock_guard<std::mutex> lock(queue_mu_);
+    stopping_ = true;
+  }
+  queue_cv_.notify_all();
+  room_cv_.notify_all();
+  if (sender_.joinable()) sender_.join();
+  std::lock_guard<std::mutex> submit(submit_mu_);
+  std::lock_guard<std::mutex> lock(queue_mu_);
+  running_ = false;
+  queue_.reset();
+  return std::move(session_);
 }
 
 void Machine::stop() {
@@ -118,22 +165,18 @@ void Machine::stop() {
 }
 
 void Machine::stop_lifecycle_locked() {
+  bool was_paused = false;
   {
     std::lock_guard<std::mutex> lock(queue_mu_);
-    if (!running_) return;
-    stopping_ = true;
+    if (!running_ && !paused_) return;
+    was_paused = paused_;
   }
-  queue_cv_.notify_all();
-  room_cv_.notify_all();
-  if (sender_.joinable()) sender_.join();
-  std::lock_guard<std::mutex> submit(submit_mu_);
-  std::shared_ptr<Session> session;
+  const std::shared_ptr<Session> session = was_paused ? nullptr : detach_session_lifecycle_locked();
   std::vector<DeviceRef> entries;
   {
     std::lock_guard<std::mutex> lock(queue_mu_);
-    running_ = false;
-    queue_.reset();
-    session = std::move(session_);
+    paused_ = false;
+    frees_while_paused_.clear();
     entries = std::move(entries_);
     entries_.clear();
   }
@@ -142,13 +185,161 @@ void Machine::stop_lifecycle_locked() {
   release_machine(entries);
   stop_default_generators(entries);
   log_info("stopping machine " + id_);
-  // A read beside the queue returns or fails once the session has stopped
+  if (was_paused) {
+    load_provider(provider_).discard(spec_);
+    return;
+  }
+  if (session) end_session(*session, &Session::stop);
+}
+
+void Machine::end_session(Session& session, void (Session::*end)()) {
+  // A read beside the queue returns or fails once the session has ended
   // (Session's contract); it uses this machine until then.
   const auto wait_for_reads = c10::make_scope_exit([this] {
     std::unique_lock<std::mutex> lock(queue_mu_);
     early_reads_cv_.wait(lock, [this] { return early_reads_in_flight_ == 0; });
   });
-  if (session) session->stop();
+  (session.*end)();
+}
+
+void Machine::pause() {
+  std::lock_guard<std::mutex> lifecycle(lifecycle_mu_);
+  {
+    std::lock_guard<std::mutex> lock(queue_mu_);
+    if (paused_) return;
+    if (!running_)
+      throw std::runtime_error("Machine " + id_ + " is not running: nothing to pause.");
+    if (!lost_.empty()) throw std::runtime_error(lost_);
+  }
+  log_info("pausing machine " + id_ + ": saving its storages");
+  wire::Request save;
+  save.mutable_save_state();
+  wire::Response response;
+  std::string cut_short;  // why the save did not finish, if the machine was lost
+  try {
+    response = request(std::move(save));
+  } catch (const std::exception& e) {
+    std::lock_guard<std::mutex> lock(queue_mu_);
+    // An earlier op's error, or a server that cannot pause: still running.
+    if (lost_.empty()) throw;
+    cut_short = e.what();
+  }
+  const std::shared_ptr<Session> session = detach_session_lifecycle_locked();
+  {
+    std::lock_guard<std::mutex> lock(queue_mu_);
+    paused_ = true;
+    lost_.clear();
+    unsaved_storages_.clear();
+  }
+  end_session(*session, &Session::pause);
+  if (!cut_short.empty()) {
+    throw std::runtime_error(cut_short +
+                             " (while pausing). What it saved is kept: resume() restores it, and "
+                             "machine.unsaved_storages then names the storages it could not save.");
+  }
+  log_info("machine " + id_ + " paused: " + std::to_string(response.state().storage_ids_size()) +
+           " storages saved (" + std::to_string(response.state().bytes()) + " bytes)");
+}
+
+void Machine::resume() {
+  std::lock_guard<std::mutex> lifecycle(lifecycle_mu_);
+  std::vector<std::string> devices_when_paused;
+  bool lost = false;
+  {
+    std::lock_guard<std::mutex> lock(queue_mu_);
+    if (!paused_) {
+      if (!running_) {
+        throw std::runtime_error("Machine " + id_ +
+                                 " is not paused: it stopped, and start() starts it anew.");
+      }
+      if (lost_.empty()) return;
+      // Lost: a server that stopped by itself (--idle-timeout) saved the
+      // storages first, and a new one can take them back.
+      lost = true;
+    }
+    devices_when_paused = devices_;
+  }
+  if (lost) {
+    const std::shared_ptr<Session> session = detach_session_lifecycle_locked();
+    {
+      std::lock_guard<std::mutex> lock(queue_mu_);
+      paused_ = true;
+      lost_.clear();
+    }
+    if (session) end_session(*session, &Session::pause);
+  }
+  log_info("resuming machine " + id_ + " on provider " + provider_);
+  const std::string still_paused =
+      " It stays paused, its saved storages kept: resume() tries again, stop() drops them.";
+  std::shared_ptr<Session> session;
+  try {
+    session = load_provider(provider_).resume(spec_);
+  } catch (const std::exception& e) {
+    throw std::runtime_error("Could not resume machine " + id_ + ": " + e.what() + still_paused);
+  }
+  const std::vector<std::string> devices = session->devices();
+  if (devices != devices_when_paused) {
+    session->pause();  // ends it, keeping the saved storages
+    throw std::runtime_error("Could not resume machine " + id_ + ": it offers " + joined(devices) +
+                             " now but offered " + joined(devices_when_paused) +
+                             " when it paused, so its tensors would land on other devices." +
+                             still_paused);
+  }
+  attach_session_lifecycle_locked(std::move(session));
+  wire::Request restore;
+  restore.mutable_restore_state();
+  wire::Response response;
+  try {
+    response = request(std::move(restore));
+  } catch (const std::exception& e) {
+    const std::shared_ptr<Session> failed = detach_session_lifecycle_locked();
+    {
+      std::lock_guard<std::mutex> lock(queue_mu_);
+      paused_ = true;
+      lost_.clear();
+    }
+    if (failed) end_session(*failed, &Session::pause);
+    throw std::runtime_error("Could not resume machine " + id_ +
+                             ": restoring its storages failed: " + e.what() + still_paused);
+  }
+  const wire::StateReport& state = response.state();
+  std::vector<uint64_t> unsaved(state.missing_ids().begin(), state.missing_ids().end());
+  {
+    std::lock_guard<std::mutex> lock(queue_mu_);
+    unsaved_storages_ = unsaved;
+    // Tensors freed while paused: their storages came back, so free them.
+    for (const uint64_t id : frees_while_paused_) queue_.free_storage(id);
+    frees_while_paused_.clear();
+  }
+  queue_cv_.notify_one();
+  if (!unsaved.empty()) {
+    std::string ids;
+    for (size_t i = 0; i < unsaved.size() && i < 20; ++i) ids += " " + std::to_string(unsaved[i]);
+    log_warning("machine " + id_ + " resumed without " + std::to_string(unsaved.size()) +
+                " storage(s) that its pause could not save (IDs" + ids +
+                (unsaved.size() > 20 ? " ..." : "") + "); using their tensors raises");
+  }
+  log_info("machine " + id_ + " resumed: " + std::to_string(state.storage_ids_size()) +
+           " storages restored (" + std::to_string(state.bytes()) + " bytes)");
+}
+
+void Machine::resume_if_paused(const char* what) {
+  {
+    std::lock_guard<std::mutex> lock(queue_mu_);
+    if (!paused_) return;
+  }
+  log_info("machine " + id_ + " is paused; resuming it to " + what);
+  resume();
+}
+
+bool Machine::paused() const {
+  std::lock_guard<std::mutex> lock(queue_mu_);
+  return paused_;
+}
+
+std::vector<uint64_t> Machine::unsaved_storages() const {
+  std::lock_guard<std::mutex> lock(queue_mu_);
+  return unsaved_storages_;
 }
 
 bool Machine::running() const {
@@ -176,7 +367,7 @@ int Machine::slot_of(const std::string& type, int index) const {
 
 c10::DeviceIndex Machine::device_index(int slot) const {
   std::lock_guard<std::mutex> lock(queue_mu_);
-  if (!running_ || slot < 0 || slot >= static_cast<int>(entries_.size())) {
+  if ((!running_ && !paused_) || slot < 0 || slot >= static_cast<int>(entries_.size())) {
     throw std::runtime_error("Machine " + id_ + " is not running; call start() first.");
   }
   return entries_[slot]->index;
@@ -185,6 +376,9 @@ c10::DeviceIndex Machine::device_index(int slot) const {
 void Machine::check_usable_queue_locked(const DeviceEntry* device) const {
   if (device) check_running(*device);
   if (!lost_.empty()) throw std::runtime_error(lost_);
+  if (paused_) {
+    throw std::runtime_error("Machine " + id_ + " is paused; machine.resume() resumes it.");
+  }
   if (!running_ || stopping_) {
     throw std::runtime_error("Machine " + id_ +
                              " is not running; call machine.start() before using its tensors.");
@@ -210,6 +404,7 @@ std::optional<uint64_t> Machine::read_after_queue_locked(const wire::Request& re
 }
 
 void Machine::enqueue(wire::Command* command, const DeviceEntry* device) {
+  resume_if_paused("run an op");
   {
     std::unique_lock<std::mutex> lock(queue_mu_);
     wait_for_room_queue_locked(lock, device);
@@ -227,6 +422,7 @@ void Machine::enqueue_upload(wire::Upload upload, std::string payload, const Dev
 
 void Machine::enqueue_with_payload(wire::Command command, std::string payload,
                                    const DeviceEntry* device) {
+  resume_if_paused("send it data");
   {
     std::unique_lock<std::mutex> lock(queue_mu_);
     wait_for_room_queue_locked(lock, device);
@@ -265,6 +461,8 @@ void Machine::set_generator_state(const wire::GeneratorRef& generator, std::stri
 
 void Machine::free_storage(uint64_t storage_id) {
   std::lock_guard<std::mutex> lock(queue_mu_);
+  // Freed at the resume: a tensor going away is no reason to resume.
+  if (paused_) frees_while_paused_.push_back(storage_id);
   if (!running_ || !lost_.empty()) return;
   queue_.free_storage(storage_id);
 }
@@ -391,6 +589,7 @@ bool Machine::read_early(wire::Request& request, std::string* payload, std::stri
 
 wire::Response Machine::request(wire::Request request, std::string* payload,
                                 const DeviceEntry* device) {
+  resume_if_paused("answer a sync point");
   std::string encoded_response;
   if (!read_early(request, payload, &encoded_response, device)) {
     std::lock_guard<std::mutex> submit(submit_mu_);

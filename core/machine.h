@@ -72,6 +72,22 @@ class Machine : public std::enable_shared_from_this<Machine> {
   void stop();
   bool running() const;
 
+  // Saves every storage of the machine and ends it, so that its provider
+  // bills no more, keeping its device indices: its tensors stay valid.
+  // resume() starts it again with every storage back under its ID; using a
+  // tensor of a paused machine resumes it (logged at INFO). A pause cut
+  // short by losing the machine keeps what was saved and throws; the next
+  // resume then names the storages it could not save. Throw
+  // std::runtime_error; a failed resume leaves the machine paused. resume()
+  // also takes back a machine lost because its server stopped by itself
+  // (--idle-timeout saves the session first).
+  void pause();
+  void resume();
+  bool paused() const;
+  // Storages the last resume could not restore (their pause was cut short);
+  // using one raises that it was not saved.
+  std::vector<uint64_t> unsaved_storages() const;
+
   // Remote device names by slot, e.g. {"cuda:0", "cpu"}.
   std::vector<std::string> devices() const;
   // The slot of "type:index"; throws std::invalid_argument naming the devices offered.
@@ -130,6 +146,16 @@ class Machine : public std::enable_shared_from_this<Machine> {
  private:
   // stop(), with lifecycle_mu_ held.
   void stop_lifecycle_locked();
+  // Stops the sender and takes the session out, leaving the machine
+  // neither running nor paused; the caller ends the session.
+  std::shared_ptr<Session> detach_session_lifecycle_locked();
+  // Takes `session` as the machine's own and starts the sender.
+  void attach_session_lifecycle_locked(std::shared_ptr<Session> session);
+  // Resumes the machine if it is paused, before a use of it (`what`).
+  void resume_if_paused(const char* what);
+  // Ends a detached session with `end` (Session::stop or Session::pause),
+  // once reads beside the queue are over.
+  void end_session(Session& session, void (Session::*end)());
   // Starts the session and takes the device indices; false when running.
   bool start_session_submit_locked(std::vector<DeviceRef>* started);
   // Queues `command` with `payload` as the batch's next payload.
@@ -169,6 +195,10 @@ class Machine : public std::enable_shared_from_this<Machine> {
   CommandQueue queue_;
   bool running_ = false;
   bool stopping_ = false;
+  // Paused: no session, but the device entries stay registered.
+  bool paused_ = false;
+  std::vector<uint64_t> frees_while_paused_;
+  std::vector<uint64_t> unsaved_storages_;
   std::string lost_;  // set once the session failed; every later call raises it
   uint64_t batches_sent_ = 0;
   uint64_t round_trips_ = 0;

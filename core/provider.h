@@ -9,6 +9,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -16,7 +17,7 @@ namespace mycelya {
 
 // Bumped whenever this header changes incompatibly; the loader refuses a plugin
 // built against another version.
-constexpr int kProviderAbiVersion = 5;
+constexpr int kProviderAbiVersion = 6;
 
 // What the user asked for in RemoteMachine(provider, gpu_type, ...).
 struct MachineSpec {
@@ -24,6 +25,9 @@ struct MachineSpec {
   int gpu_count = 1;
   std::vector<std::string> packages;
   double idle_timeout_s = 0;  // 0: never
+  // Names this machine's paused state (64 hex digits, random, made by core):
+  // a server keeps a session's saved storages under it (x-mycelya-state-key).
+  std::string state_key;
 };
 
 // An encoded Batch plus the raw payloads its Upload commands point at.
@@ -71,7 +75,14 @@ class Session {
     return false;
   }
 
+  // Ends the machine for good: its saved state, if any, is dropped too.
   virtual void stop() = 0;
+
+  // Ends the machine but keeps what a SaveStateRequest wrote, for
+  // Provider::resume(). Core has saved the storages before it calls this.
+  virtual void pause() {
+    throw std::runtime_error("this provider cannot pause machines; stop() ends them");
+  }
 };
 
 class Provider {
@@ -83,6 +94,16 @@ class Provider {
   // Starts a machine. Throws std::invalid_argument for a spec the provider
   // cannot serve and std::runtime_error when starting fails.
   virtual std::unique_ptr<Session> start(const MachineSpec& spec) = 0;
+
+  // Starts again the machine that Session::pause() ended (spec.state_key
+  // names it); core then restores its storages with a RestoreStateRequest.
+  // Throws std::runtime_error when that machine cannot be started.
+  virtual std::unique_ptr<Session> resume(const MachineSpec& /*spec*/) {
+    throw std::runtime_error("provider " + name() + " cannot resume paused machines");
+  }
+
+  // A paused machine is stopped for good: drops its saved state.
+  virtual void discard(const MachineSpec& /*spec*/) {}
 };
 
 }  // namespace mycelya

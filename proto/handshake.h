@@ -21,6 +21,9 @@ namespace mycelya {
 
 constexpr char kProtocolMetadataKey[] = "x-mycelya-protocol";
 constexpr char kTorchMetadataKey[] = "x-mycelya-torch";
+// Names the session's state folder on a server with --state-dir
+// (server/state_folder.h): 64 hex digits, random, known to its client only.
+constexpr char kStateKeyMetadataKey[] = "x-mycelya-state-key";
 
 // The torch this binary was built against (and so must run with).
 inline std::string torch_version() { return TORCH_VERSION; }

@@ -73,6 +73,10 @@ PYBIND11_MODULE(_C, m) {
       .def("start", &Machine::start, py::call_guard<py::gil_scoped_release>())
       .def("stop", &Machine::stop, py::call_guard<py::gil_scoped_release>())
       .def_property_readonly("running", &Machine::running)
+      .def("pause", &Machine::pause, py::call_guard<py::gil_scoped_release>())
+      .def("resume", &Machine::resume, py::call_guard<py::gil_scoped_release>())
+      .def_property_readonly("paused", &Machine::paused)
+      .def_property_readonly("unsaved_storages", &Machine::unsaved_storages)
       .def_property_readonly("devices", &Machine::devices)
       .def(
           "device_index",

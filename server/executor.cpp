@@ -16,6 +16,7 @@
 #include "proto/schema_types.h"
 #include "proto/storage_ids.h"
 #include "proto/tensor_geometry.h"
+#include "server/state_folder.h"
 
 namespace mycelya {
 namespace {
@@ -90,6 +91,9 @@ at::Tensor storage_bytes(const c10::Storage& storage, uint64_t from, uint64_t co
   bytes.set_(storage, static_cast<int64_t>(from), {static_cast<int64_t>(count)}, {1});
   return bytes;
 }
+
+// A paused storage crosses between a device and its file this many bytes at a time.
+constexpr uint64_t kStateChunkBytes = 64 << 20;
 
 // Sets the bytes of `storage` from byte `from` on to zero.
 void zero_bytes(const c10::Storage& storage, uint64_t from) {
@@ -805,6 +809,92 @@ std::string Executor::handle_request(const std::string& encoded, std::string* pa
   return response;
 }
 
+c10::Device Executor::device_named(const std::string& name) const {
+  std::string offered;
+  for (size_t i = 0; i < options_.device_names.size(); ++i) {
+    if (options_.device_names[i] == name) return options_.devices[i];
+    offered += (offered.empty() ? "" : ", ") + options_.device_names[i];
+  }
+  TORCH_CHECK(false, "a storage was saved on ", name,
+              ", which this server does not offer (it offers ", offered, ")");
+}
+
+void Executor::save_state(wire::StateReport* report) {
+  TORCH_CHECK(!options_.state_dir.empty(),
+              "this session cannot pause: the server keeps no state (start mycelya-server with "
+              "--state-dir) or the client sent no state key");
+  StateFolder folder(options_.state_dir);
+  // Poisoned IDs go in the manifest but not on disk: a restore then poisons
+  // them again rather than bring back bytes no op finished writing.
+  std::vector<uint64_t> ids;
+  for (const auto& entry : storages_) ids.push_back(entry.first);
+  for (const auto& entry : poison_) {
+    if (!storages_.count(entry.first)) ids.push_back(entry.first);
+  }
+  std::sort(ids.begin(), ids.end());
+  folder.begin_save(ids);
+  uint64_t bytes = 0;
+  for (const uint64_t id : ids) {
+    const auto it = storages_.find(id);
+    if (it == storages_.end() || poison_.count(id)) continue;
+    const c10::Storage& storage = it->second.storage;
+    const uint64_t nbytes = storage.nbytes();
+    const std::string& device = options_.device_names[slot_of(storage.device())];
+    folder.write_storage(id, device, nbytes, [&](const StateFolder::ByteSink& write) {
+      if (storage.device().is_cpu()) {
+        write(static_cast<const char*>(storage.data()), nbytes);
+        return;
+      }
+      // A device's bytes come through the host a piece at a time.
+      for (uint64_t from = 0; from < nbytes; from += kStateChunkBytes) {
+        const uint64_t count = std::min<uint64_t>(kStateChunkBytes, nbytes - from);
+        const at::Tensor host = storage_bytes(storage, from, count).cpu();
+        write(static_cast<const char*>(host.const_data_ptr()), count);
+      }
+    });
+    report->add_storage_ids(id);
+    bytes += nbytes;
+  }
+  folder.end_save();
+  report->set_bytes(bytes);
+}
+
+void Executor::restore_state(wire::StateReport* report) {
+  TORCH_CHECK(!options_.state_dir.empty(),
+              "this session cannot resume: the server keeps no state (start mycelya-server with "
+              "--state-dir) or the client sent no state key");
+  StateFolder folder(options_.state_dir);
+  const StateFolder::Contents contents = folder.list();
+  uint64_t bytes = 0;
+  for (const StateFolder::Saved& saved : contents.storages) {
+    TORCH_CHECK(!storages_.count(saved.id) && !poison_.count(saved.id), "storage ", saved.id,
+                " is in use already; a restore must come before anything else in a session");
+    const c10::Device device = device_named(saved.device);
+    c10::Storage storage = new_storage(saved.nbytes, device, /*zeroed=*/false);
+    uint64_t from = 0;
+    folder.read_storage(saved, kStateChunkBytes, [&](const char* data, size_t n) {
+      if (device.is_cpu()) {
+        std::memcpy(static_cast<char*>(storage.mutable_data()) + from, data, n);
+      } else {
+        const at::Tensor host = at::from_blob(const_cast<char*>(data), {static_cast<int64_t>(n)},
+                                              at::TensorOptions().dtype(at::kByte));
+        storage_bytes(storage, from, n).copy_(host);
+      }
+      from += n;
+    });
+    keep(saved.id, std::move(storage));
+    report->add_storage_ids(saved.id);
+    bytes += saved.nbytes;
+  }
+  for (const uint64_t id : contents.missing) {
+    poison_[id] = "storage " + std::to_string(id) +
+                  " was not saved when its machine paused (the server stopped before writing it)";
+    report->add_missing_ids(id);
+  }
+  report->set_bytes(bytes);
+  folder.clear();
+}
+
 std::string Executor::handle_request(const std::string& encoded, Payload* payload) {
   wire::Request request;
   wire::Response response;
@@ -821,6 +911,12 @@ std::string Executor::handle_request(const std::string& encoded, Payload* payloa
           break;
         case wire::Request::kRngState:
           rng_state(request.rng_state().generator(), payload, &response);
+          break;
+        case wire::Request::kSaveState:
+          save_state(response.mutable_state());
+          break;
+        case wire::Request::kRestoreState:
+          restore_state(response.mutable_state());
           break;
         case wire::Request::kStats: {
           wire::SessionStats* stats = response.mutable_stats();

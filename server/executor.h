@@ -46,6 +46,9 @@ struct ExecutorOptions {
   std::shared_ptr<MemoryBudget> server_budget;
   // Storages one session may hold at once, whatever their size.
   uint64_t max_storages = 1 << 20;
+  // The session's state folder (server/state_folder.h) for pausing; empty:
+  // the session cannot pause.
+  std::string state_dir;
 };
 
 // A response's bulk bytes (a download), kept as the contiguous CPU tensor they
@@ -117,6 +120,12 @@ class Executor {
   size_t storage_count() const { return storages_.size(); }
   size_t client_generators() const { return generators_.client_generators(); }
 
+  // Pausing (wire::SaveStateRequest, wire::RestoreStateRequest): writes every
+  // storage to the state folder; takes every saved storage back under its ID
+  // and poisons those the folder lacks. Throw std::runtime_error.
+  void save_state(wire::StateReport* report);
+  void restore_state(wire::StateReport* report);
+
  private:
   // An op resolved once per interned id, with the name it was sent under.
   struct KnownOp {
@@ -174,6 +183,8 @@ class Executor {
 
   const KnownOp& op_for(const wire::OpRecord& record);
   c10::Device device_for(int slot) const;
+  // The device a saved storage names, among this session's.
+  c10::Device device_named(const std::string& name) const;
   int slot_of(c10::Device device) const;
   // The tensor a ref describes, its storage made (zeroed) on first use.
   at::Tensor tensor_for(const wire::TensorRef& ref);

@@ -11,8 +11,10 @@
 #include <unistd.h>
 
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <limits>
+#include <memory>
 #include <string>
 #include <utility>
 #include <vector>
@@ -136,6 +138,10 @@ class BatchBuilder {
   std::vector<std::string> payloads_;
 };
 
+void upload_to(Executor& executor, uint64_t storage_id, const at::Tensor& tensor) {
+  BatchBuilder().upload(ref_for(storage_id, tensor), bytes_of(tensor)).run(executor);
+}
+
 class ExecutorTest : public ::testing::Test {
  protected:
   explicit ExecutorTest(uint64_t memory_limit_bytes = 256 * kMiB)
@@ -179,7 +185,7 @@ class ExecutorTest : public ::testing::Test {
   }
 
   void upload(uint64_t storage_id, const at::Tensor& tensor) {
-    BatchBuilder().upload(ref_for(storage_id, tensor), bytes_of(tensor)).run(executor_);
+    upload_to(executor_, storage_id, tensor);
   }
 
   Executor executor_;
@@ -1008,6 +1014,137 @@ TEST(ExecutorLimitsTest, StoragesPerSessionAreBounded) {
   ASSERT_TRUE(
       response.ParseFromString(executor.handle_request(sync.SerializeAsString(), &payload)));
   EXPECT_TRUE(Contains(response.pending_error().message(), "the most a session may hold"));
+}
+
+// Pausing: a new session on the same state folder gets every storage back
+// under its ID, with its bytes, and the folder is emptied.
+class StateExecutorTest : public ::testing::Test {
+ protected:
+  StateExecutorTest() {
+    const char* base = std::getenv("TEST_TMPDIR");
+    std::string path = std::string(base ? base : "/tmp") + "/executor-state-XXXXXX";
+    EXPECT_NE(mkdtemp(path.data()), nullptr);
+    state_dir_ = path + "/session";
+  }
+
+  std::unique_ptr<Executor> session() {
+    ExecutorOptions options{{c10::Device(c10::kCPU)}, {"cpu"}, 256 * kMiB};
+    options.state_dir = state_dir_;
+    return std::make_unique<Executor>(options);
+  }
+
+  static wire::Response ask(Executor& executor, const wire::Request& request,
+                            std::string* payload) {
+    std::string answer = executor.handle_request(request.SerializeAsString(), payload);
+    wire::Response response;
+    EXPECT_TRUE(response.ParseFromString(answer));
+    return response;
+  }
+
+  static wire::Response state_request(Executor& executor, bool save) {
+    wire::Request request;
+    if (save) {
+      request.mutable_save_state();
+    } else {
+      request.mutable_restore_state();
+    }
+    std::string ignored;
+    return ask(executor, request, &ignored);
+  }
+
+  static wire::Response download(Executor& executor, const wire::TensorRef& ref,
+                                 std::string* payload) {
+    wire::Request request;
+    *request.mutable_download()->mutable_source() = ref;
+    return ask(executor, request, payload);
+  }
+
+  std::string state_dir_;
+};
+
+TEST_F(StateExecutorTest, SavedStoragesComeBackUnderTheirIdsInANewSession) {
+  const at::Tensor a = at::randn({3, 4});
+  const at::Tensor b = at::arange(10, at::kLong);
+  std::unique_ptr<Executor> first = session();
+  BatchBuilder()
+      .upload(ref_for(1, a), bytes_of(a))
+      .upload(ref_for(2, b), bytes_of(b))
+      .op(op_record(1, "aten::mul.Tensor",
+                    {tensor_value(ref_for(1, a)), tensor_value(ref_for(1, a))}, {ref_for(3, a)}))
+      .run(*first);
+  const wire::Response saved = state_request(*first, /*save=*/true);
+  ASSERT_FALSE(saved.has_error()) << saved.error().message();
+  EXPECT_EQ(
+      std::vector<uint64_t>(saved.state().storage_ids().begin(), saved.state().storage_ids().end()),
+      (std::vector<uint64_t>{1, 2, 3}));
+  EXPECT_EQ(saved.state().bytes(), 2 * a.nbytes() + b.nbytes());
+  first.reset();  // the server stops
+
+  std::unique_ptr<Executor> second = session();
+  const wire::Response restored = state_request(*second, /*save=*/false);
+  ASSERT_FALSE(restored.has_error()) << restored.error().message();
+  EXPECT_EQ(restored.state().storage_ids_size(), 3);
+  EXPECT_EQ(restored.state().missing_ids_size(), 0);
+  EXPECT_EQ(second->bytes_in_use(), 2 * a.nbytes() + b.nbytes());
+  std::string payload;
+  ASSERT_FALSE(download(*second, ref_for(3, a), &payload).has_error());
+  EXPECT_TRUE(at::equal(tensor_from(payload, ref_for(3, a)), a * a));
+  ASSERT_FALSE(download(*second, ref_for(2, b), &payload).has_error());
+  EXPECT_TRUE(at::equal(tensor_from(payload, ref_for(2, b)), b));
+  // Restored once: the folder is gone, so a second restore finds nothing.
+  EXPECT_EQ(state_request(*second, /*save=*/false).state().storage_ids_size(), 0);
+}
+
+TEST_F(StateExecutorTest, AStorageTheSaveDidNotWriteIsPoisonedNotInvented) {
+  const at::Tensor a = at::randn({8});
+  std::unique_ptr<Executor> first = session();
+  upload_to(*first, 1, a);
+  upload_to(*first, 2, a);
+  ASSERT_FALSE(state_request(*first, /*save=*/true).has_error());
+  first.reset();
+  // As if the server had been killed before it wrote storage 2.
+  ASSERT_EQ(unlink((state_dir_ + "/2.storage").c_str()), 0);
+
+  std::unique_ptr<Executor> second = session();
+  const wire::Response restored = state_request(*second, /*save=*/false);
+  EXPECT_EQ(restored.state().storage_ids_size(), 1);
+  ASSERT_EQ(restored.state().missing_ids_size(), 1);
+  EXPECT_EQ(restored.state().missing_ids(0), 2u);
+  std::string payload;
+  const wire::Response lost = download(*second, ref_for(2, a), &payload);
+  ASSERT_TRUE(lost.has_error());
+  EXPECT_TRUE(Contains(lost.error().message(), "was not saved when its machine paused"));
+  ASSERT_FALSE(download(*second, ref_for(1, a), &payload).has_error());
+  EXPECT_TRUE(at::equal(tensor_from(payload, ref_for(1, a)), a));
+}
+
+TEST_F(StateExecutorTest, APoisonedStorageStaysPoisonedAcrossAPause) {
+  const at::Tensor a = at::randn({2, 3});
+  std::unique_ptr<Executor> first = session();
+  upload_to(*first, 1, a);
+  // mm of a 2x3 by a 2x3 fails: its output, storage 2, is poisoned.
+  BatchBuilder()
+      .op(op_record(1, "aten::mm", {tensor_value(ref_for(1, a)), tensor_value(ref_for(1, a))},
+                    {contiguous_ref(2, {2, 3}, at::kFloat)}))
+      .run(*first);
+  ASSERT_FALSE(state_request(*first, /*save=*/true).has_error());
+  first.reset();
+  std::unique_ptr<Executor> second = session();
+  const wire::Response restored = state_request(*second, /*save=*/false);
+  ASSERT_EQ(restored.state().missing_ids_size(), 1);
+  EXPECT_EQ(restored.state().missing_ids(0), 2u);
+}
+
+TEST(ExecutorStateTest, ASessionWithoutAStateFolderCannotPause) {
+  Executor executor(ExecutorOptions{{c10::Device(c10::kCPU)}, {"cpu"}, 64 * kMiB});
+  wire::Request request;
+  request.mutable_save_state();
+  std::string payload;
+  wire::Response response;
+  ASSERT_TRUE(
+      response.ParseFromString(executor.handle_request(request.SerializeAsString(), &payload)));
+  ASSERT_TRUE(response.has_error());
+  EXPECT_TRUE(Contains(response.error().message(), "--state-dir"));
 }
 
 TEST(ExecutorProcessTest, ProtobufAndTorchInOneProcess) {

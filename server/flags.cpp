@@ -51,7 +51,12 @@ Flags (--flag=value or --flag value):
   --max-sessions N        Sessions open at once (default 64); more are refused.
   --idle-timeout SECONDS  Stop once no client has sent anything for this long
                           (default 0: never). Stops a cloud machine's billing
-                          when its client vanished.
+                          when its client vanished. Sessions still open
+                          are saved first when --state-dir is given.
+  --state-dir PATH        Folder for paused sessions (machine.pause()): each
+                          session's storages go to PATH/<its state key>.
+                          A session whose client vanished, or that is open
+                          when the server stops, is saved there too.
   --exit-with-parent      Stop (as on SIGTERM) when the parent process dies.
   --help                  Print this and exit.
 )";
@@ -213,6 +218,8 @@ Flags parse_flags(const std::vector<std::string>& args) {
       optional_target = &flags.session_memory_limit;
     } else if (name == "max-sessions") {
       optional_target = &flags.max_sessions;
+    } else if (name == "state-dir") {
+      optional_target = &flags.state_dir;
     } else if (name == "idle-timeout") {
       optional_target = &flags.idle_timeout;
     } else if (name == "tls-cert") {
@@ -271,6 +278,10 @@ ServerConfig configure(const Flags& flags, const std::function<const char*(const
       flags.idle_timeout ? static_cast<int>(parse_bounded("idle-timeout", *flags.idle_timeout, 0,
                                                           365 * 24 * 3600, "seconds"))
                          : 0;
+  if (flags.state_dir) {
+    if (flags.state_dir->empty()) throw FlagError("--state-dir needs a folder");
+    config.state_dir = *flags.state_dir;
+  }
   config.tls_cert_pem = read_pem(flags.tls_cert, "MYCELYA_TLS_CERT", getenv, "the TLS certificate");
   config.tls_key_pem = read_pem(flags.tls_key, "MYCELYA_TLS_KEY", getenv, "the TLS key");
   if (config.tls_cert_pem.empty() != config.tls_key_pem.empty()) {

@@ -33,6 +33,7 @@ struct Flags {
   std::optional<std::string> session_memory_limit;
   std::optional<std::string> max_sessions;
   std::optional<std::string> idle_timeout;
+  std::optional<std::string> state_dir;
   std::optional<std::string> tls_cert;
   std::optional<std::string> tls_key;
   bool insecure = false;
@@ -54,6 +55,9 @@ struct ServerConfig {
   int max_message_bytes = 0;
   int max_sessions = 0;
   int idle_timeout_seconds = 0;  // 0: never stop for want of clients
+  // Where paused sessions keep their storages (server/state_folder.h);
+  // empty: sessions cannot pause.
+  std::string state_dir;
   // PEM text of the server's certificate chain and private key; both empty:
   // plaintext, which only local addresses (or --insecure) allow.
   std::string tls_cert_pem;

@@ -110,15 +110,17 @@ TEST(Flags, TlsFromFilesOrTheEnvironment) {
 TEST(Flags, LimitsOfTheServerAndItsSessions) {
   const ServerConfig config =
       configure_args({"--memory-limit", "8192", "--session-memory-limit", "4096", "--max-sessions",
-                      "3", "--idle-timeout", "90"});
+                      "3", "--idle-timeout", "90", "--state-dir", "/var/lib/mycelya"});
   EXPECT_EQ(config.executor.server_budget->limit(), 8192u);
   EXPECT_EQ(config.executor.memory_limit_bytes, 4096u);
   EXPECT_EQ(config.max_sessions, 3);
   EXPECT_EQ(config.idle_timeout_seconds, 90);
+  EXPECT_EQ(config.state_dir, "/var/lib/mycelya");
   const ServerConfig defaults = configure_args({"--memory-limit", "8192"});
   EXPECT_EQ(defaults.executor.memory_limit_bytes, 8192u);
   EXPECT_EQ(defaults.max_sessions, 64);
   EXPECT_EQ(defaults.idle_timeout_seconds, 0);
+  EXPECT_EQ(defaults.state_dir, "");  // sessions cannot pause
 }
 
 TEST(Flags, DevicesFollowTheHost) {
@@ -143,6 +145,7 @@ TEST(Flags, NumbersAreDigitsInRange) {
   EXPECT_TRUE(Contains(flag_error({"--memory-limit", "0"}), "from 1"));
   EXPECT_TRUE(Contains(flag_error({"--max-sessions", "0"}), "--max-sessions"));
   EXPECT_TRUE(Contains(flag_error({"--idle-timeout", "-5"}), "--idle-timeout"));
+  EXPECT_TRUE(Contains(flag_error({"--state-dir="}), "--state-dir"));
   EXPECT_TRUE(Contains(flag_error({"--memory-limit", "4096", "--session-memory-limit", "8192"}),
                        "--session-memory-limit"));
   EXPECT_TRUE(Contains(flag_error({"--max-message-bytes", "1024"}), "from"));

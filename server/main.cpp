@@ -27,6 +27,7 @@
 #include "server/log.h"
 #include "server/process_lifetime.h"
 #include "server/service.h"
+#include "server/state_folder.h"
 
 namespace mycelya {
 namespace {
@@ -137,7 +138,16 @@ int run(int argc, char** argv) {
   ParentWatch parent_watch(parent);
   if (config.exit_with_parent) parent_watch.start();
 
-  MycelyaService service(ServiceOptions{config.token, config.executor, config.max_sessions});
+  if (!config.state_dir.empty()) {
+    try {
+      create_folders(config.state_dir);
+    } catch (const std::exception& e) {
+      log("--state-dir: ", e.what());
+      return 1;
+    }
+  }
+  MycelyaService service(
+      ServiceOptions{config.token, config.executor, config.max_sessions, config.state_dir});
   int port = 0;
   std::unique_ptr<grpc::Server> server = build_server(config, &service, &port);
   if (!server || port == 0) {

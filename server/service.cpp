@@ -16,6 +16,7 @@
 
 #include "proto/handshake.h"
 #include "server/log.h"
+#include "server/state_folder.h"
 
 namespace mycelya {
 namespace {
@@ -284,6 +285,13 @@ grpc::Status MycelyaService::Session(grpc::ServerContext* context, Stream* strea
   note_activity();
   grpc::Status status = authenticate(*context);
   if (status.ok()) status = check_versions(*context);
+  // The state key becomes part of a path: exactly 64 hex digits, or refused.
+  const std::string state_key = metadata_value(*context, kStateKeyMetadataKey);
+  if (status.ok() && !state_key.empty() && !valid_state_key(state_key)) {
+    status = grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                          std::string("the \"") + kStateKeyMetadataKey +
+                              "\" metadata must be 64 lowercase hex digits");
+  }
   if (!status.ok()) {
     log("refused a session from ", context->peer(), " (", status.error_message(), ")");
     return status;
@@ -302,7 +310,11 @@ grpc::Status MycelyaService::Session(grpc::ServerContext* context, Stream* strea
       log("refused a session from ", context->peer(), " (", status.error_message(), ")");
       return status;
     }
-    Executor executor(options_.executor);
+    ExecutorOptions executor_options = options_.executor;
+    if (!state_key.empty() && !options_.state_dir.empty()) {
+      executor_options.state_dir = options_.state_dir + "/" + state_key;
+    }
+    Executor executor(executor_options);
     auto early_reads = std::make_shared<EarlyReads>(executor);
     const std::string key = new_session_key();
     {
@@ -333,6 +345,10 @@ grpc::Status MycelyaService::Session(grpc::ServerContext* context, Stream* strea
                  ? serve(executor, *early_reads, stream, [this] { note_activity(); })
                  : stream_broken();
     if (!status.ok()) failure = status.error_message();
+    // A client that vanished (or a server stopping, --idle-timeout included)
+    // cancels the session: its storages are saved for a resume, where the
+    // server keeps state. A client that closed the session meant to end it.
+    if (context->IsCancelled()) save_for_resume(id, executor, *early_reads);
   }
   // Read fails alike for a client that closed and one that vanished or was
   // cancelled (by a shutdown, say); the log tells them apart.
@@ -354,6 +370,20 @@ grpc::Status MycelyaService::Health(grpc::ServerContext* context,
   for (const std::string& name : options_.executor.device_names) response->add_devices(name);
   response->set_sessions(static_cast<uint32_t>(std::max(open_sessions_.load(), 0)));
   return grpc::Status::OK;
+}
+
+void MycelyaService::save_for_resume(uint64_t id, Executor& executor, EarlyReads& early_reads) {
+  if (executor.options().state_dir.empty() || executor.storage_count() == 0) return;
+  early_reads.begin_executing();  // no Read may use the executor meanwhile
+  const auto done = c10::make_scope_exit([&] { early_reads.end_executing(); });
+  try {
+    wire::StateReport report;
+    executor.save_state(&report);
+    log("session ", id, ": saved ", report.storage_ids_size(), " storages (", report.bytes(),
+        " bytes) to the state folder for a resume");
+  } catch (const std::exception& e) {
+    log("session ", id, ": could not save its storages for a resume: ", e.what());
+  }
 }
 
 size_t MycelyaService::reads_waiting() {

@@ -47,6 +47,9 @@ struct ServiceOptions {
   ExecutorOptions executor;
   // Sessions open at once; more are refused with RESOURCE_EXHAUSTED.
   int max_sessions = 64;
+  // --state-dir: a session's state folder is <state_dir>/<its state key>;
+  // empty: sessions cannot pause.
+  std::string state_dir;
 };
 
 class MycelyaService final : public wire::Mycelya::Service {
@@ -77,6 +80,9 @@ class MycelyaService final : public wire::Mycelya::Service {
 
  private:
   grpc::Status authenticate(const grpc::ServerContext& context) const;
+  // Saves a session that ended without its client closing it, where the
+  // server keeps state (--state-dir).
+  static void save_for_resume(uint64_t id, Executor& executor, EarlyReads& early_reads);
   void note_activity() {
     last_activity_ = std::chrono::steady_clock::now().time_since_epoch().count();
   }

@@ -111,9 +111,11 @@ class SessionClient {
   // `versions`: the protocol and torch versions sent, as a client does (none
   // when nullopt, as an old client would).
   SessionClient(wire::Mycelya::Stub* stub, const std::optional<std::string>& authorization,
-                const std::optional<std::pair<std::string, std::string>>& versions = std::make_pair(
-                    std::to_string(wire::PROTOCOL_VERSION_CURRENT), torch_version())) {
+                const std::optional<std::pair<std::string, std::string>>& versions =
+                    std::make_pair(std::to_string(wire::PROTOCOL_VERSION_CURRENT), torch_version()),
+                const std::string& state_key = "") {
     if (authorization) context_.AddMetadata("authorization", *authorization);
+    if (!state_key.empty()) context_.AddMetadata(kStateKeyMetadataKey, state_key);
     if (versions) {
       context_.AddMetadata(kProtocolMetadataKey, versions->first);
       context_.AddMetadata(kTorchMetadataKey, versions->second);
@@ -211,6 +213,9 @@ class SessionClient {
     return stream_->Finish();
   }
 
+  // Ends the stream as a vanished client would: cancelled, not closed.
+  void cancel() { context_.TryCancel(); }
+
   // Closes the stream from this side, as a client does when it is done.
   grpc::Status close() {
     stream_->WritesDone();
@@ -233,11 +238,12 @@ class ServiceTest : public ::testing::Test {
     if (server_) server_->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(1));
   }
 
-  void start(const std::string& token, int max_sessions = 64) {
+  void start(const std::string& token, int max_sessions = 64, const std::string& state_dir = "") {
     if (server_) server_->Shutdown();
     ServiceOptions options;
     options.token = token;
     options.max_sessions = max_sessions;
+    options.state_dir = state_dir;
     // Two CPU slots named like a GPU machine's, as the mock provider does:
     // the names must reach the client unchanged.
     options.executor.devices = {c10::Device(c10::kCPU), c10::Device(c10::kCPU)};
@@ -377,6 +383,82 @@ TEST_F(ServiceTest, HealthAndHelloTellTheVersions) {
   EXPECT_EQ(hello.version(), static_cast<uint32_t>(wire::PROTOCOL_VERSION_CURRENT));
   EXPECT_EQ(hello.torch_version(), torch_version());
   EXPECT_TRUE(client->close().ok());
+}
+
+// Pausing: a session names its state folder with a key; only a well-formed
+// key becomes part of a path.
+class StateServiceTest : public ServiceTest {
+ protected:
+  void SetUp() override {
+    const char* base = std::getenv("TEST_TMPDIR");
+    state_dir_ = std::string(base ? base : "/tmp") + "/service-state-XXXXXX";
+    ASSERT_NE(mkdtemp(state_dir_.data()), nullptr);
+    start(kToken, 64, state_dir_);
+  }
+
+  std::unique_ptr<SessionClient> session_with_key(const std::string& key) {
+    return std::make_unique<SessionClient>(
+        stub_.get(), bearer(kToken),
+        std::make_pair(std::to_string(wire::PROTOCOL_VERSION_CURRENT), torch_version()), key);
+  }
+
+  std::string file_in(const std::string& key, const std::string& name) const {
+    return state_dir_ + "/" + key + "/" + name;
+  }
+
+  std::string state_dir_;
+  const std::string key_ = std::string(64, 'c');
+};
+
+TEST_F(StateServiceTest, AMalformedStateKeyIsRefusedBeforeAnyPathIsMade) {
+  for (const std::string& key : {std::string("../../tmp/x"), std::string(64, '.'),
+                                 "../" + std::string(61, 'a'), std::string(63, 'a')}) {
+    const grpc::Status status = session_with_key(key)->ended_by_server();
+    EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << key;
+    EXPECT_TRUE(Contains(status.error_message(), kStateKeyMetadataKey));
+  }
+  EXPECT_EQ(read_whole(state_dir_ + "/../x"), "");
+}
+
+TEST_F(StateServiceTest, AVanishedClientsSessionIsSavedAClosedOneIsNot) {
+  const wire::TensorRef ref = contiguous_ref(1, {4, 4});
+  const std::string bytes = pattern(64, 3);
+  {
+    auto closed = session_with_key(key_);
+    closed->hello();
+    closed->batch(upload_batch({ref}), {{bytes}});
+    closed->download(ref);
+    EXPECT_TRUE(closed->close().ok());
+  }
+  EXPECT_EQ(read_whole(file_in(key_, "1.storage")), "");  // ended on purpose: nothing kept
+
+  auto vanished = session_with_key(key_);
+  vanished->hello();
+  vanished->batch(upload_batch({ref}), {{bytes}});
+  vanished->download(ref);
+  vanished->cancel();
+  for (int i = 0; i < 500 && open_sessions() > 0; ++i) usleep(10000);
+  EXPECT_NE(read_whole(file_in(key_, "1.storage")), "");
+
+  // A new session with the key takes the storage back.
+  auto resumed = session_with_key(key_);
+  resumed->hello();
+  wire::Request restore;
+  restore.mutable_restore_state();
+  const wire::Response response = resumed->request(restore);
+  ASSERT_FALSE(response.has_error()) << response.error().message();
+  ASSERT_EQ(response.state().storage_ids_size(), 1);
+  EXPECT_EQ(resumed->download(ref), bytes);
+}
+
+TEST_F(ServiceTest, WithoutAStateFolderASessionCannotPause) {
+  auto client = session();
+  client->hello();
+  wire::Request save;
+  save.mutable_save_state();
+  const wire::Response response = client->request(save);
+  ASSERT_TRUE(response.has_error());
+  EXPECT_TRUE(Contains(response.error().message(), "--state-dir"));
 }
 
 TEST_F(ServiceTest, FirstMessageIsHelloWithTheDevices) {

@@ -133,10 +133,12 @@ def test_image_entry_point_serves_tls_with_settings_from_the_environment(install
         "MYCELYA_TLS_CERT": cert.read_text(),  # PEM text, as a provider passes it
         "MYCELYA_TLS_KEY": key.read_text(),
         "MYCELYA_DEVICES": "cpu",
+        "MYCELYA_STATE_DIR": str(tmp_path / "state" / "folder"),
     }
     process, line = start(["sh", ENTRYPOINT], {**env, **settings}, root)
     try:
         assert re.match(r"mycelya-server listening on 0\.0\.0\.0:\d+$", line), line
+        assert (tmp_path / "state" / "folder").is_dir()  # made at start, for pauses
     finally:
         stop(process)
 

@@ -40,7 +40,7 @@ source tools/bazel_env.sh
 if [ "${1:-}" = "--build" ]; then
   echo "cuda_check: building //python:wheel against CUDA torch" >&2
   MYCELYA_PYTHON="$CUDA_VENV/bin/python3" PATH="$CUDA_VENV/bin:$PATH" \
-    bazel --output_base="$MYCELYA_HOME/bazel-cuda" build "${BAZEL_CACHE_FLAGS[@]}" //python:wheel
+    bazel --output_base="$MYCELYA_HOME/bazel-cuda" build "${BAZEL_CACHE_FLAGS[@]}" --symlink_prefix=/ //python:wheel
   wheel_dir="$(bazel --output_base="$MYCELYA_HOME/bazel-cuda" info bazel-bin)/python/wheel"
 else
   bazel build "${BAZEL_CACHE_FLAGS[@]}" //python:wheel

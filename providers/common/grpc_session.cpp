@@ -72,6 +72,7 @@ GrpcSession::GrpcSession(const GrpcTarget& target, std::chrono::milliseconds con
   authorize(context_.get(), target.token);
   context_->AddMetadata(kProtocolMetadataKey, std::to_string(wire::PROTOCOL_VERSION_CURRENT));
   context_->AddMetadata(kTorchMetadataKey, torch_version());
+  if (!target.state_key.empty()) context_->AddMetadata(kStateKeyMetadataKey, target.state_key);
   stream_ = stub_->Session(context_.get());
   wire::ServerMessage hello;
   if (!stream_->Read(&hello) || !hello.has_hello()) {

@@ -44,6 +44,9 @@ struct GrpcTarget {
   // The name the certificate must carry, where it is not the address's host
   // (a pinned certificate made for a name, reached by IP).
   std::string tls_server_name;
+  // Names the session's paused state on a server with --state-dir
+  // (MachineSpec::state_key); empty: the session cannot pause.
+  std::string state_key;
 };
 
 std::shared_ptr<grpc::Channel> make_channel(const GrpcTarget& target);

@@ -9,6 +9,9 @@
 // it dies (PR_SET_PDEATHSIG) and also watches its parent (--exit-with-parent);
 // stop() sends SIGTERM and, after a grace period, SIGKILL.
 //
+// Pausing: the server keeps paused sessions under local_state_root()
+// (--state-dir), so a server started later on the same folder restores them.
+//
 // Start-up waits for the one line the server prints to stdout once it
 // listens (a pipe here), then connects: no connection attempt can find the
 // socket missing and leave gRPC's channel in its reconnect backoff.
@@ -34,6 +37,7 @@
 
 #include "core/provider.h"
 #include "providers/common/grpc_session.h"
+#include "providers/common/local_state.h"
 
 namespace mycelya {
 namespace {
@@ -78,6 +82,7 @@ class ChildServer {
   // `idle_timeout_s` > 0: the server stops itself after that long without a
   // client message (RemoteMachine(idle_timeout=...)).
   explicit ChildServer(double idle_timeout_s) {
+    const std::string state_dir = "--state-dir=" + local_state_root();
     const std::string binary = server_binary();
     if (access(binary.c_str(), X_OK) != 0) {
       throw std::runtime_error("local-cuda: mycelya-server not found at " + binary +
@@ -98,9 +103,9 @@ class ChildServer {
     const double idle_seconds = std::min(std::ceil(idle_timeout_s), 365.0 * 24 * 3600);
     const std::string idle_timeout =
         "--idle-timeout=" + std::to_string(static_cast<long long>(idle_seconds));
-    const char* argv[] = {binary.c_str(),   listen.c_str(),       "--token-env=MYCELYA_TOKEN",
-                          "--devices=auto", "--exit-with-parent", idle_timeout.c_str(),
-                          nullptr};
+    const char* argv[] = {
+        binary.c_str(),       listen.c_str(),       "--token-env=MYCELYA_TOKEN", "--devices=auto",
+        "--exit-with-parent", idle_timeout.c_str(), state_dir.c_str(),           nullptr};
     std::vector<std::string> env_strings;
     for (char** e = environ; *e; ++e) {
       if (std::strncmp(*e, "MYCELYA_TOKEN=", 14) != 0) env_strings.emplace_back(*e);
@@ -227,18 +232,20 @@ class ChildServer {
 
 class LocalCudaSession final : public Session {
  public:
-  explicit LocalCudaSession(const MachineSpec& spec) : server_(spec.idle_timeout_s) {
+  explicit LocalCudaSession(const MachineSpec& spec)
+      : server_(spec.idle_timeout_s), state_key_(spec.state_key) {
     const std::string error = server_.wait_until_listening(std::chrono::seconds(60));
     if (!error.empty()) {
       const std::string log = server_.log_tail();
       throw std::runtime_error("local-cuda: mycelya-server did not start: " + error +
                                (log.empty() ? "" : "\nserver log:\n" + log));
     }
-    grpc_ = std::make_unique<GrpcSession>(GrpcTarget{server_.address(), server_.token()},
-                                          std::chrono::seconds(10));
+    GrpcTarget target{server_.address(), server_.token()};
+    target.state_key = spec.state_key;
+    grpc_ = std::make_unique<GrpcSession>(target, std::chrono::seconds(10));
   }
 
-  ~LocalCudaSession() override { stop(); }
+  ~LocalCudaSession() override { end(); }
 
   std::vector<std::string> devices() const override { return grpc_->devices(); }
   void submit(EncodedBatch& batch) override { grpc_->submit(batch); }
@@ -252,15 +259,28 @@ class LocalCudaSession final : public Session {
   }
 
   void stop() override {
+    end();
+    if (!paused_) discard_local_state(state_key_);
+  }
+
+  // Core saved the storages first; they stay in the state folder.
+  void pause() override {
+    paused_ = true;
+    end();
+  }
+
+ private:
+  void end() {
     // Ends the session and closes the connection, which lets the server exit
     // at once on SIGTERM.
     if (grpc_) grpc_->stop();
     server_.terminate();
   }
 
- private:
   ChildServer server_;
   std::unique_ptr<GrpcSession> grpc_;
+  const std::string state_key_;
+  bool paused_ = false;
 };
 
 class LocalCudaProvider final : public Provider {
@@ -271,6 +291,13 @@ class LocalCudaProvider final : public Provider {
     // The GPU type is whatever this host has; the spec's type only names it.
     return std::make_unique<LocalCudaSession>(spec);
   }
+
+  // A new server on the same state folder: core restores the storages.
+  std::unique_ptr<Session> resume(const MachineSpec& spec) override {
+    return std::make_unique<LocalCudaSession>(spec);
+  }
+
+  void discard(const MachineSpec& spec) override { discard_local_state(spec.state_key); }
 };
 
 }  // namespace

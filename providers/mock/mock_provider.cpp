@@ -6,11 +6,13 @@
 // "cuda" devices, emulated on the CPU, so GPU code paths run unchanged. The
 // executor's random generators are its session's, as on a server, so each
 // device keeps a stream of its own, apart from this process's CPU generator.
+
 #include <c10/core/Device.h>
 
 #include <mutex>
 
 #include "core/provider.h"
+#include "providers/common/local_state.h"
 #include "server/executor.h"
 
 namespace mycelya {
@@ -18,7 +20,8 @@ namespace {
 
 class MockSession final : public Session {
  public:
-  explicit MockSession(ExecutorOptions options) : executor_(std::move(options)) {}
+  MockSession(ExecutorOptions options, std::string state_key)
+      : executor_(std::move(options)), state_key_(std::move(state_key)) {}
 
   std::vector<std::string> devices() const override { return executor_.options().device_names; }
 
@@ -33,11 +36,19 @@ class MockSession final : public Session {
     return executor_.handle_request(request, payload ? payload : &ignored);
   }
 
-  void stop() override {}
+  // Core saved the storages to the state folder first; the executor, like a
+  // server, goes with the session.
+  void pause() override { paused_ = true; }
+
+  void stop() override {
+    if (!paused_) discard_local_state(state_key_);
+  }
 
  private:
   std::mutex mu_;
   Executor executor_;
+  const std::string state_key_;
+  bool paused_ = false;
 };
 
 class MockProvider final : public Provider {
@@ -54,8 +65,15 @@ class MockProvider final : public Provider {
     }
     options.devices.emplace_back(c10::kCPU);
     options.device_names.push_back("cpu");
-    return std::make_unique<MockSession>(std::move(options));
+    if (valid_state_key(spec.state_key))
+      options.state_dir = local_state_root() + "/" + spec.state_key;
+    return std::make_unique<MockSession>(std::move(options), spec.state_key);
   }
+
+  // A new executor on the same state folder: core restores its storages.
+  std::unique_ptr<Session> resume(const MachineSpec& spec) override { return start(spec); }
+
+  void discard(const MachineSpec& spec) override { discard_local_state(spec.state_key); }
 };
 
 }  // namespace

@@ -55,7 +55,9 @@ class RemoteMachine:
         gpu_type: one of ``mycelya_torch.GPU_TYPES``, or None for a CPU-only machine.
         gpu_count: GPUs on the machine (needs a gpu_type unless it is 1).
         packages: pip packages the machine should have (providers that build images).
-        idle_timeout: seconds of inactivity after which the provider may pause it.
+        idle_timeout: seconds without a message from this client after which
+            the machine stops itself (a vanished client stops billing); its
+            server first saves the storages where the provider can pause.
         start: start the machine now (default) or leave it to ``start()``.
 
     Each bad argument raises ValueError naming it, before anything starts.
@@ -89,7 +91,38 @@ class RemoteMachine:
 
     @property
     def running(self):
+        """Started, not paused, stopped or lost."""
         return self._machine.running
+
+    @property
+    def paused(self):
+        return self._machine.paused
+
+    def pause(self):
+        """Saves every storage on the machine and ends it, so its provider
+        bills no more (for a disk, at most). Its tensors stay valid: using one
+        resumes the machine, as does ``resume()``.
+
+        Raises RuntimeError when an earlier op failed (the machine keeps
+        running), when the provider cannot pause, or when the machine was lost
+        while saving: what it saved is then kept, and ``resume()`` names the
+        rest in ``unsaved_storages``."""
+        self._machine.pause()
+
+    def resume(self):
+        """Starts a paused machine again with every saved storage back, so
+        tensors made before the pause hold the same values (no-op when it
+        runs). Also brings back a machine lost after its server stopped by
+        itself (``idle_timeout``), from what that server saved. Random
+        generators start afresh: their states are not saved. Raises
+        RuntimeError when it cannot, leaving the machine paused."""
+        self._machine.resume()
+
+    @property
+    def unsaved_storages(self):
+        """Storage IDs the last resume could not bring back, because the
+        pause before it was cut short; their tensors raise when used."""
+        return list(self._machine.unsaved_storages)
 
     def start(self):
         """Starts the machine (no-op if it is running). Its devices get
@@ -118,7 +151,7 @@ class RemoteMachine:
 
         ``type`` defaults to "cuda" when the machine has GPUs, else "cpu".
         """
-        if not self._machine.running:
+        if not (self._machine.running or self._machine.paused):
             raise RuntimeError(f"Machine {self.machine_id} is not running; call start() first.")
         if type is None:
             type = "cuda" if any(d.startswith("cuda") for d in self._machine.devices) else "cpu"
@@ -171,7 +204,7 @@ class RemoteMachine:
         return False
 
     def __repr__(self):
-        state = "running" if self.running else "stopped"
+        state = "running" if self.running else "paused" if self.paused else "stopped"
         gpu = f", gpu_type={self.gpu_type!r}" if self.gpu_type else ""
         return f"RemoteMachine(provider={self.provider!r}{gpu}, machine_id={self.machine_id!r}, {state})"
 
