@@ -131,7 +131,8 @@ class PayloadsInMemory final : public PayloadSource {
     TORCH_CHECK(index < payloads_.size(), "upload names a missing payload");
     TORCH_CHECK(payloads_[index].size() == size, "upload of ", size, " bytes carries ",
                 payloads_[index].size(), " bytes");
-    std::memcpy(dst, payloads_[index].data(), size);
+    // An empty payload may go to an empty tensor, whose data pointer is null.
+    if (size > 0) std::memcpy(dst, payloads_[index].data(), size);
   }
 
  private:

@@ -10,6 +10,7 @@
 #include <ATen/Context.h>
 #include <absl/synchronization/mutex.h>
 #include <c10/core/impl/DeviceGuardImplInterface.h>
+#include <google/protobuf/stubs/logging.h>
 #include <grpcpp/grpcpp.h>
 #include <malloc.h>
 #include <unistd.h>
@@ -43,6 +44,11 @@ void keep_freed_memory() {
   mallopt(M_MMAP_THRESHOLD, 32 << 20);
   mallopt(M_TRIM_THRESHOLD, 1 << 30);
 }
+
+// Protobuf logs a line to stderr for each string field with invalid UTF-8
+// it parses: a client could fill the server's disk with them, one line per
+// few bytes sent. The parse fails all the same and the client hears of it.
+void silence_protobuf_logging() { google::protobuf::SetLogHandler(nullptr); }
 
 // Debian builds abseil without NDEBUG, so every absl::Mutex that gRPC locks
 // also ran deadlock detection (a global lock graph): about 1.5% of the
@@ -116,6 +122,7 @@ std::unique_ptr<grpc::Server> build_server(const ServerConfig& config, MycelyaSe
 int run(int argc, char** argv) {
   keep_freed_memory();
   skip_mutex_deadlock_detection();
+  silence_protobuf_logging();
   StopSignals signals;
   signals.block();
   // Taken first: the parent may die while torch and gRPC start.

@@ -110,7 +110,10 @@ class StreamPayloads final : public PayloadSource {
       const wire::PayloadChunk& chunk = message.chunk();
       if (first) fits = fits && chunk.total_bytes() == size;
       fits = fits && offset + chunk.data().size() <= size;
-      if (fits) std::memcpy(dst + offset, chunk.data().data(), chunk.data().size());
+      // An empty chunk of an empty payload: dst may be null.
+      if (fits && !chunk.data().empty()) {
+        std::memcpy(dst + offset, chunk.data().data(), chunk.data().size());
+      }
       offset += chunk.data().size();
       if (chunk.last()) return fits && offset == size;
     }

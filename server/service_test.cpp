@@ -902,6 +902,32 @@ TEST_F(BinaryTest, IdleTimeoutStopsAServerNobodyUsesWithALogLine) {
   EXPECT_TRUE(Contains(read_whole(log), "no client activity for 1 s (--idle-timeout), stopping"));
 }
 
+TEST_F(BinaryTest, InvalidUtf8InAMessageIsRefusedWithoutALogLineForEach) {
+  // Protobuf logged a line per invalid UTF-8 string it parsed: a client could
+  // fill the server's disk a few bytes at a time.
+  const std::string log = ::testing::TempDir() + "/utf8.log";
+  ServerProcess server({"--listen", "127.0.0.1:0", "--devices=cpu"}, {"MYCELYA_TOKEN=utf8"},
+                       ServerProcess::binary(), log);
+  const std::string address = address_of(server.read_line());
+  ASSERT_FALSE(address.empty());
+  auto stub =
+      wire::Mycelya::NewStub(grpc::CreateChannel(address, grpc::InsecureChannelCredentials()));
+  SessionClient client(stub.get(), bearer("utf8"));
+  client.hello();
+  wire::Batch batch;
+  batch.add_commands()->mutable_op()->set_op_name("aten::\xff\xfe");
+  wire::Request sync;
+  sync.mutable_sync();
+  for (int i = 0; i < 20; ++i) {
+    client.batch(batch, {});
+    EXPECT_TRUE(client.request(sync).has_pending_error());
+  }
+  EXPECT_TRUE(client.close().ok());
+  ASSERT_EQ(kill(server.pid(), SIGTERM), 0);
+  EXPECT_EQ(server.wait(), std::optional<int>(0));
+  EXPECT_FALSE(Contains(read_whole(log), "UTF-8"));
+}
+
 TEST_F(BinaryTest, ASessionThatKeepsTalkingKeepsTheServerThenItsSilenceStopsIt) {
   ServerProcess server({"--listen", "127.0.0.1:0", "--devices=cpu", "--idle-timeout=1"},
                        {"MYCELYA_TOKEN=idle"});

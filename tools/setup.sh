@@ -16,6 +16,7 @@ APT_PACKAGES=(
   bazel-bootstrap bazel-platforms g++ pkg-config
   protobuf-compiler protobuf-compiler-grpc libprotobuf-dev libgrpc++-dev libabsl-dev
   libgtest-dev libgmock-dev libbenchmark-dev clang-format openssl
+  clang-14 libfuzzer-14-dev libclang-rt-14-dev
 )
 
 missing=()

@@ -6,14 +6,22 @@
 // "cuda" devices, emulated on the CPU, so GPU code paths run unchanged. The
 // executor's random generators are its session's, as on a server, so each
 // device keeps a stream of its own, apart from this process's CPU generator.
-
+//
+// MYCELYA_MOCK_CAPTURE_DIR=<folder> writes each batch with its payloads, and
+// each request with the batch before it, as fuzzer inputs there
+// (server/fuzz/fuzz_case.h): tools/fuzz_corpus.py makes the seed corpus so.
 #include <c10/core/Device.h>
+#include <unistd.h>
 
+#include <atomic>
+#include <cstdlib>
+#include <fstream>
 #include <mutex>
 
 #include "core/provider.h"
 #include "providers/common/local_state.h"
 #include "server/executor.h"
+#include "server/fuzz/fuzz_case.h"
 
 namespace mycelya {
 namespace {
@@ -27,11 +35,16 @@ class MockSession final : public Session {
 
   void submit(EncodedBatch& batch) override {
     std::lock_guard<std::mutex> lock(mu_);
+    if (!capture_dir_.empty()) {
+      last_batch_ = FuzzCase{batch.batch, batch.payloads, ""};
+      write_capture(last_batch_);
+    }
     executor_.run_batch(batch.batch, batch.payloads);
   }
 
   std::string request(const std::string& request, std::string* payload) override {
     std::lock_guard<std::mutex> lock(mu_);
+    if (!capture_dir_.empty()) capture(request);
     std::string ignored;
     return executor_.handle_request(request, payload ? payload : &ignored);
   }
@@ -45,8 +58,28 @@ class MockSession final : public Session {
   }
 
  private:
+  // Each batch alone, and each request after the batch before it.
+  void capture(const std::string& request) {
+    FuzzCase fuzz_case = std::move(last_batch_);
+    last_batch_ = FuzzCase{};
+    fuzz_case.request = request;
+    write_capture(fuzz_case);
+  }
+
+  void write_capture(const FuzzCase& fuzz_case) const {
+    static std::atomic<uint64_t> captured{0};
+    const std::string path =
+        capture_dir_ + "/capture-" + std::to_string(getpid()) + "-" + std::to_string(++captured);
+    std::ofstream(path, std::ios::binary) << encode_fuzz_case(fuzz_case);
+  }
+
   std::mutex mu_;
   Executor executor_;
+  const std::string capture_dir_ = [] {
+    const char* dir = std::getenv("MYCELYA_MOCK_CAPTURE_DIR");
+    return std::string(dir ? dir : "");
+  }();
+  FuzzCase last_batch_;  // since the last request, when capturing
   const std::string state_key_;
   bool paused_ = false;
 };
