@@ -825,6 +825,14 @@ void Executor::save_state(wire::StateReport* report) {
               "this session cannot pause: the server keeps no state (start mycelya-server with "
               "--state-dir) or the client sent no state key");
   StateFolder folder(options_.state_dir);
+  // Paused sessions keep at most the server's memory budget on its disk, so
+  // sessions that save and never come back cannot fill it.
+  const uint64_t beside = folder.bytes_beside();
+  TORCH_CHECK(beside <= budget_->limit() && bytes_in_use_ <= budget_->limit() - beside,
+              "cannot pause: the server's state folder already holds ", beside,
+              " bytes of other paused sessions, and this one's ", bytes_in_use_,
+              " bytes would take it past the server's memory budget (", budget_->limit(),
+              " bytes); resume or stop the other paused machines first");
   // Poisoned IDs go in the manifest but not on disk: a restore then poisons
   // them again rather than bring back bytes no op finished writing.
   std::vector<uint64_t> ids;

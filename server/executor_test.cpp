@@ -1135,6 +1135,27 @@ TEST_F(StateExecutorTest, APoisonedStorageStaysPoisonedAcrossAPause) {
   EXPECT_EQ(restored.state().missing_ids(0), 2u);
 }
 
+TEST_F(StateExecutorTest, PausedSessionsKeepAtMostTheServersBudgetOnDisk) {
+  const at::Tensor big = at::zeros({150 * 1024}, at::kFloat);  // 600 KiB
+  const auto session_in = [&](const std::string& folder) {
+    ExecutorOptions options{{c10::Device(c10::kCPU)}, {"cpu"}, 1 * kMiB};
+    options.state_dir = folder;
+    return std::make_unique<Executor>(options);
+  };
+  const std::string root = state_dir_.substr(0, state_dir_.rfind('/'));
+  std::unique_ptr<Executor> first = session_in(root + "/" + std::string(64, 'a'));
+  upload_to(*first, 1, big);
+  ASSERT_FALSE(state_request(*first, /*save=*/true).has_error());
+  // Another session, saving as much again beside it, would pass 1 MiB.
+  std::unique_ptr<Executor> second = session_in(root + "/" + std::string(64, 'b'));
+  upload_to(*second, 1, big);
+  const wire::Response refused = state_request(*second, /*save=*/true);
+  ASSERT_TRUE(refused.has_error());
+  EXPECT_TRUE(Contains(refused.error().message(), "other paused sessions"));
+  // The first may save again: its own folder does not count against it.
+  EXPECT_FALSE(state_request(*first, /*save=*/true).has_error());
+}
+
 TEST(ExecutorStateTest, ASessionWithoutAStateFolderCannotPause) {
   Executor executor(ExecutorOptions{{c10::Device(c10::kCPU)}, {"cpu"}, 64 * kMiB});
   wire::Request request;

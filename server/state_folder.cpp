@@ -273,6 +273,23 @@ void StateFolder::read_storage(const Saved& saved, size_t chunk,
   }
 }
 
+uint64_t StateFolder::bytes_beside() const {
+  const size_t slash = path_.rfind('/');
+  const std::string root = slash == std::string::npos ? "." : path_.substr(0, slash);
+  const std::string own = path_.substr(slash + 1);
+  uint64_t bytes = 0;
+  for (const std::string& folder : file_names(root)) {
+    if (folder == own || !valid_state_key(folder)) continue;
+    for (const std::string& name : file_names(root + "/" + folder)) {
+      struct stat info {};
+      if (lstat((root + "/" + folder + "/" + name).c_str(), &info) == 0 && S_ISREG(info.st_mode)) {
+        bytes += static_cast<uint64_t>(info.st_size);
+      }
+    }
+  }
+  return bytes;
+}
+
 void StateFolder::clear() {
   for (const std::string& name : file_names(path_)) unlink(file(name).c_str());
   rmdir(path_.c_str());

@@ -65,6 +65,9 @@ class StateFolder {
                     const std::function<void(const char* data, size_t n)>& take) const;
   // Deletes the folder's files and the folder.
   void clear();
+  // Bytes the other sessions' folders beside this one hold: what paused
+  // sessions keep on the server's disk.
+  uint64_t bytes_beside() const;
 
  private:
   std::string file(const std::string& name) const { return path_ + "/" + name; }
