@@ -60,6 +60,8 @@ class CommandQueue {
 
   // Forgets everything: a new session knows no op names and counts from 1.
   void reset();
+  // The storage frees not sent yet, taken out of the queue.
+  std::vector<uint64_t> take_storage_frees() { return std::move(storage_frees_); }
 
  private:
   void append_encoded(const wire::Command& command);

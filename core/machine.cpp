@@ -144,7 +144,7 @@ void Machine::attach_session_lifecycle_locked(std::shared_ptr<Session> session) 
   sender_ = std::thread([this] { sender_loop(); });
 }
 
-std::shared_ptr<Session> Machine::detach_session_lifecycle_locked() {
+std::shared_ptr<Session> Machine::detach_session_lifecycle_locked(bool pause) {
   {
     std::lock_guard<std::mutex> lock(queue_mu_);
     stopping_ = true;
@@ -155,6 +155,13 @@ std::shared_ptr<Session> Machine::detach_session_lifecycle_locked() {
   std::lock_guard<std::mutex> submit(submit_mu_);
   std::lock_guard<std::mutex> lock(queue_mu_);
   running_ = false;
+  if (pause) {
+    // In the same step as running_, so no free falls between the two.
+    paused_ = true;
+    lost_.clear();
+    for (const uint64_t id : queue_.take_storage_frees()) frees_while_paused_.push_back(id);
+    sent_before_pause_ = queue_.sent();
+  }
   queue_.reset();
   return std::move(session_);
 }
@@ -171,7 +178,8 @@ void Machine::stop_lifecycle_locked() {
     if (!running_ && !paused_) return;
     was_paused = paused_;
   }
-  const std::shared_ptr<Session> session = was_paused ? nullptr : detach_session_lifecycle_locked();
+  const std::shared_ptr<Session> session =
+      was_paused ? nullptr : detach_session_lifecycle_locked(/*pause=*/false);
   std::vector<DeviceRef> entries;
   {
     std::lock_guard<std::mutex> lock(queue_mu_);
@@ -207,10 +215,16 @@ void Machine::pause() {
   {
     std::lock_guard<std::mutex> lock(queue_mu_);
     if (paused_) return;
-    if (!running_)
+    if (!running_) {
       throw std::runtime_error("Machine " + id_ + " is not running: nothing to pause.");
+    }
     if (!lost_.empty()) throw std::runtime_error(lost_);
+    if (!session_->can_pause()) {
+      throw std::runtime_error("Machine " + id_ + ": provider " + provider_ +
+                               " cannot pause machines; stop() ends them.");
+    }
   }
+  const auto done = hold_other_threads();
   log_info("pausing machine " + id_ + ": saving its storages");
   wire::Request save;
   save.mutable_save_state();
@@ -224,11 +238,9 @@ void Machine::pause() {
     if (lost_.empty()) throw;
     cut_short = e.what();
   }
-  const std::shared_ptr<Session> session = detach_session_lifecycle_locked();
+  const std::shared_ptr<Session> session = detach_session_lifecycle_locked(/*pause=*/true);
   {
     std::lock_guard<std::mutex> lock(queue_mu_);
-    paused_ = true;
-    lost_.clear();
     unsaved_storages_.clear();
   }
   end_session(*session, &Session::pause);
@@ -259,13 +271,9 @@ void Machine::resume() {
     }
     devices_when_paused = devices_;
   }
+  const auto done = hold_other_threads();
   if (lost) {
-    const std::shared_ptr<Session> session = detach_session_lifecycle_locked();
-    {
-      std::lock_guard<std::mutex> lock(queue_mu_);
-      paused_ = true;
-      lost_.clear();
-    }
+    const std::shared_ptr<Session> session = detach_session_lifecycle_locked(/*pause=*/true);
     if (session) end_session(*session, &Session::pause);
   }
   log_info("resuming machine " + id_ + " on provider " + provider_);
@@ -285,24 +293,38 @@ void Machine::resume() {
                              " when it paused, so its tensors would land on other devices." +
                              still_paused);
   }
+  uint64_t sent_before_pause = 0;
+  {
+    std::lock_guard<std::mutex> lock(queue_mu_);
+    sent_before_pause = sent_before_pause_;
+  }
   attach_session_lifecycle_locked(std::move(session));
+  // Ends the new session again, the machine back to paused.
+  const auto back_to_paused = [this] {
+    const std::shared_ptr<Session> failed = detach_session_lifecycle_locked(/*pause=*/true);
+    if (failed) end_session(*failed, &Session::pause);
+  };
   wire::Request restore;
   restore.mutable_restore_state();
   wire::Response response;
   try {
     response = request(std::move(restore));
   } catch (const std::exception& e) {
-    const std::shared_ptr<Session> failed = detach_session_lifecycle_locked();
-    {
-      std::lock_guard<std::mutex> lock(queue_mu_);
-      paused_ = true;
-      lost_.clear();
-    }
-    if (failed) end_session(*failed, &Session::pause);
+    back_to_paused();
     throw std::runtime_error("Could not resume machine " + id_ +
                              ": restoring its storages failed: " + e.what() + still_paused);
   }
   const wire::StateReport& state = response.state();
+  if (state.commands_run() != sent_before_pause) {
+    // A machine lost with commands in flight: what its server saved is
+    // older than the tensors, and reading it would give stale numbers.
+    back_to_paused();
+    throw std::runtime_error(
+        "Could not resume machine " + id_ + ": it had been sent " +
+        std::to_string(sent_before_pause) + " commands when it was lost, but its server saved " +
+        "its storages after " + std::to_string(state.commands_run()) +
+        " of them, so they are older than its tensors. They are gone; stop() ends the machine.");
+  }
   std::vector<uint64_t> unsaved(state.missing_ids().begin(), state.missing_ids().end());
   {
     std::lock_guard<std::mutex> lock(queue_mu_);
@@ -321,6 +343,20 @@ void Machine::resume() {
   }
   log_info("machine " + id_ + " resumed: " + std::to_string(state.storage_ids_size()) +
            " storages restored (" + std::to_string(state.bytes()) + " bytes)");
+}
+
+c10::scope_exit<std::function<void()>> Machine::hold_other_threads() {
+  {
+    std::lock_guard<std::mutex> lock(queue_mu_);
+    transitioning_ = true;
+  }
+  return c10::make_scope_exit(std::function<void()>([this] {
+    {
+      std::lock_guard<std::mutex> lock(queue_mu_);
+      transitioning_ = false;
+    }
+    room_cv_.notify_all();
+  }));
 }
 
 void Machine::resume_if_paused(const char* what) {
@@ -390,7 +426,8 @@ void Machine::wait_for_room_queue_locked(std::unique_lock<std::mutex>& lock,
   room_cv_.wait(lock, [this] {
     const bool full =
         queue_.queued_commands() >= kMaxQueuedCommands || queue_.queued_bytes() >= kMaxQueuedBytes;
-    return !full || !lost_.empty() || !running_ || stopping_;
+    // Held while another thread pauses or resumes the machine.
+    return (!full && !transitioning_) || !lost_.empty() || !running_ || stopping_;
   });
   check_usable_queue_locked(device);
 }
@@ -461,9 +498,13 @@ void Machine::set_generator_state(const wire::GeneratorRef& generator, std::stri
 
 void Machine::free_storage(uint64_t storage_id) {
   std::lock_guard<std::mutex> lock(queue_mu_);
-  // Freed at the resume: a tensor going away is no reason to resume.
-  if (paused_) frees_while_paused_.push_back(storage_id);
-  if (!running_ || !lost_.empty()) return;
+  // Freed at the resume: a tensor going away is no reason to resume, and a
+  // lost machine may be resumed with the storage.
+  if (paused_ || (running_ && !lost_.empty())) {
+    frees_while_paused_.push_back(storage_id);
+    return;
+  }
+  if (!running_) return;
   queue_.free_storage(storage_id);
 }
 

@@ -28,9 +28,11 @@
 #pragma once
 
 #include <c10/core/Device.h>
+#include <c10/util/ScopeExit.h>
 
 #include <condition_variable>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -146,9 +148,13 @@ class Machine : public std::enable_shared_from_this<Machine> {
  private:
   // stop(), with lifecycle_mu_ held.
   void stop_lifecycle_locked();
-  // Stops the sender and takes the session out, leaving the machine
-  // neither running nor paused; the caller ends the session.
-  std::shared_ptr<Session> detach_session_lifecycle_locked();
+  // Stops the sender and takes the session out; the caller ends it. The
+  // machine is then paused (keeping the frees not sent yet for the resume)
+  // or, without `pause`, neither running nor paused.
+  std::shared_ptr<Session> detach_session_lifecycle_locked(bool pause);
+  // Makes other threads' ops wait until the returned guard goes: for the
+  // span of a pause or resume.
+  c10::scope_exit<std::function<void()>> hold_other_threads();
   // Takes `session` as the machine's own and starts the sender.
   void attach_session_lifecycle_locked(std::shared_ptr<Session> session);
   // Resumes the machine if it is paused, before a use of it (`what`).
@@ -199,7 +205,11 @@ class Machine : public std::enable_shared_from_this<Machine> {
   bool paused_ = false;
   std::vector<uint64_t> frees_while_paused_;
   std::vector<uint64_t> unsaved_storages_;
-  std::string lost_;  // set once the session failed; every later call raises it
+  // Commands sent to the session that paused (or was lost): its save must
+  // have run them all for a resume to be up to date.
+  uint64_t sent_before_pause_ = 0;
+  bool transitioning_ = false;  // a pause or resume is under way
+  std::string lost_;            // set once the session failed; every later call raises it
   uint64_t batches_sent_ = 0;
   uint64_t round_trips_ = 0;
   uint64_t bytes_uploaded_ = 0;

@@ -78,6 +78,8 @@ class Session {
   // Ends the machine for good: its saved state, if any, is dropped too.
   virtual void stop() = 0;
 
+  // Whether pause() can keep the machine's state; core asks before saving.
+  virtual bool can_pause() const { return false; }
   // Ends the machine but keeps what a SaveStateRequest wrote, for
   // Provider::resume(). Core has saved the storages before it calls this.
   virtual void pause() {

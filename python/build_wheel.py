@@ -149,7 +149,9 @@ def point_at_torch(wheel_path, out_dir):
         for name in os.listdir(package):
             path = os.path.join(package, name)
             if is_elf(path):
-                set_rpath(path, rpath_of(path) + ":" + TORCH_RPATH)
+                # An empty entry would mean the current folder.
+                rpath = rpath_of(path)
+                set_rpath(path, f"{rpath}:{TORCH_RPATH}" if rpath else TORCH_RPATH)
         zip_tree(tree, os.path.join(out_dir, os.path.basename(wheel_path)))
 
 

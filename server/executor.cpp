@@ -94,6 +94,10 @@ at::Tensor storage_bytes(const c10::Storage& storage, uint64_t from, uint64_t co
 
 // A paused storage crosses between a device and its file this many bytes at a time.
 constexpr uint64_t kStateChunkBytes = 64 << 20;
+// Paused sessions one server keeps on its disk at most.
+constexpr uint64_t kMaxPausedSessions = 1024;
+// StateReport.commands_run of a session that lost count (an undecodable batch).
+constexpr uint64_t kCommandsUncounted = UINT64_MAX;
 
 // Sets the bytes of `storage` from byte `from` on to zero.
 void zero_bytes(const c10::Storage& storage, uint64_t from) {
@@ -824,13 +828,23 @@ void Executor::save_state(wire::StateReport* report) {
   TORCH_CHECK(!options_.state_dir.empty(),
               "this session cannot pause: the server keeps no state (start mycelya-server with "
               "--state-dir) or the client sent no state key");
+  // A snapshot after a failed op would be taken for a good one later.
+  TORCH_CHECK(!pending_error_,
+              "an earlier op failed (its error comes with this response), so "
+              "nothing was saved; pause again once it is handled");
+  // One save at a time on this server: each checks what the others left.
+  static std::mutex saving;
+  std::lock_guard<std::mutex> one_at_a_time(saving);
   StateFolder folder(options_.state_dir);
-  // Paused sessions keep at most the server's memory budget on its disk, so
-  // sessions that save and never come back cannot fill it.
-  const uint64_t beside = folder.bytes_beside();
-  TORCH_CHECK(beside <= budget_->limit() && bytes_in_use_ <= budget_->limit() - beside,
-              "cannot pause: the server's state folder already holds ", beside,
-              " bytes of other paused sessions, and this one's ", bytes_in_use_,
+  // Paused sessions keep at most the server's memory budget, in at most
+  // kMaxPausedSessions folders, on its disk, so sessions that save and never
+  // come back cannot fill it.
+  const StateFolder::Usage beside = folder.usage_beside();
+  TORCH_CHECK(beside.folders < kMaxPausedSessions, "cannot pause: the server already keeps ",
+              beside.folders, " paused sessions, its most; resume or stop some of them first");
+  TORCH_CHECK(beside.bytes <= budget_->limit() && bytes_charged_ <= budget_->limit() - beside.bytes,
+              "cannot pause: the server's state folder already holds ", beside.bytes,
+              " bytes of other paused sessions, and this one's ", bytes_charged_,
               " bytes would take it past the server's memory budget (", budget_->limit(),
               " bytes); resume or stop the other paused machines first");
   // Poisoned IDs go in the manifest but not on disk: a restore then poisons
@@ -841,31 +855,38 @@ void Executor::save_state(wire::StateReport* report) {
     if (!storages_.count(entry.first)) ids.push_back(entry.first);
   }
   std::sort(ids.begin(), ids.end());
-  folder.begin_save(ids);
-  uint64_t bytes = 0;
-  for (const uint64_t id : ids) {
-    const auto it = storages_.find(id);
-    if (it == storages_.end() || poison_.count(id)) continue;
-    const c10::Storage& storage = it->second.storage;
-    const uint64_t nbytes = storage.nbytes();
-    const std::string& device = options_.device_names[slot_of(storage.device())];
-    folder.write_storage(id, device, nbytes, [&](const StateFolder::ByteSink& write) {
-      if (storage.device().is_cpu()) {
-        write(static_cast<const char*>(storage.data()), nbytes);
-        return;
-      }
-      // A device's bytes come through the host a piece at a time.
-      for (uint64_t from = 0; from < nbytes; from += kStateChunkBytes) {
-        const uint64_t count = std::min<uint64_t>(kStateChunkBytes, nbytes - from);
-        const at::Tensor host = storage_bytes(storage, from, count).cpu();
-        write(static_cast<const char*>(host.const_data_ptr()), count);
-      }
-    });
-    report->add_storage_ids(id);
-    bytes += nbytes;
+  try {
+    folder.begin_save(ids, commands_counted_ ? commands_run_ : kCommandsUncounted);
+    uint64_t bytes = 0;
+    for (const uint64_t id : ids) {
+      const auto it = storages_.find(id);
+      if (it == storages_.end() || poison_.count(id)) continue;
+      const c10::Storage& storage = it->second.storage;
+      const uint64_t nbytes = storage.nbytes();
+      const std::string& device = options_.device_names[slot_of(storage.device())];
+      folder.write_storage(id, device, nbytes, [&](const StateFolder::ByteSink& write) {
+        if (storage.device().is_cpu()) {
+          write(static_cast<const char*>(storage.data()), nbytes);
+          return;
+        }
+        // A device's bytes come through the host a piece at a time.
+        for (uint64_t from = 0; from < nbytes; from += kStateChunkBytes) {
+          const uint64_t count = std::min<uint64_t>(kStateChunkBytes, nbytes - from);
+          const at::Tensor host = storage_bytes(storage, from, count).cpu();
+          write(static_cast<const char*>(host.const_data_ptr()), count);
+        }
+      });
+      report->add_storage_ids(id);
+      bytes += nbytes;
+    }
+    folder.end_save();
+    report->set_bytes(bytes);
+    report->set_commands_run(commands_counted_ ? commands_run_ : kCommandsUncounted);
+  } catch (...) {
+    // Half a save (the disk full, say) is no snapshot: nothing stays.
+    folder.clear();
+    throw;
   }
-  folder.end_save();
-  report->set_bytes(bytes);
 }
 
 void Executor::restore_state(wire::StateReport* report) {
@@ -874,6 +895,9 @@ void Executor::restore_state(wire::StateReport* report) {
               "--state-dir) or the client sent no state key");
   StateFolder folder(options_.state_dir);
   const StateFolder::Contents contents = folder.list();
+  TORCH_CHECK(contents.saved,
+              "nothing was saved for this machine on this server (its state folder holds no "
+              "manifest): its storages are gone");
   uint64_t bytes = 0;
   for (const StateFolder::Saved& saved : contents.storages) {
     TORCH_CHECK(!storages_.count(saved.id) && !poison_.count(saved.id), "storage ", saved.id,
@@ -897,10 +921,12 @@ void Executor::restore_state(wire::StateReport* report) {
   }
   for (const uint64_t id : contents.missing) {
     poison_[id] = "storage " + std::to_string(id) +
-                  " was not saved when its machine paused (the server stopped before writing it)";
+                  " was not saved when its machine paused (the server stopped before writing "
+                  "it, or an op that should have written it had failed)";
     report->add_missing_ids(id);
   }
   report->set_bytes(bytes);
+  report->set_commands_run(contents.commands_run);
   folder.clear();
 }
 

@@ -1127,6 +1127,10 @@ TEST_F(StateExecutorTest, APoisonedStorageStaysPoisonedAcrossAPause) {
       .op(op_record(1, "aten::mm", {tensor_value(ref_for(1, a)), tensor_value(ref_for(1, a))},
                     {contiguous_ref(2, {2, 3}, at::kFloat)}))
       .run(*first);
+  wire::Request sync;
+  sync.mutable_sync();
+  std::string ignored;
+  ASSERT_TRUE(ask(*first, sync, &ignored).has_pending_error());  // the error, reported
   ASSERT_FALSE(state_request(*first, /*save=*/true).has_error());
   first.reset();
   std::unique_ptr<Executor> second = session();
@@ -1154,6 +1158,33 @@ TEST_F(StateExecutorTest, PausedSessionsKeepAtMostTheServersBudgetOnDisk) {
   EXPECT_TRUE(Contains(refused.error().message(), "other paused sessions"));
   // The first may save again: its own folder does not count against it.
   EXPECT_FALSE(state_request(*first, /*save=*/true).has_error());
+}
+
+TEST_F(StateExecutorTest, ARestoreWithNothingSavedFailsRatherThanReadZeros) {
+  std::unique_ptr<Executor> session_after_a_crash = session();
+  const wire::Response restored = state_request(*session_after_a_crash, /*save=*/false);
+  ASSERT_TRUE(restored.has_error());
+  EXPECT_TRUE(Contains(restored.error().message(), "nothing was saved"));
+}
+
+TEST_F(StateExecutorTest, ASaveAfterAFailedOpSavesNothingAndTellsTheCommandsRun) {
+  const at::Tensor a = at::randn({2, 3});
+  std::unique_ptr<Executor> first = session();
+  upload_to(*first, 1, a);
+  BatchBuilder()
+      .op(op_record(1, "aten::mm", {tensor_value(ref_for(1, a)), tensor_value(ref_for(1, a))},
+                    {contiguous_ref(2, {2, 3}, at::kFloat)}))
+      .run(*first);
+  const wire::Response refused = state_request(*first, /*save=*/true);
+  EXPECT_TRUE(refused.has_pending_error());
+  ASSERT_TRUE(refused.has_error());
+  EXPECT_TRUE(Contains(refused.error().message(), "nothing was saved"));
+  const wire::Response saved = state_request(*first, /*save=*/true);  // reported once: now it saves
+  ASSERT_FALSE(saved.has_error()) << saved.error().message();
+  EXPECT_EQ(saved.state().commands_run(), 2u);
+  first.reset();
+  std::unique_ptr<Executor> second = session();
+  EXPECT_EQ(state_request(*second, /*save=*/false).state().commands_run(), 2u);
 }
 
 TEST(ExecutorStateTest, ASessionWithoutAStateFolderCannotPause) {

@@ -313,6 +313,23 @@ grpc::Status MycelyaService::Session(grpc::ServerContext* context, Stream* strea
       log("refused a session from ", context->peer(), " (", status.error_message(), ")");
       return status;
     }
+    // One session per state key at a time: a resumed session must not
+    // restore while the one before it still saves.
+    if (!state_key.empty()) {
+      std::lock_guard<std::mutex> lock(sessions_mu_);
+      if (!state_keys_.insert(state_key).second) {
+        status = grpc::Status(grpc::StatusCode::FAILED_PRECONDITION,
+                              "another session of this machine (the same state key) is still "
+                              "open on this server; try again once it has ended");
+        log("refused a session from ", context->peer(), " (", status.error_message(), ")");
+        return status;
+      }
+    }
+    const auto release_state_key = c10::make_scope_exit([&] {
+      if (state_key.empty()) return;
+      std::lock_guard<std::mutex> lock(sessions_mu_);
+      state_keys_.erase(state_key);
+    });
     ExecutorOptions executor_options = options_.executor;
     if (!state_key.empty() && !options_.state_dir.empty()) {
       executor_options.state_dir = options_.state_dir + "/" + state_key;
@@ -376,7 +393,8 @@ grpc::Status MycelyaService::Health(grpc::ServerContext* context,
 }
 
 void MycelyaService::save_for_resume(uint64_t id, Executor& executor, EarlyReads& early_reads) {
-  if (executor.options().state_dir.empty() || executor.storage_count() == 0) return;
+  // Even with no storage: a manifest says that nothing was lost.
+  if (executor.options().state_dir.empty()) return;
   early_reads.begin_executing();  // no Read may use the executor meanwhile
   const auto done = c10::make_scope_exit([&] { early_reads.end_executing(); });
   try {

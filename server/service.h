@@ -29,6 +29,7 @@
 #include <mutex>
 #include <string>
 #include <unordered_map>
+#include <unordered_set>
 
 #include "proto/mycelya.grpc.pb.h"
 #include "proto/mycelya.pb.h"
@@ -96,6 +97,8 @@ class MycelyaService final : public wire::Mycelya::Service {
   // Open sessions by their key (Hello.session_key), for Read.
   std::mutex sessions_mu_;
   std::unordered_map<std::string, std::shared_ptr<EarlyReads>> sessions_;
+  // State keys of the open sessions (x-mycelya-state-key), one session each.
+  std::unordered_set<std::string> state_keys_;
 };
 
 // True for addresses only this machine can reach: "unix:..." sockets and TCP on

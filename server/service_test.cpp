@@ -451,6 +451,18 @@ TEST_F(StateServiceTest, AVanishedClientsSessionIsSavedAClosedOneIsNot) {
   EXPECT_EQ(resumed->download(ref), bytes);
 }
 
+TEST_F(StateServiceTest, OneSessionPerStateKeyAtATime) {
+  auto first = session_with_key(key_);
+  first->hello();
+  const grpc::Status second = session_with_key(key_)->ended_by_server();
+  EXPECT_EQ(second.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+  EXPECT_TRUE(Contains(second.error_message(), "same state key"));
+  EXPECT_TRUE(first->close().ok());
+  for (int i = 0; i < 500 && open_sessions() > 0; ++i) usleep(10000);
+  auto third = session_with_key(key_);
+  EXPECT_EQ(third->hello().devices_size(), 2);
+}
+
 TEST_F(ServiceTest, WithoutAStateFolderASessionCannotPause) {
   auto client = session();
   client->hello();

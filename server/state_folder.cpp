@@ -157,27 +157,30 @@ StorageHeader read_header(int fd, const std::string& path, uint64_t id_from_name
   return header;
 }
 
-std::vector<uint64_t> read_manifest(const std::string& path) {
+// The manifest: magic, the commands run, the ID count, the IDs. False when
+// there is none (nothing was saved).
+bool read_manifest(const std::string& path, uint64_t* commands_run, std::vector<uint64_t>* ids) {
   Fd fd(open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW));
   if (fd.get() < 0) {
-    if (errno == ENOENT) return {};
+    if (errno == ENOENT) return false;
     fail("cannot open", path);
   }
   char magic[sizeof(kManifestMagic)];
   uint64_t count = 0;
+  constexpr uint64_t kHeader = sizeof(magic) + 2 * sizeof(uint64_t);
   const uint64_t size = file_size(fd.get(), path);
-  if (!read_all(fd.get(), magic, sizeof(magic)) ||
+  if (size < kHeader || !read_all(fd.get(), magic, sizeof(magic)) ||
       std::memcmp(magic, kManifestMagic, sizeof(magic)) != 0 ||
+      !read_all(fd.get(), reinterpret_cast<char*>(commands_run), sizeof(*commands_run)) ||
       !read_all(fd.get(), reinterpret_cast<char*>(&count), sizeof(count)) ||
-      count > (size - sizeof(magic) - sizeof(count)) / sizeof(uint64_t) ||
-      size != sizeof(magic) + sizeof(count) + count * sizeof(uint64_t)) {
+      count > (size - kHeader) / sizeof(uint64_t) || size != kHeader + count * sizeof(uint64_t)) {
     throw std::runtime_error(path + " is not a manifest this server wrote");
   }
-  std::vector<uint64_t> ids(count);
-  if (!read_all(fd.get(), reinterpret_cast<char*>(ids.data()), count * sizeof(uint64_t))) {
+  ids->resize(count);
+  if (!read_all(fd.get(), reinterpret_cast<char*>(ids->data()), count * sizeof(uint64_t))) {
     throw std::runtime_error(path + " ends early");
   }
-  return ids;
+  return true;
 }
 
 }  // namespace
@@ -198,12 +201,13 @@ void create_folders(const std::string& path) {
 
 StateFolder::StateFolder(std::string path) : path_(std::move(path)) {}
 
-void StateFolder::begin_save(const std::vector<uint64_t>& ids) {
+void StateFolder::begin_save(const std::vector<uint64_t>& ids, uint64_t commands_run) {
   create_folders(path_);
   for (const std::string& name : file_names(path_)) {
     if (unlink(file(name).c_str()) != 0) fail("cannot remove", file(name));
   }
   std::string manifest(kManifestMagic, sizeof(kManifestMagic));
+  append(&manifest, commands_run);
   append(&manifest, static_cast<uint64_t>(ids.size()));
   manifest.append(reinterpret_cast<const char*>(ids.data()), ids.size() * sizeof(uint64_t));
   write_atomically(file(kManifest),
@@ -249,7 +253,9 @@ StateFolder::Contents StateFolder::list() const {
   }
   std::sort(contents.storages.begin(), contents.storages.end(),
             [](const Saved& a, const Saved& b) { return a.id < b.id; });
-  for (const uint64_t id : read_manifest(file(kManifest))) {
+  std::vector<uint64_t> ids;
+  contents.saved = read_manifest(file(kManifest), &contents.commands_run, &ids);
+  for (const uint64_t id : ids) {
     if (!saved.count(id)) contents.missing.push_back(id);
   }
   return contents;
@@ -273,21 +279,27 @@ void StateFolder::read_storage(const Saved& saved, size_t chunk,
   }
 }
 
-uint64_t StateFolder::bytes_beside() const {
+StateFolder::Usage StateFolder::usage_beside() const {
+  // A file costs its allocated blocks, at least one: tiny saves add up too.
+  constexpr uint64_t kBlock = 4096;
   const size_t slash = path_.rfind('/');
   const std::string root = slash == std::string::npos ? "." : path_.substr(0, slash);
   const std::string own = path_.substr(slash + 1);
-  uint64_t bytes = 0;
+  Usage usage;
   for (const std::string& folder : file_names(root)) {
     if (folder == own || !valid_state_key(folder)) continue;
+    ++usage.folders;
+    usage.bytes += kBlock;
     for (const std::string& name : file_names(root + "/" + folder)) {
       struct stat info {};
-      if (lstat((root + "/" + folder + "/" + name).c_str(), &info) == 0 && S_ISREG(info.st_mode)) {
-        bytes += static_cast<uint64_t>(info.st_size);
+      if (lstat((root + "/" + folder + "/" + name).c_str(), &info) == 0) {
+        const uint64_t size = std::max<uint64_t>(static_cast<uint64_t>(info.st_size),
+                                                 static_cast<uint64_t>(info.st_blocks) * 512);
+        usage.bytes += std::max<uint64_t>(size, kBlock);
       }
     }
   }
-  return bytes;
+  return usage;
 }
 
 void StateFolder::clear() {

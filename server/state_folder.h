@@ -37,8 +37,9 @@ class StateFolder {
 
   const std::string& path() const { return path_; }
 
-  // Starts a save: removes what an earlier save left and writes the manifest.
-  void begin_save(const std::vector<uint64_t>& ids);
+  // Starts a save: removes what an earlier save left and writes the
+  // manifest: the IDs, and how many commands the session had run.
+  void begin_save(const std::vector<uint64_t>& ids, uint64_t commands_run);
   // Writes one storage; `fill` must put exactly `nbytes` bytes through
   // `write(data, n)` calls, in order.
   using ByteSink = std::function<void(const char* data, size_t n)>;
@@ -55,6 +56,8 @@ class StateFolder {
   // What a restore finds: the saved storages, and the IDs the manifest names
   // that no file holds. Nothing saved (no folder): both empty.
   struct Contents {
+    bool saved = false;  // a save began: the manifest exists
+    uint64_t commands_run = 0;
     std::vector<Saved> storages;
     std::vector<uint64_t> missing;
   };
@@ -65,9 +68,13 @@ class StateFolder {
                     const std::function<void(const char* data, size_t n)>& take) const;
   // Deletes the folder's files and the folder.
   void clear();
-  // Bytes the other sessions' folders beside this one hold: what paused
-  // sessions keep on the server's disk.
-  uint64_t bytes_beside() const;
+  // What the other sessions' folders beside this one hold on the server's
+  // disk: bytes (allocated, at least a block per file) and folders.
+  struct Usage {
+    uint64_t bytes = 0;
+    uint64_t folders = 0;
+  };
+  Usage usage_beside() const;
 
  private:
   std::string file(const std::string& name) const { return path_ + "/" + name; }

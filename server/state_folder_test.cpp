@@ -57,13 +57,15 @@ TEST(StateFolderTest, StateKeysAreExactly64LowercaseHexDigits) {
 
 TEST(StateFolderTest, WhatASaveWritesARestoreReads) {
   StateFolder folder(make_temp_folder() + "/a/b/session");  // parents are made too
-  folder.begin_save({7, 9, 12});
+  folder.begin_save({7, 9, 12}, 42);
   write_bytes(folder, 7, "seven bytes");
   write_bytes(folder, 9, std::string(1000, '\x09'), "cuda:0");
   write_bytes(folder, 12, "");
   folder.end_save();
 
   const StateFolder::Contents contents = folder.list();
+  EXPECT_TRUE(contents.saved);
+  EXPECT_EQ(contents.commands_run, 42u);
   ASSERT_EQ(contents.storages.size(), 3u);
   EXPECT_TRUE(contents.missing.empty());
   EXPECT_EQ(contents.storages[0].id, 7u);
@@ -75,12 +77,12 @@ TEST(StateFolderTest, WhatASaveWritesARestoreReads) {
 
   folder.clear();
   EXPECT_FALSE(exists(folder.path()));
-  EXPECT_TRUE(folder.list().storages.empty());  // nothing saved: nothing to restore
+  EXPECT_FALSE(folder.list().saved);  // nothing saved: nothing to restore
 }
 
 TEST(StateFolderTest, ASaveCutShortReportsWhatItDidNotWrite) {
   StateFolder folder(make_temp_folder());
-  folder.begin_save({1, 2, 3});
+  folder.begin_save({1, 2, 3}, 3);
   write_bytes(folder, 1, "one");
   // The server dies while writing storage 2: its partial file never became 2.storage.
   std::ofstream(folder.path() + "/2.storage.partial") << "half";
@@ -92,10 +94,10 @@ TEST(StateFolderTest, ASaveCutShortReportsWhatItDidNotWrite) {
 
 TEST(StateFolderTest, ANewSaveReplacesWhatAnEarlierOneLeft) {
   StateFolder folder(make_temp_folder());
-  folder.begin_save({1, 2});
+  folder.begin_save({1, 2}, 2);
   write_bytes(folder, 1, "old");
   write_bytes(folder, 2, "old");
-  folder.begin_save({2});
+  folder.begin_save({2}, 1);
   write_bytes(folder, 2, "new");
   const StateFolder::Contents contents = folder.list();
   ASSERT_EQ(contents.storages.size(), 1u);
@@ -104,7 +106,7 @@ TEST(StateFolderTest, ANewSaveReplacesWhatAnEarlierOneLeft) {
 
 TEST(StateFolderTest, FilesThatAreNotWholeOrNotOursAreRefused) {
   StateFolder folder(make_temp_folder());
-  folder.begin_save({5});
+  folder.begin_save({5}, 1);
   write_bytes(folder, 5, "0123456789");
   const std::string path = folder.path() + "/5.storage";
   // Truncated: the header promises more bytes than the file holds.
@@ -119,9 +121,27 @@ TEST(StateFolderTest, FilesThatAreNotWholeOrNotOursAreRefused) {
   std::ofstream(path) << "hello, this is not a storage";
   EXPECT_THROW(folder.list(), std::runtime_error);
   ASSERT_EQ(unlink(path.c_str()), 0);
-  // A manifest that claims more IDs than it holds.
-  std::ofstream(folder.path() + "/manifest") << "MYCMANI1\xff\xff\xff\xff\xff\xff\xff\x7f";
+  // A manifest that claims more IDs than it holds, and one cut short.
+  std::ofstream(folder.path() + "/manifest")
+      << std::string("MYCMANI1") + std::string(8, '\0') + "\xff\xff\xff\xff\xff\xff\xff\x7f";
   EXPECT_THROW(folder.list(), std::runtime_error);
+  std::ofstream(folder.path() + "/manifest") << "MYCMANI1";
+  EXPECT_THROW(folder.list(), std::runtime_error);
+}
+
+TEST(StateFolderTest, UsageBesideCountsOtherSessionsFoldersNotItsOwn) {
+  const std::string root = make_temp_folder();
+  StateFolder mine(root + "/" + std::string(64, 'a'));
+  StateFolder other(root + "/" + std::string(64, 'b'));
+  other.begin_save({1}, 1);
+  write_bytes(other, 1, std::string(10000, 'x'));
+  mine.begin_save({1}, 1);
+  write_bytes(mine, 1, std::string(50000, 'x'));
+  std::ofstream(root + "/not-a-key") << "ignored";
+  const StateFolder::Usage usage = mine.usage_beside();
+  EXPECT_EQ(usage.folders, 1u);
+  EXPECT_GE(usage.bytes, 10000u);
+  EXPECT_LT(usage.bytes, 50000u);
 }
 
 }  // namespace

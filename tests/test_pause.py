@@ -233,3 +233,20 @@ def test_a_server_stopped_by_its_idle_timeout_saves_and_resume_brings_the_tensor
     machine.resume()
     torch.testing.assert_close(x.cpu(), a)
     machine.stop()
+
+
+@local_cuda_only
+def test_a_machine_whose_server_died_unsaved_cannot_resume_to_zeros(state_home):
+    machine = mycelya_torch.RemoteMachine(PROVIDER)
+    x = torch.ones(100, device=machine.device())
+    machine.synchronize()
+    (server,) = children_named("mycelya-server")
+    os.kill(server, signal.SIGKILL)  # no chance to save anything
+    with pytest.raises(RuntimeError, match="was lost"):
+        x.cpu()
+    with pytest.raises(RuntimeError, match="nothing was saved"):
+        machine.resume()
+    assert machine.paused  # the tensors are gone, and stop() says so
+    machine.stop()
+    with pytest.raises(RuntimeError, match="not running"):
+        x.cpu()

@@ -263,6 +263,7 @@ class LocalCudaSession final : public Session {
     if (!paused_) discard_local_state(state_key_);
   }
 
+  bool can_pause() const override { return true; }
   // Core saved the storages first; they stay in the state folder.
   void pause() override {
     paused_ = true;

@@ -51,6 +51,7 @@ class MockSession final : public Session {
 
   // Core saved the storages to the state folder first; the executor, like a
   // server, goes with the session.
+  bool can_pause() const override { return true; }
   void pause() override { paused_ = true; }
 
   void stop() override {

@@ -114,7 +114,7 @@ class RemoteMachine:
         tensors made before the pause hold the same values (no-op when it
         runs). Also brings back a machine lost after its server stopped by
         itself (``idle_timeout``), from what that server saved. Random
-        generators start afresh: their states are not saved. Raises
+        generators start from the server's default seed: their states are not saved. Raises
         RuntimeError when it cannot, leaving the machine paused."""
         self._machine.resume()
 
