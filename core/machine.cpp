@@ -8,13 +8,13 @@
 #include <atomic>
 #include <cstdio>
 #include <cstdlib>
-#include <fstream>
 #include <stdexcept>
 
 #include "core/generator.h"
 #include "core/logging.h"
 #include "core/payload_pool.h"
 #include "core/plugin_loader.h"
+#include "proto/random_key.h"
 
 namespace mycelya {
 namespace {
@@ -44,24 +44,15 @@ size_t ref_nbytes(const wire::TensorRef& ref) {
 
 // 256 random bits, as 64 hex digits: the name of the machine's paused state.
 MachineSpec with_state_key(MachineSpec spec) {
-  unsigned char bytes[32];
-  std::ifstream urandom("/dev/urandom", std::ios::binary);
-  if (!urandom.read(reinterpret_cast<char*>(bytes), sizeof(bytes))) {
-    throw std::runtime_error("cannot read /dev/urandom for the machine's state key");
-  }
-  static const char hex[] = "0123456789abcdef";
-  spec.state_key.clear();
-  for (const unsigned char b : bytes) {
-    spec.state_key += hex[b >> 4];
-    spec.state_key += hex[b & 15];
-  }
+  spec.state_key = random_hex(32, "the machine's state key");
   return spec;
 }
 
+// Device names for a message: "cuda:0, cpu", or "(none)".
 std::string joined(const std::vector<std::string>& names) {
   std::string text;
   for (const std::string& name : names) text += (text.empty() ? "" : ", ") + name;
-  return "[" + text + "]";
+  return text.empty() ? "(none)" : text;
 }
 
 bool synchronous_mode() {
@@ -193,11 +184,8 @@ void Machine::stop_lifecycle_locked() {
   release_machine(entries);
   stop_default_generators(entries);
   log_info("stopping machine " + id_);
-  if (was_paused) {
-    load_provider(provider_).discard(spec_);
-    return;
-  }
   if (session) end_session(*session, &Session::stop);
+  load_provider(provider_).discard(spec_);
 }
 
 void Machine::end_session(Session& session, void (Session::*end)()) {
@@ -288,8 +276,8 @@ void Machine::resume() {
   const std::vector<std::string> devices = session->devices();
   if (devices != devices_when_paused) {
     session->pause();  // ends it, keeping the saved storages
-    throw std::runtime_error("Could not resume machine " + id_ + ": it offers " + joined(devices) +
-                             " now but offered " + joined(devices_when_paused) +
+    throw std::runtime_error("Could not resume machine " + id_ + ": it offers [" + joined(devices) +
+                             "] now but offered [" + joined(devices_when_paused) + "]" +
                              " when it paused, so its tensors would land on other devices." +
                              still_paused);
   }
@@ -360,18 +348,13 @@ c10::scope_exit<std::function<void()>> Machine::hold_other_threads() {
 }
 
 void Machine::resume_if_paused(const char* what) {
-  {
-    std::lock_guard<std::mutex> lock(queue_mu_);
-    if (!paused_) return;
-  }
+  // On every op's path: one atomic load while the machine runs.
+  if (!paused_.load(std::memory_order_acquire)) return;
   log_info("machine " + id_ + " is paused; resuming it to " + what);
   resume();
 }
 
-bool Machine::paused() const {
-  std::lock_guard<std::mutex> lock(queue_mu_);
-  return paused_;
-}
+bool Machine::paused() const { return paused_.load(std::memory_order_acquire); }
 
 std::vector<uint64_t> Machine::unsaved_storages() const {
   std::lock_guard<std::mutex> lock(queue_mu_);
@@ -391,14 +374,12 @@ std::vector<std::string> Machine::devices() const {
 int Machine::slot_of(const std::string& type, int index) const {
   const std::string wanted = type + ":" + std::to_string(index);
   std::lock_guard<std::mutex> lock(queue_mu_);
-  std::string offered;
   for (size_t i = 0; i < devices_.size(); ++i) {
     // "cpu" is served as "cpu" and also answers to "cpu:0".
     if (devices_[i] == wanted || (devices_[i] == type && index == 0)) return static_cast<int>(i);
-    offered += (offered.empty() ? "" : ", ") + devices_[i];
   }
   throw std::invalid_argument("Machine " + id_ + " has no device " + wanted +
-                              "; it offers: " + (offered.empty() ? "(none)" : offered) + ".");
+                              "; it offers: " + joined(devices_) + ".");
 }
 
 c10::DeviceIndex Machine::device_index(int slot) const {

@@ -30,6 +30,7 @@
 #include <c10/core/Device.h>
 #include <c10/util/ScopeExit.h>
 
+#include <atomic>
 #include <condition_variable>
 #include <cstdint>
 #include <functional>
@@ -201,8 +202,9 @@ class Machine : public std::enable_shared_from_this<Machine> {
   CommandQueue queue_;
   bool running_ = false;
   bool stopping_ = false;
-  // Paused: no session, but the device entries stay registered.
-  bool paused_ = false;
+  // Paused: no session, but the device entries stay registered. Written
+  // under queue_mu_; atomic so that every op can check it without the lock.
+  std::atomic<bool> paused_{false};
   std::vector<uint64_t> frees_while_paused_;
   std::vector<uint64_t> unsaved_storages_;
   // Commands sent to the session that paused (or was lost): its save must

@@ -75,7 +75,8 @@ class Session {
     return false;
   }
 
-  // Ends the machine for good: its saved state, if any, is dropped too.
+  // Ends the machine for good; core then drops its saved state, if any,
+  // through Provider::discard().
   virtual void stop() = 0;
 
   // Whether pause() can keep the machine's state; core asks before saving.
@@ -104,7 +105,8 @@ class Provider {
     throw std::runtime_error("provider " + name() + " cannot resume paused machines");
   }
 
-  // A paused machine is stopped for good: drops its saved state.
+  // The machine is stopped for good (from running, lost or paused): drops
+  // whatever state it saved.
   virtual void discard(const MachineSpec& /*spec*/) {}
 };
 

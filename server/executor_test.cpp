@@ -1027,10 +1027,21 @@ class StateExecutorTest : public ::testing::Test {
     state_dir_ = path + "/session";
   }
 
-  std::unique_ptr<Executor> session() {
-    ExecutorOptions options{{c10::Device(c10::kCPU)}, {"cpu"}, 256 * kMiB};
-    options.state_dir = state_dir_;
+  // A session on `folder` (default: the test's), as a server would start one.
+  std::unique_ptr<Executor> session(const std::string& folder = "",
+                                    uint64_t memory_limit = 256 * kMiB) {
+    ExecutorOptions options{{c10::Device(c10::kCPU)}, {"cpu"}, memory_limit};
+    options.state_dir = folder.empty() ? state_dir_ : folder;
     return std::make_unique<Executor>(options);
+  }
+
+  // Queues an mm of a (2x3) by itself, which fails: storage 2, its output,
+  // is poisoned and the error pending.
+  static void fail_an_op(Executor& executor, const at::Tensor& a) {
+    BatchBuilder()
+        .op(op_record(1, "aten::mm", {tensor_value(ref_for(1, a)), tensor_value(ref_for(1, a))},
+                      {contiguous_ref(2, {2, 3}, at::kFloat)}))
+        .run(executor);
   }
 
   static wire::Response ask(Executor& executor, const wire::Request& request,
@@ -1122,11 +1133,7 @@ TEST_F(StateExecutorTest, APoisonedStorageStaysPoisonedAcrossAPause) {
   const at::Tensor a = at::randn({2, 3});
   std::unique_ptr<Executor> first = session();
   upload_to(*first, 1, a);
-  // mm of a 2x3 by a 2x3 fails: its output, storage 2, is poisoned.
-  BatchBuilder()
-      .op(op_record(1, "aten::mm", {tensor_value(ref_for(1, a)), tensor_value(ref_for(1, a))},
-                    {contiguous_ref(2, {2, 3}, at::kFloat)}))
-      .run(*first);
+  fail_an_op(*first, a);
   wire::Request sync;
   sync.mutable_sync();
   std::string ignored;
@@ -1141,17 +1148,12 @@ TEST_F(StateExecutorTest, APoisonedStorageStaysPoisonedAcrossAPause) {
 
 TEST_F(StateExecutorTest, PausedSessionsKeepAtMostTheServersBudgetOnDisk) {
   const at::Tensor big = at::zeros({150 * 1024}, at::kFloat);  // 600 KiB
-  const auto session_in = [&](const std::string& folder) {
-    ExecutorOptions options{{c10::Device(c10::kCPU)}, {"cpu"}, 1 * kMiB};
-    options.state_dir = folder;
-    return std::make_unique<Executor>(options);
-  };
   const std::string root = state_dir_.substr(0, state_dir_.rfind('/'));
-  std::unique_ptr<Executor> first = session_in(root + "/" + std::string(64, 'a'));
+  std::unique_ptr<Executor> first = session(root + "/" + std::string(64, 'a'), 1 * kMiB);
   upload_to(*first, 1, big);
   ASSERT_FALSE(state_request(*first, /*save=*/true).has_error());
   // Another session, saving as much again beside it, would pass 1 MiB.
-  std::unique_ptr<Executor> second = session_in(root + "/" + std::string(64, 'b'));
+  std::unique_ptr<Executor> second = session(root + "/" + std::string(64, 'b'), 1 * kMiB);
   upload_to(*second, 1, big);
   const wire::Response refused = state_request(*second, /*save=*/true);
   ASSERT_TRUE(refused.has_error());
@@ -1171,10 +1173,7 @@ TEST_F(StateExecutorTest, ASaveAfterAFailedOpSavesNothingAndTellsTheCommandsRun)
   const at::Tensor a = at::randn({2, 3});
   std::unique_ptr<Executor> first = session();
   upload_to(*first, 1, a);
-  BatchBuilder()
-      .op(op_record(1, "aten::mm", {tensor_value(ref_for(1, a)), tensor_value(ref_for(1, a))},
-                    {contiguous_ref(2, {2, 3}, at::kFloat)}))
-      .run(*first);
+  fail_an_op(*first, a);
   const wire::Response refused = state_request(*first, /*save=*/true);
   EXPECT_TRUE(refused.has_pending_error());
   ASSERT_TRUE(refused.has_error());

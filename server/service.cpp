@@ -295,34 +295,32 @@ grpc::Status MycelyaService::Session(grpc::ServerContext* context, Stream* strea
                           std::string("the \"") + kStateKeyMetadataKey +
                               "\" metadata must be 64 lowercase hex digits");
   }
-  if (!status.ok()) {
-    log("refused a session from ", context->peer(), " (", status.error_message(), ")");
-    return status;
-  }
+  // Every refusal is logged the same way, and ends the call with its status.
+  const auto refuse = [context](grpc::Status refusal) {
+    log("refused a session from ", context->peer(), " (", refusal.error_message(), ")");
+    return refusal;
+  };
+  if (!status.ok()) return refuse(status);
   const uint64_t id = next_session_id_++;
   {
     // Declared before the executor, so the count drops only once the
     // executor and its storages are gone.
     OpenSession counted(&open_sessions_, options_.max_sessions);
     if (!counted.admitted()) {
-      status = grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
-                            "this mycelya-server already serves " +
-                                std::to_string(options_.max_sessions) +
-                                " sessions, its limit (--max-sessions); stop a machine that "
-                                "uses it, or start another server");
-      log("refused a session from ", context->peer(), " (", status.error_message(), ")");
-      return status;
+      return refuse(grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
+                                 "this mycelya-server already serves " +
+                                     std::to_string(options_.max_sessions) +
+                                     " sessions, its limit (--max-sessions); stop a machine that "
+                                     "uses it, or start another server"));
     }
     // One session per state key at a time: a resumed session must not
     // restore while the one before it still saves.
     if (!state_key.empty()) {
       std::lock_guard<std::mutex> lock(sessions_mu_);
       if (!state_keys_.insert(state_key).second) {
-        status = grpc::Status(grpc::StatusCode::FAILED_PRECONDITION,
-                              "another session of this machine (the same state key) is still "
-                              "open on this server; try again once it has ended");
-        log("refused a session from ", context->peer(), " (", status.error_message(), ")");
-        return status;
+        return refuse(grpc::Status(grpc::StatusCode::FAILED_PRECONDITION,
+                                   "another session of this machine (the same state key) is "
+                                   "still open on this server; try again once it has ended"));
       }
     }
     const auto release_state_key = c10::make_scope_exit([&] {

@@ -36,32 +36,18 @@
 #include <thread>
 
 #include "core/provider.h"
+#include "proto/random_key.h"
 #include "providers/common/grpc_session.h"
 #include "providers/common/local_state.h"
 
 namespace mycelya {
 namespace {
 
-std::string random_token() {
-  unsigned char bytes[24];
-  std::ifstream urandom("/dev/urandom", std::ios::binary);
-  if (!urandom.read(reinterpret_cast<char*>(bytes), sizeof(bytes))) {
-    throw std::runtime_error("local-cuda: cannot read /dev/urandom for a session token");
-  }
-  static const char hex[] = "0123456789abcdef";
-  std::string token;
-  for (unsigned char b : bytes) {
-    token += hex[b >> 4];
-    token += hex[b & 15];
-  }
-  return token;
-}
-
 // mycelya-server: $MYCELYA_SERVER, else beside this plugin.
 std::string server_binary() {
   if (const char* env = std::getenv("MYCELYA_SERVER")) return env;
   Dl_info info;
-  if (dladdr(reinterpret_cast<void*>(&random_token), &info) && info.dli_fname) {
+  if (dladdr(reinterpret_cast<void*>(&server_binary), &info) && info.dli_fname) {
     std::string path = info.dli_fname;
     return path.substr(0, path.rfind('/') + 1) + "mycelya-server";
   }
@@ -93,7 +79,7 @@ class ChildServer {
     dir_ = dir_template;
     socket_ = dir_ + "/server.sock";
     log_ = dir_ + "/server.log";
-    token_ = random_token();
+    token_ = random_hex(24, "a local-cuda session token");
 
     // Everything the child needs is prepared before fork: after it, only
     // async-signal-safe calls until exec.
@@ -232,8 +218,7 @@ class ChildServer {
 
 class LocalCudaSession final : public Session {
  public:
-  explicit LocalCudaSession(const MachineSpec& spec)
-      : server_(spec.idle_timeout_s), state_key_(spec.state_key) {
+  explicit LocalCudaSession(const MachineSpec& spec) : server_(spec.idle_timeout_s) {
     const std::string error = server_.wait_until_listening(std::chrono::seconds(60));
     if (!error.empty()) {
       const std::string log = server_.log_tail();
@@ -245,7 +230,7 @@ class LocalCudaSession final : public Session {
     grpc_ = std::make_unique<GrpcSession>(target, std::chrono::seconds(10));
   }
 
-  ~LocalCudaSession() override { end(); }
+  ~LocalCudaSession() override { stop(); }
 
   std::vector<std::string> devices() const override { return grpc_->devices(); }
   void submit(EncodedBatch& batch) override { grpc_->submit(batch); }
@@ -259,29 +244,20 @@ class LocalCudaSession final : public Session {
   }
 
   void stop() override {
-    end();
-    if (!paused_) discard_local_state(state_key_);
-  }
-
-  bool can_pause() const override { return true; }
-  // Core saved the storages first; they stay in the state folder.
-  void pause() override {
-    paused_ = true;
-    end();
-  }
-
- private:
-  void end() {
     // Ends the session and closes the connection, which lets the server exit
     // at once on SIGTERM.
     if (grpc_) grpc_->stop();
     server_.terminate();
   }
 
+  // Core saved the storages first; they stay in the state folder, which
+  // outlives the server.
+  bool can_pause() const override { return true; }
+  void pause() override { stop(); }
+
+ private:
   ChildServer server_;
   std::unique_ptr<GrpcSession> grpc_;
-  const std::string state_key_;
-  bool paused_ = false;
 };
 
 class LocalCudaProvider final : public Provider {

@@ -28,8 +28,7 @@ namespace {
 
 class MockSession final : public Session {
  public:
-  MockSession(ExecutorOptions options, std::string state_key)
-      : executor_(std::move(options)), state_key_(std::move(state_key)) {}
+  explicit MockSession(ExecutorOptions options) : executor_(std::move(options)) {}
 
   std::vector<std::string> devices() const override { return executor_.options().device_names; }
 
@@ -52,11 +51,9 @@ class MockSession final : public Session {
   // Core saved the storages to the state folder first; the executor, like a
   // server, goes with the session.
   bool can_pause() const override { return true; }
-  void pause() override { paused_ = true; }
+  void pause() override {}
 
-  void stop() override {
-    if (!paused_) discard_local_state(state_key_);
-  }
+  void stop() override {}
 
  private:
   // Each batch alone, and each request after the batch before it.
@@ -81,8 +78,6 @@ class MockSession final : public Session {
     return std::string(dir ? dir : "");
   }();
   FuzzCase last_batch_;  // since the last request, when capturing
-  const std::string state_key_;
-  bool paused_ = false;
 };
 
 class MockProvider final : public Provider {
@@ -101,7 +96,7 @@ class MockProvider final : public Provider {
     options.device_names.push_back("cpu");
     if (valid_state_key(spec.state_key))
       options.state_dir = local_state_root() + "/" + spec.state_key;
-    return std::make_unique<MockSession>(std::move(options), spec.state_key);
+    return std::make_unique<MockSession>(std::move(options));
   }
 
   // A new executor on the same state folder: core restores its storages.
