@@ -14,6 +14,7 @@
 #include "core/logging.h"
 #include "core/payload_pool.h"
 #include "core/plugin_loader.h"
+#include "core/start_progress.h"
 #include "proto/random_key.h"
 
 namespace mycelya {
@@ -100,8 +101,9 @@ bool Machine::start_session_submit_locked(std::vector<DeviceRef>* started) {
     if (running_) return false;
   }
   Provider& provider = load_provider(provider_);
-  log_info("starting machine " + id_ + " on provider " + provider_);
-  std::shared_ptr<Session> session = provider.start(spec_);
+  TerminalStartProgress progress("starting machine " + id_ + " on " + provider_);
+  std::shared_ptr<Session> session = provider.start(spec_, progress);
+  progress.finished();
   std::vector<std::string> devices = session->devices();
   std::vector<DeviceRef> entries;
   try {
@@ -264,12 +266,13 @@ void Machine::resume() {
     const std::shared_ptr<Session> session = detach_session_lifecycle_locked(/*pause=*/true);
     if (session) end_session(*session, &Session::pause);
   }
-  log_info("resuming machine " + id_ + " on provider " + provider_);
   const std::string still_paused =
       " It stays paused, its saved storages kept: resume() tries again, stop() drops them.";
   std::shared_ptr<Session> session;
   try {
-    session = load_provider(provider_).resume(spec_);
+    TerminalStartProgress progress("resuming machine " + id_ + " on " + provider_);
+    session = load_provider(provider_).resume(spec_, progress);
+    progress.finished();
   } catch (const std::exception& e) {
     throw std::runtime_error("Could not resume machine " + id_ + ": " + e.what() + still_paused);
   }

@@ -55,6 +55,10 @@ const std::string& mock_plugin() {
   return path;
 }
 
+struct NoProgress final : StartProgress {
+  void stage(const std::string& /*what*/) override {}
+};
+
 class PluginLoaderTest : public ::testing::Test {
  protected:
   // The mock plugin's folder through $MYCELYA_PROVIDER_PATH (with empty and
@@ -112,9 +116,24 @@ TEST_F(PluginLoaderTest, LoadsMockOnce) {
   EXPECT_EQ(&load_provider("mock"), &provider);
 
   MachineSpec spec;
-  auto session = provider.start(spec);
+  NoProgress progress;
+  auto session = provider.start(spec, progress);
   EXPECT_EQ(session->devices(), std::vector<std::string>{"cpu"});
   session->stop();
+}
+
+TEST_F(PluginLoaderTest, DefaultValidateRefusesOptions) {
+  Provider& provider = load_provider("mock");
+  MachineSpec spec;
+  provider.validate(spec);
+  spec.options["address"] = "gpu-box:50051";
+  try {
+    provider.validate(spec);
+    FAIL() << "an option reached a provider that takes none";
+  } catch (const std::invalid_argument& e) {
+    EXPECT_NE(std::string(e.what()).find("takes no options, got 'address'"), std::string::npos)
+        << e.what();
+  }
 }
 
 TEST_F(PluginLoaderTest, DashedNameLoadsTheUnderscoredFile) {

@@ -8,6 +8,7 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <stdexcept>
 #include <string>
@@ -17,7 +18,7 @@ namespace mycelya {
 
 // Bumped whenever this header changes incompatibly; the loader refuses a plugin
 // built against another version.
-constexpr int kProviderAbiVersion = 6;
+constexpr int kProviderAbiVersion = 7;
 
 // What the user asked for in RemoteMachine(provider, gpu_type, ...).
 struct MachineSpec {
@@ -28,6 +29,21 @@ struct MachineSpec {
   // Names this machine's paused state (64 hex digits, random, made by core):
   // a server keeps a session's saved storages under it (x-mycelya-state-key).
   std::string state_key;
+  // Provider-specific settings, RemoteMachine(provider, ..., name=value):
+  // core passes them through unread, so each provider owns its names and
+  // checks them in Provider::validate(). Values are text (Python's str(value);
+  // bools are "true"/"false").
+  std::map<std::string, std::string> options;
+};
+
+// What a start waits for. A provider calls stage() whenever that changes
+// ("creating the pod", "pulling the image", "waiting for the server"); core
+// logs each stage and shows the current one, with the time elapsed, on an
+// interactive terminal.
+class StartProgress {
+ public:
+  virtual ~StartProgress() = default;
+  virtual void stage(const std::string& what) = 0;
 };
 
 // An encoded Batch plus the raw payloads its Upload commands point at.
@@ -94,14 +110,25 @@ class Provider {
 
   virtual std::string name() const = 0;
 
+  // Checks a spec before anything starts (RemoteMachine's constructor): GPU
+  // type, options and their values. Throws std::invalid_argument saying what
+  // is wrong and what would be right. Takes no options by default.
+  virtual void validate(const MachineSpec& spec) const {
+    if (spec.options.empty()) return;
+    throw std::invalid_argument("provider '" + name() + "' takes no options, got '" +
+                                spec.options.begin()->first + "'.");
+  }
+
   // Starts a machine. Throws std::invalid_argument for a spec the provider
-  // cannot serve and std::runtime_error when starting fails.
-  virtual std::unique_ptr<Session> start(const MachineSpec& spec) = 0;
+  // cannot serve and std::runtime_error when starting fails (missing or
+  // refused credentials, no capacity, a server that never became healthy).
+  virtual std::unique_ptr<Session> start(const MachineSpec& spec, StartProgress& progress) = 0;
 
   // Starts again the machine that Session::pause() ended (spec.state_key
   // names it); core then restores its storages with a RestoreStateRequest.
   // Throws std::runtime_error when that machine cannot be started.
-  virtual std::unique_ptr<Session> resume(const MachineSpec& /*spec*/) {
+  virtual std::unique_ptr<Session> resume(const MachineSpec& /*spec*/,
+                                          StartProgress& /*progress*/) {
     throw std::runtime_error("provider " + name() + " cannot resume paused machines");
   }
 

@@ -8,6 +8,8 @@
 #include <torch/csrc/Generator.h>
 #include <torch/csrc/utils/pybind.h>
 
+#include <map>
+
 #include "core/allocator.h"
 #include "core/device_table.h"
 #include "core/generator.h"
@@ -23,11 +25,14 @@ namespace {
 
 std::shared_ptr<Machine> make_machine(const std::string& provider, const std::string& gpu_type,
                                       int gpu_count, std::vector<std::string> packages,
-                                      double idle_timeout_s) {
+                                      double idle_timeout_s,
+                                      std::map<std::string, std::string> options) {
   validate_gpu_type(gpu_type);
   if (gpu_count < 1) throw std::invalid_argument("gpu_count must be at least 1");
-  load_provider(provider);  // an unknown provider fails here, before anything starts
   MachineSpec spec{gpu_type, gpu_count, std::move(packages), idle_timeout_s};
+  spec.options = std::move(options);
+  // An unknown provider, or a spec it cannot serve, fails here, before anything starts.
+  load_provider(provider).validate(spec);
   return std::make_shared<Machine>(provider, std::move(spec));
 }
 
@@ -67,7 +72,7 @@ PYBIND11_MODULE(_C, m) {
 
   py::class_<Machine, std::shared_ptr<Machine>>(m, "Machine")
       .def(py::init(&make_machine), py::arg("provider"), py::arg("gpu_type"), py::arg("gpu_count"),
-           py::arg("packages"), py::arg("idle_timeout_s"))
+           py::arg("packages"), py::arg("idle_timeout_s"), py::arg("options"))
       .def_property_readonly("machine_id", &Machine::id)
       .def_property_readonly("provider", &Machine::provider)
       .def("start", &Machine::start, py::call_guard<py::gil_scoped_release>())

@@ -17,6 +17,7 @@ APT_PACKAGES=(
   protobuf-compiler protobuf-compiler-grpc libprotobuf-dev libgrpc++-dev libabsl-dev
   libgtest-dev libgmock-dev libbenchmark-dev clang-format openssl
   clang-14 libfuzzer-14-dev libclang-rt-14-dev
+  libcurl4-openssl-dev nlohmann-json3-dev libssl-dev
 )
 
 missing=()

@@ -59,7 +59,8 @@ std::shared_ptr<grpc::Channel> make_channel(const GrpcTarget& target) {
 GrpcSession::GrpcSession(const GrpcTarget& target, std::chrono::milliseconds connect_timeout)
     : channel_(make_channel(target)),
       stub_(wire::Mycelya::NewStub(channel_)),
-      token_(target.token) {
+      token_(target.token),
+      can_pause_(!target.state_key.empty()) {
   if (!channel_->WaitForConnected(std::chrono::system_clock::now() + connect_timeout)) {
     // A TLS failure (a wrong certificate, a plaintext server) also ends up
     // here: the channel never becomes ready.

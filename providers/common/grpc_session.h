@@ -72,6 +72,11 @@ class GrpcSession final : public Session {
   bool read_after(const std::string& request, uint64_t after_command, std::string* response,
                   std::string* payload) override;
   void stop() override;
+  // With a state key, the server (started with --state-dir) keeps what core
+  // saved before pause(), which only ends the session; a new session with the
+  // same key restores it.
+  bool can_pause() const override { return can_pause_; }
+  void pause() override { stop(); }
 
  private:
   void reader_loop();
@@ -91,6 +96,7 @@ class GrpcSession final : public Session {
   std::vector<std::string> devices_;
   std::string token_;
   std::string session_key_;  // empty: the server has no Read
+  bool can_pause_ = false;
 
   // Two locks: write_mu_ orders writes to the stream, state_mu_ guards the
   // hand-over below. Methods named *_write_locked need write_mu_ held,

@@ -264,14 +264,15 @@ class LocalCudaProvider final : public Provider {
  public:
   std::string name() const override { return "local-cuda"; }
 
-  std::unique_ptr<Session> start(const MachineSpec& spec) override {
+  std::unique_ptr<Session> start(const MachineSpec& spec, StartProgress& progress) override {
     // The GPU type is whatever this host has; the spec's type only names it.
+    progress.stage("waiting for the server");
     return std::make_unique<LocalCudaSession>(spec);
   }
 
   // A new server on the same state folder: core restores the storages.
-  std::unique_ptr<Session> resume(const MachineSpec& spec) override {
-    return std::make_unique<LocalCudaSession>(spec);
+  std::unique_ptr<Session> resume(const MachineSpec& spec, StartProgress& progress) override {
+    return start(spec, progress);
   }
 
   void discard(const MachineSpec& spec) override { discard_local_state(spec.state_key); }

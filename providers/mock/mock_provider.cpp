@@ -84,7 +84,7 @@ class MockProvider final : public Provider {
  public:
   std::string name() const override { return "mock"; }
 
-  std::unique_ptr<Session> start(const MachineSpec& spec) override {
+  std::unique_ptr<Session> start(const MachineSpec& spec, StartProgress& /*progress*/) override {
     ExecutorOptions options;
     if (!spec.gpu_type.empty()) {
       for (int i = 0; i < spec.gpu_count; ++i) {
@@ -100,7 +100,9 @@ class MockProvider final : public Provider {
   }
 
   // A new executor on the same state folder: core restores its storages.
-  std::unique_ptr<Session> resume(const MachineSpec& spec) override { return start(spec); }
+  std::unique_ptr<Session> resume(const MachineSpec& spec, StartProgress& progress) override {
+    return start(spec, progress);
+  }
 
   void discard(const MachineSpec& spec) override { discard_local_state(spec.state_key); }
 };

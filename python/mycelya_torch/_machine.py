@@ -3,6 +3,7 @@
 
 import atexit
 import math
+import os
 import threading
 
 import torch
@@ -13,6 +14,19 @@ from ._logging import logger
 # Machines started and not stopped since, by machine id, in start order.
 _running = {}
 _running_lock = threading.Lock()
+
+
+def _option_text(name, value):
+    """A provider option's value as the text the provider reads (ValueError for other types)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int) or (isinstance(value, float) and math.isfinite(value)):
+        return str(value)
+    if isinstance(value, (str, os.PathLike)):
+        return os.fspath(value)
+    raise ValueError(
+        f"option {name}= must be a string, path, number or bool, got {type(value).__name__} {value!r}."
+    )
 
 
 def _check_arguments(provider, gpu_type, gpu_count, packages, idle_timeout):
@@ -59,6 +73,9 @@ class RemoteMachine:
             the machine stops itself (a vanished client stops billing); its
             server first saves the storages where the provider can pause.
         start: start the machine now (default) or leave it to ``start()``.
+        **options: the provider's own settings, e.g. ``address=`` and
+            ``token=`` for "server" (see the README's section on each
+            provider); a provider refuses names it does not know.
 
     Each bad argument raises ValueError naming it, before anything starts.
     """
@@ -72,11 +89,15 @@ class RemoteMachine:
         packages=None,
         idle_timeout=None,
         start=True,
+        **options,
     ):
         packages = _check_arguments(provider, gpu_type, gpu_count, packages, idle_timeout)
+        option_texts = {name: _option_text(name, value) for name, value in options.items()}
         # Validated before anything starts; unknown providers list what exists.
         _C.validate_gpu_type(gpu_type or "")
-        self._machine = _C.Machine(provider, gpu_type or "", gpu_count, packages, float(idle_timeout or 0))
+        self._machine = _C.Machine(
+            provider, gpu_type or "", gpu_count, packages, float(idle_timeout or 0), option_texts
+        )
         self.provider = provider
         self.gpu_type = gpu_type
         self.gpu_count = gpu_count
