@@ -1,0 +1,190 @@
+# SPDX-License-Identifier: AGPL-3.0-or-later
+"""The runpod provider against the loopback fake of RunPod's REST API v2 (tests/fakes/)."""
+
+import logging
+import os
+import signal
+
+import pytest
+import torch
+from runpod_fixtures import start_fake_runpod, wait_until
+
+import mycelya_torch
+
+
+@pytest.fixture(scope="module")
+def fake():
+    fake = start_fake_runpod()
+    yield fake
+    fake.close()
+
+
+@pytest.fixture(autouse=True)
+def _no_pod_outlives_its_test(fake):
+    fake.no_capacity_gpu_ids = set()
+    fake.stuck_provisioning = fake.error_on_start = fake.no_gpu_on_resume = False
+    yield
+    for machine in mycelya_torch.get_all_machines():
+        machine.stop()  # a failed test's machine, so the next test starts clean
+    # Every test stops its machines; no container may be left running, billed.
+    assert wait_until(lambda: not fake.running_pods(), 15), fake.pods()
+
+
+def _matmul_matches_cpu(machine):
+    a, b = torch.randn(64, 32), torch.randn(32, 16)
+    remote = a.to(machine.device()) @ b.to(machine.device())
+    torch.testing.assert_close(remote.cpu(), a @ b)
+
+
+def _created(fake):
+    return [body for method, path, body in fake.requests() if method == "POST" and path == "/v2/pods"]
+
+
+def test_h100_machine_runs_ops_and_stop_terminates_the_pod(fake):
+    before = len(_created(fake))
+    machine = mycelya_torch.RemoteMachine("runpod", "H100")
+    _matmul_matches_cpu(machine)
+    body = _created(fake)[before]
+    assert body["gpu"] == {"id": "NVIDIA H100 80GB HBM3", "count": 1}
+    assert body["ports"] == ["50051/tcp"]
+    assert body["mounts"]["persistent"]["path"] == "/workspace"
+    assert "BEGIN CERTIFICATE" in body["env"]["MYCELYA_TLS_CERT"]
+    (pod,) = fake.pods()
+    machine.stop()
+    assert all(p["id"] != pod["id"] for p in fake.pods())
+
+
+def test_no_capacity_falls_back_to_the_next_candidate(fake):
+    fake.no_capacity_gpu_ids = {"NVIDIA H100 80GB HBM3"}
+    with mycelya_torch.RemoteMachine("runpod", "H100", gpu_count=2) as machine:
+        _matmul_matches_cpu(machine)
+        assert _created(fake)[-1]["gpu"] == {"id": "NVIDIA H100 PCIe", "count": 2}
+
+
+def test_no_capacity_anywhere_says_so(fake):
+    fake.no_capacity_gpu_ids = {"NVIDIA H100 80GB HBM3", "NVIDIA H100 PCIe", "NVIDIA H100 NVL"}
+    with pytest.raises(RuntimeError, match="no H100 is available on RunPod now"):
+        mycelya_torch.RemoteMachine("runpod", "H100")
+    assert fake.pods() == []
+
+
+@pytest.mark.parametrize(
+    "args, options, message",
+    [
+        (("A10G",), {}, "RunPod has no A10G GPUs; it offers .*H100"),
+        ((), {}, "a RunPod machine needs a gpu_type"),
+        (("H100",), {"cloud": "CHEAP"}, 'cloud= must be "SECURE" or "COMMUNITY"'),
+        (("H100",), {"volume": 5}, "volume= must be a whole number of GB from 10"),
+        (("H100",), {"region": "eu"}, "has no option 'region'"),
+    ],
+)
+def test_bad_arguments_are_value_errors(fake, args, options, message):
+    with pytest.raises(ValueError, match=message):
+        mycelya_torch.RemoteMachine("runpod", *args, start=False, **options)
+
+
+def test_missing_and_refused_keys(fake, monkeypatch):
+    monkeypatch.delenv("RUNPOD_API_KEY")
+    with pytest.raises(RuntimeError, match="RUNPOD_API_KEY is not set"):
+        mycelya_torch.RemoteMachine("runpod", "H100")
+    monkeypatch.setenv("RUNPOD_API_KEY", "rp_wrong")
+    with pytest.raises(RuntimeError, match="refused the API key.*RUNPOD_API_KEY"):
+        mycelya_torch.RemoteMachine("runpod", "H100")
+
+
+def test_rate_limits_are_waited_out(fake):
+    fake.rate_limit_next = 2
+    with mycelya_torch.RemoteMachine("runpod", "L4") as machine:
+        _matmul_matches_cpu(machine)
+    assert fake.rate_limit_next == 0
+
+
+def test_server_error_after_create_leaves_one_pod(fake):
+    fake.fail_after_create_next = 1
+    before = len(_created(fake))
+    with mycelya_torch.RemoteMachine("runpod", "H100") as machine:
+        assert len(fake.pods()) == 1
+        _matmul_matches_cpu(machine)
+    assert len(_created(fake)) == before + 1  # found by name, not made twice
+
+
+def test_never_healthy_terminates_the_pod(fake):
+    fake.stuck_provisioning = True
+    with pytest.raises(RuntimeError, match="never became healthy in 2 s"):
+        mycelya_torch.RemoteMachine("runpod", "H100", start_timeout=2)
+    assert fake.pods() == []
+
+
+def test_error_status_shows_the_log_and_terminates(fake):
+    fake.error_on_start = True
+    with pytest.raises(RuntimeError, match=r"status ERROR(.|\n)*last log lines(.|\n)*error pulling image"):
+        mycelya_torch.RemoteMachine("runpod", "H100")
+    assert fake.pods() == []
+
+
+def test_pause_stops_the_pod_and_resume_reads_the_new_port(fake):
+    machine = mycelya_torch.RemoteMachine("runpod", "H100")
+    values = torch.randn(50, 20)
+    x = values.to(machine.device())
+    (pod,) = fake.pods()
+    first_port = pod["runtime"]["ports"][0]["public"]
+    machine.pause()
+    assert wait_until(lambda: fake.pods()[0]["status"] == "EXITED", 15)
+    assert not fake.running_pods()
+
+    fake.no_gpu_on_resume = True
+    with pytest.raises(RuntimeError, match="cannot start now"):
+        machine.resume()
+    assert machine.paused
+    fake.no_gpu_on_resume = False
+    machine.resume()
+    torch.testing.assert_close(x.cpu(), values)
+    assert fake.pods()[0]["runtime"]["ports"][0]["public"] != first_port
+    machine.stop()
+    assert fake.pods() == []
+
+
+def test_a_vanished_client_lets_the_pod_stop_itself(fake):
+    machine = mycelya_torch.RemoteMachine("runpod", "H100", idle_timeout=2)
+    values = torch.randn(10)
+    x = values.to(machine.device())
+    machine.synchronize()
+    # No message for 2 s: the server saves, exits, and the pod stops itself.
+    assert wait_until(lambda: fake.pods()[0]["status"] == "EXITED", 20), fake.pods()
+    with pytest.raises(RuntimeError, match="was lost"):
+        x.cpu()
+    machine.resume()  # from what the server saved before it exited
+    torch.testing.assert_close(x.cpu(), values)
+    machine.stop()
+
+
+def test_a_lost_pod_raises_was_lost(fake):
+    machine = mycelya_torch.RemoteMachine("runpod", "H100")
+    x = torch.ones(4, device=machine.device())
+    assert x.sum().item() == 4
+    for pid in fake.container_pids():
+        os.killpg(pid, signal.SIGKILL)
+    with pytest.raises(RuntimeError, match="was lost"):
+        for _ in range(100):
+            (x * 2).sum().item()
+    machine.stop()
+    assert fake.pods() == []
+
+
+def test_start_shows_what_it_waits_for(fake, capfd):
+    # Slow enough that the plugin's polls see each status.
+    fake.provisioning_s = fake.starting_s = 1.2
+    mycelya_torch.set_logging_level(logging.INFO)
+    try:
+        mycelya_torch.RemoteMachine("runpod", "H100").stop()
+    finally:
+        mycelya_torch.set_logging_level(logging.WARNING)
+        fake.provisioning_s = fake.starting_s = 0.2
+    err = capfd.readouterr().err
+    for stage in [
+        "creating a pod with 1x NVIDIA H100",
+        "provisioning",
+        "starting the container",
+        "connecting to",
+    ]:
+        assert stage in err
