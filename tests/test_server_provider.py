@@ -1,10 +1,12 @@
 # SPDX-License-Identifier: AGPL-3.0-or-later
 """The server provider: a mycelya-server the user runs, reached over TCP on loopback with TLS."""
 
+import copy
 import logging
 
 import pytest
 import torch
+from delay_proxy import DelayProxy
 from server_process import ServerProcess, make_test_pki
 
 import mycelya_torch
@@ -210,3 +212,43 @@ def test_start_shows_its_stage_in_the_log(tls_server, pki, capfd):
     err = capfd.readouterr().err
     assert f"connecting to localhost:{tls_server.port}" in err
     assert "started in" in err
+
+
+def test_a_slow_link_keeps_numbers_and_one_round_trip_per_item():
+    # 10 ms each way: the client sends batches as they come instead of
+    # waiting for a free slot (kMaxBatchesInFlightSlowLink).
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.ReLU(), torch.nn.Linear(32, 4))
+    data, target = torch.randn(8, 16), torch.randint(0, 4, (8,))
+
+    def train(device, machine=None):
+        net = copy.deepcopy(model).to(device)
+        optimizer = torch.optim.AdamW(net.parameters())
+        losses = []
+        for _ in range(5):
+            optimizer.zero_grad()
+            loss = torch.nn.functional.cross_entropy(net(data.to(device)), target.to(device))
+            loss.backward()
+            optimizer.step()
+            before = machine.round_trips if machine else 0
+            losses.append(loss.item())
+            if machine:
+                assert machine.round_trips == before + 1
+        return losses, [p.detach().cpu() for p in net.parameters()]
+
+    with ServerProcess(token=TOKEN) as server:
+        proxy = DelayProxy(server.port, 0.010)
+        try:
+            with mycelya_torch.RemoteMachine(
+                "server", address=f"127.0.0.1:{proxy.port}", token=TOKEN, insecure=True
+            ) as machine:
+                remote_losses, remote_params = train(machine.device(), machine)
+                for _ in range(200):  # many batches in flight at once
+                    x = torch.ones(4, device=machine.device())
+                    x.add_(1)
+                assert x.sum().item() == 8
+        finally:
+            proxy.close()
+    local_losses, local_params = train("cpu")
+    torch.testing.assert_close(remote_losses, local_losses)
+    torch.testing.assert_close(remote_params, local_params)

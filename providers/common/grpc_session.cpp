@@ -74,10 +74,16 @@ GrpcSession::GrpcSession(const GrpcTarget& target, std::chrono::milliseconds con
   context_->AddMetadata(kProtocolMetadataKey, std::to_string(wire::PROTOCOL_VERSION_CURRENT));
   context_->AddMetadata(kTorchMetadataKey, torch_version());
   if (!target.state_key.empty()) context_->AddMetadata(kStateKeyMetadataKey, target.state_key);
+  const auto opened = std::chrono::steady_clock::now();
   stream_ = stub_->Session(context_.get());
   wire::ServerMessage hello;
   if (!stream_->Read(&hello) || !hello.has_hello()) {
     throw std::runtime_error(describe(stream_->Finish()));
+  }
+  // The hello came back one round trip (and a session's set-up) after the
+  // stream opened on a connected channel.
+  if (std::chrono::steady_clock::now() - opened > kSlowLinkRoundTrip) {
+    max_in_flight_ = kMaxBatchesInFlightSlowLink;
   }
   if (const auto mismatch =
           version_mismatch(hello.hello().version(), hello.hello().torch_version(), "server")) {
@@ -153,7 +159,7 @@ void GrpcSession::send_payload_write_locked(const std::string& payload) {
 
 void GrpcSession::wait_for_free_slot() {
   std::unique_lock<std::mutex> lock(state_mu_);
-  cv_.wait(lock, [this] { return batches_in_flight_ < kMaxBatchesInFlight || reader_done_; });
+  cv_.wait(lock, [this] { return batches_in_flight_ < max_in_flight_ || reader_done_; });
 }
 
 void GrpcSession::submit(EncodedBatch& batch) {

@@ -57,6 +57,12 @@ std::shared_ptr<grpc::Channel> make_channel(const GrpcTarget& target);
 // 6% faster on local-cuda; three measured the same as two. The cost: a flood
 // of tiny ops goes out in more, smaller batches (about a quarter fewer ops/s).
 constexpr int kMaxBatchesInFlight = 2;
+// On a slow link waiting for a free slot costs a round trip, so a step ending
+// in loss.item() would pay two, and a loop without a sync point would run at
+// two batches per round trip. Where the handshake took longer than
+// kSlowLinkRoundTrip, batches go out as they come, up to this many.
+constexpr int kMaxBatchesInFlightSlowLink = 256;
+constexpr std::chrono::microseconds kSlowLinkRoundTrip{2000};
 
 class GrpcSession final : public Session {
  public:
@@ -97,6 +103,7 @@ class GrpcSession final : public Session {
   std::string token_;
   std::string session_key_;  // empty: the server has no Read
   bool can_pause_ = false;
+  int max_in_flight_ = kMaxBatchesInFlight;
 
   // Two locks: write_mu_ orders writes to the stream, state_mu_ guards the
   // hand-over below. Methods named *_write_locked need write_mu_ held,

@@ -56,7 +56,8 @@ HttpResponse HttpClient::request(const std::string& method, const std::string& p
   curl_slist* raw_headers = nullptr;
   raw_headers = curl_slist_append(raw_headers, ("Authorization: Bearer " + bearer_token_).c_str());
   raw_headers = curl_slist_append(raw_headers, "Accept: application/json, text/event-stream");
-  if (!json_body.empty()) raw_headers = curl_slist_append(raw_headers, "Content-Type: application/json");
+  if (!json_body.empty())
+    raw_headers = curl_slist_append(raw_headers, "Content-Type: application/json");
   std::unique_ptr<curl_slist, decltype(&curl_slist_free_all)> headers(raw_headers,
                                                                       curl_slist_free_all);
   CURL* handle = curl.get();

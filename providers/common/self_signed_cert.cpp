@@ -48,8 +48,8 @@ CertificateAndKey make_self_signed_certificate(const std::string& name, int days
   check(RAND_bytes(serial, sizeof(serial)) == 1, "the serial number");
   serial[0] &= 0x7f;  // a positive number
   Owned<BIGNUM, BN_free> serial_number(BN_bin2bn(serial, sizeof(serial), nullptr));
-  check(serial_number && BN_to_ASN1_INTEGER(serial_number.get(),
-                                            X509_get_serialNumber(cert.get())) != nullptr,
+  check(serial_number &&
+            BN_to_ASN1_INTEGER(serial_number.get(), X509_get_serialNumber(cert.get())) != nullptr,
         "the serial number");
   // A minute back: the machine's clock may run behind this one.
   X509_gmtime_adj(X509_getm_notBefore(cert.get()), -60);
