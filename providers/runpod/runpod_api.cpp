@@ -52,7 +52,8 @@ std::string problem_detail(const HttpResponse& response) {
     std::string text = body.value("detail", body.value("title", ""));
     if (body.contains("errors") && body["errors"].is_array()) {
       for (const auto& error : body["errors"]) {
-        text += (text.empty() ? "" : "; ") + (error.is_string() ? error.get<std::string>() : error.dump());
+        text += (text.empty() ? "" : "; ") +
+                (error.is_string() ? error.get<std::string>() : error.dump());
       }
     }
     if (!text.empty()) return text;
@@ -76,20 +77,22 @@ HttpResponse RunPodApi::call(const std::string& method, const std::string& path,
       continue;
     }
     if (response.status == 401) {
-      throw RunPodError(401, "runpod: RunPod refused the API key (401: " +
-                                 problem_detail(response) +
-                                 "). Check RUNPOD_API_KEY: it must be a key from "
-                                 "https://www.runpod.io/console/user/settings with read and "
-                                 "write access to pods.");
+      throw RunPodError(401,
+                        "runpod: RunPod refused the API key (401: " + problem_detail(response) +
+                            "). Check RUNPOD_API_KEY: it must be a key from "
+                            "https://www.runpod.io/console/user/settings with read and "
+                            "write access to pods.");
     }
     if (response.status == 402) {
-      throw RunPodError(402, "runpod: RunPod says the account's balance is too low to start a "
-                             "pod (402: " + problem_detail(response) +
-                                 "). Add funds at https://www.runpod.io/console/user/billing.");
+      throw RunPodError(402,
+                        "runpod: RunPod says the account's balance is too low to start a "
+                        "pod (402: " +
+                            problem_detail(response) +
+                            "). Add funds at https://www.runpod.io/console/user/billing.");
     }
     if (response.status == 429 && attempt < kAttempts) {
-      const int wait = std::clamp(std::atoi(response.header("retry-after").c_str()), 1,
-                                  kMaxRetryAfterSeconds);
+      const int wait =
+          std::clamp(std::atoi(response.header("retry-after").c_str()), 1, kMaxRetryAfterSeconds);
       std::this_thread::sleep_for(std::chrono::seconds(wait));
       continue;
     }
@@ -106,9 +109,9 @@ HttpResponse RunPodApi::call(const std::string& method, const std::string& path,
 }
 
 nlohmann::json RunPodApi::gpu_catalog(int count, const std::string& cloud) const {
-  const HttpResponse response = call(
-      "GET", "/catalog/gpus?include=AVAILABILITY&product=POD&count=" + std::to_string(count) +
-                 "&cloud=" + cloud);
+  const HttpResponse response =
+      call("GET", "/catalog/gpus?include=AVAILABILITY&product=POD&count=" + std::to_string(count) +
+                      "&cloud=" + cloud);
   if (response.status != 200) {
     throw RunPodError(response.status, "runpod: listing RunPod's GPU types failed (" +
                                            std::to_string(response.status) + ": " +
@@ -116,8 +119,10 @@ nlohmann::json RunPodApi::gpu_catalog(int count, const std::string& cloud) const
   }
   const nlohmann::json body = nlohmann::json::parse(response.body, nullptr, false);
   if (!body.is_object() || !body.contains("gpus") || !body["gpus"].is_array()) {
-    throw std::runtime_error("runpod: RunPod's GPU catalog came back in a form this plugin does "
-                             "not know: " + response.body.substr(0, 200));
+    throw std::runtime_error(
+        "runpod: RunPod's GPU catalog came back in a form this plugin does "
+        "not know: " +
+        response.body.substr(0, 200));
   }
   return body["gpus"];
 }
@@ -179,8 +184,8 @@ std::string RunPodApi::log_tail(const std::string& id, int lines) const {
   try {
     // A live pod's log is a stream that does not end: take what comes in 5 s.
     const HttpResponse response =
-        http_.request("GET", "/pods/" + url_encoded(id) + "/logs?tail=" + std::to_string(lines),
-                      "", std::chrono::seconds(5), /*partial_ok=*/true);
+        http_.request("GET", "/pods/" + url_encoded(id) + "/logs?tail=" + std::to_string(lines), "",
+                      std::chrono::seconds(5), /*partial_ok=*/true);
     if (response.status != 200) return "";
     std::string text;
     std::istringstream events(response.body);

@@ -6,9 +6,8 @@
 // 402 the balance, 429 waits for Retry-After, 5xx is tried again.
 #pragma once
 
-#include <nlohmann/json.hpp>
-
 #include <chrono>
+#include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
 #include <vector>

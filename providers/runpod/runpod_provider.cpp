@@ -17,12 +17,11 @@
 // timeout (30 minutes unless RemoteMachine(idle_timeout=) says otherwise),
 // having saved its tensors, and the image's entry point then stops the pod
 // through RunPod's API with the pod-scoped key RunPod gives every pod.
-#include <nlohmann/json.hpp>
-
 #include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <map>
+#include <nlohmann/json.hpp>
 #include <thread>
 
 #include "core/provider.h"
@@ -116,9 +115,7 @@ RunPodOptions read_options(const MachineSpec& spec) {
 }
 
 // The pod's name: found again by it after a failed create, and on resume.
-std::string pod_name(const MachineSpec& spec) {
-  return "mycelya-" + spec.state_key.substr(0, 16);
-}
+std::string pod_name(const MachineSpec& spec) { return "mycelya-" + spec.state_key.substr(0, 16); }
 
 // Reports a stage only when it changes, so the log shows transitions.
 class Stages {
@@ -142,8 +139,8 @@ std::string with_log(const RunPodApi& api, const std::string& pod_id, const std:
 
 // Polls the pod until its server's port is public; returns "ip:port".
 // Throws, having terminated the pod, when it fails or takes too long.
-std::string wait_until_serving(const RunPodApi& api, const std::string& pod_id,
-                               double timeout_s, Stages& stage) {
+std::string wait_until_serving(const RunPodApi& api, const std::string& pod_id, double timeout_s,
+                               Stages& stage) {
   const auto deadline = std::chrono::steady_clock::now() +
                         std::chrono::milliseconds(static_cast<long long>(timeout_s * 1000));
   while (std::chrono::steady_clock::now() < deadline) {
@@ -161,8 +158,7 @@ std::string wait_until_serving(const RunPodApi& api, const std::string& pod_id,
           if (port.value("private", 0) == kServerPort && port.value("type", "") == "tcp" &&
               port.contains("public") && port["public"].is_number_integer() &&
               port.contains("ip") && port["ip"].is_string()) {
-            return port["ip"].get<std::string>() + ":" +
-                   std::to_string(port["public"].get<int>());
+            return port["ip"].get<std::string>() + ":" + std::to_string(port["public"].get<int>());
           }
         }
       }
@@ -177,11 +173,10 @@ std::string wait_until_serving(const RunPodApi& api, const std::string& pod_id,
     }
     std::this_thread::sleep_for(kPollInterval);
   }
-  const std::string message = with_log(
-      api, pod_id,
-      "runpod: pod " + pod_id + " never became healthy in " +
-          std::to_string(static_cast<long long>(timeout_s)) +
-          " s (RemoteMachine(..., start_timeout=) waits longer).");
+  const std::string message = with_log(api, pod_id,
+                                       "runpod: pod " + pod_id + " never became healthy in " +
+                                           std::to_string(static_cast<long long>(timeout_s)) +
+                                           " s (RemoteMachine(..., start_timeout=) waits longer).");
   api.terminate(pod_id);
   throw std::runtime_error(message + "\nThe pod was terminated.");
 }
@@ -326,8 +321,8 @@ class RunPodProvider final : public Provider {
         if (e.status() == 400) {
           throw std::runtime_error("runpod: pod " + pod_id + " cannot start now: " + e.what() +
                                    ". A stopped pod keeps its volume on one host, and that "
-                                   "host has no free " + spec.gpu_type +
-                                   " now; resume() later tries again.");
+                                   "host has no free " +
+                                   spec.gpu_type + " now; resume() later tries again.");
         }
         throw;
       }
