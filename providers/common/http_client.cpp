@@ -2,9 +2,11 @@
 #include "providers/common/http_client.h"
 
 #include <curl/curl.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cctype>
+#include <cstdlib>
 #include <memory>
 #include <mutex>
 #include <stdexcept>
@@ -15,6 +17,26 @@ namespace {
 void init_curl_once() {
   static std::once_flag once;
   std::call_once(once, [] { curl_global_init(CURL_GLOBAL_DEFAULT); });
+}
+
+// The CA bundle: the wheel carries Debian's libcurl, whose built-in path
+// other distributions lack, so look where each keeps it ($SSL_CERT_FILE or
+// $CURL_CA_BUNDLE first). "" leaves libcurl's default.
+const std::string& ca_bundle() {
+  static const std::string path = [] {
+    for (const char* name : {"CURL_CA_BUNDLE", "SSL_CERT_FILE"}) {
+      const char* value = std::getenv(name);
+      if (value && *value) return std::string(value);
+    }
+    for (const char* candidate :
+         {"/etc/ssl/certs/ca-certificates.crt", "/etc/pki/tls/certs/ca-bundle.crt",
+          "/etc/ssl/ca-bundle.pem", "/etc/ssl/cert.pem",
+          "/etc/pki/ca-trust/extracted/pem/tls-ca-bundle.pem"}) {
+      if (access(candidate, R_OK) == 0) return std::string(candidate);
+    }
+    return std::string();
+  }();
+  return path;
 }
 
 size_t append_body(char* data, size_t size, size_t count, void* body) {
@@ -74,6 +96,7 @@ HttpResponse HttpClient::request(const std::string& method, const std::string& p
   curl_easy_setopt(handle, CURLOPT_HEADERDATA, &response.headers);
   curl_easy_setopt(handle, CURLOPT_TIMEOUT_MS, static_cast<long>(timeout.count()));
   curl_easy_setopt(handle, CURLOPT_CONNECTTIMEOUT_MS, 10000L);
+  if (!ca_bundle().empty()) curl_easy_setopt(handle, CURLOPT_CAINFO, ca_bundle().c_str());
   // Threads of this process may be anywhere: no SIGALRM-based DNS timeouts.
   curl_easy_setopt(handle, CURLOPT_NOSIGNAL, 1L);
   const CURLcode code = curl_easy_perform(handle);
