@@ -128,7 +128,9 @@ def main():
         proxy = DelayProxy(server.port, args.delay_ms / 1e3)
         address = f"127.0.0.1:{proxy.port}"
         compute_threads = torch.get_num_threads()
-        print(f"link: {args.delay_ms:g} ms each way ({rtt_s * 1e3:g} ms round trip), {compute_threads} threads")
+        print(
+            f"link: {args.delay_ms:g} ms each way ({rtt_s * 1e3:g} ms round trip), {compute_threads} threads"
+        )
         machine = mycelya_torch.RemoteMachine("server", address=address, token=TOKEN, insecure=True)
         for name, make in (("mlp", mlp), ("transformer block", transformer_block)):
             measure(name, make, machine, args.steps, rtt_s)

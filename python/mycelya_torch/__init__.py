@@ -7,6 +7,7 @@ print((x @ x).sum().item())
 """
 
 import os
+import sys
 
 import torch
 
@@ -26,6 +27,9 @@ from ._version import __version__
 
 # Providers are looked up beside the package too (after $MYCELYA_PROVIDER_PATH).
 _C.add_plugin_dir(os.path.dirname(os.path.abspath(__file__)))
+# A provider that drives a Python SDK (modal) runs it with this interpreter,
+# so it sees this environment's packages.
+os.environ.setdefault("MYCELYA_PYTHON", sys.executable)
 
 torch.utils.generate_methods_for_privateuse1_backend(
     for_tensor=True, for_module=True, for_packed_sequence=True, for_storage=True

@@ -1,0 +1,162 @@
+# SPDX-License-Identifier: AGPL-3.0-or-later
+"""The modal provider: Modal's pinned SDK (driven by _modal_driver.py) against the loopback
+fake of Modal's API (tests/fakes/modal_fake.py), each sandbox a real mycelya-server behind a
+TLS terminator that advertises h2."""
+
+import logging
+import os
+
+import pytest
+import torch
+from fakes.modal_fake import FakeModal
+from runpod_fixtures import wait_until
+from server_process import server_binary
+
+import mycelya_torch
+
+
+@pytest.fixture(scope="module")
+def fake(tmp_path_factory):
+    fake = FakeModal(server_binary=server_binary())
+    saved = {name: os.environ.get(name) for name in fake.env()}
+    os.environ.update(fake.env())
+    yield fake
+    fake.close()
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory):
+    """The fake records the wheel the image adds; it does not install it."""
+    path = tmp_path_factory.mktemp("dist") / "mycelya_torch-0.1.0-cp311-cp311-manylinux_2_35_x86_64.whl"
+    path.write_bytes(b"not a real wheel")
+    return str(path)
+
+
+@pytest.fixture(autouse=True)
+def _no_sandbox_outlives_its_test(fake):
+    fake.refuse_tokens = fake.no_capacity = fake.never_healthy = False
+    yield
+    for machine in mycelya_torch.get_all_machines():
+        machine.stop()
+    assert wait_until(lambda: not fake.running_sandboxes(), 15), fake.running_sandboxes()
+
+
+def _machine(fake, wheel, *args, **options):
+    return mycelya_torch.RemoteMachine("modal", *args, wheel=wheel, tls_ca=fake.ca_pem_path, **options)
+
+
+def _matmul_matches_cpu(machine):
+    a, b = torch.randn(64, 32), torch.randn(32, 16)
+    remote = a.to(machine.device()) @ b.to(machine.device())
+    torch.testing.assert_close(remote.cpu(), a @ b)
+
+
+def test_a_gpu_sandbox_runs_ops_and_stop_terminates_it(fake, wheel):
+    with _machine(fake, wheel, "H100", gpu_count=2) as machine:
+        _matmul_matches_cpu(machine)
+        (sandbox,) = fake.running_sandboxes()
+        assert sandbox["gpu"] == "H100:2"
+        assert sandbox["h2_ports"] == [50051]
+        assert "/mycelya-state" in sandbox["volumes"]
+        commands = " ".join(sandbox["image_commands"])
+        assert "torch==2.13.0" in commands
+        assert (
+            any(os.path.basename(wheel) in str(f) for f in sandbox["image_files"])
+            or os.path.basename(wheel) in commands
+        )
+    assert not fake.running_sandboxes()
+
+
+def test_a10g_is_modals_a10(fake, wheel):
+    with _machine(fake, wheel, "A10G") as machine:
+        _matmul_matches_cpu(machine)
+        assert fake.running_sandboxes()[0]["gpu"] == "A10:1"
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"wheel": ""}, "needs this project's wheel"),
+        ({"wheel": "/nonexistent.whl"}, "cannot be read"),
+        ({"timeout": 90000}, "at most 86400"),
+        ({"region": "eu"}, "has no option 'region'"),
+    ],
+)
+def test_bad_arguments_are_value_errors(fake, wheel, options, message, monkeypatch):
+    monkeypatch.delenv("MYCELYA_WHEEL", raising=False)
+    arguments = {"wheel": wheel, **options}
+    with pytest.raises(ValueError, match=message):
+        mycelya_torch.RemoteMachine("modal", "H100", start=False, **arguments)
+
+
+def test_refused_and_missing_credentials(fake, wheel, monkeypatch):
+    fake.refuse_tokens = True
+    with pytest.raises(RuntimeError, match="modal: .*(token|credentials)"):
+        _machine(fake, wheel, "H100")
+    fake.refuse_tokens = False
+    monkeypatch.delenv("MODAL_TOKEN_ID")
+    monkeypatch.delenv("MODAL_TOKEN_SECRET")
+    with pytest.raises(RuntimeError, match="modal token new"):
+        _machine(fake, wheel, "H100")
+
+
+def test_no_capacity_says_so(fake, wheel):
+    fake.no_capacity = True
+    with pytest.raises(RuntimeError, match="no H100 is available on Modal now"):
+        _machine(fake, wheel, "H100", start_timeout=8)
+
+
+def test_never_healthy_shows_the_log_and_terminates(fake, wheel):
+    fake.never_healthy = True
+    with pytest.raises(RuntimeError, match="never became healthy"):
+        _machine(fake, wheel, "H100", start_timeout=8)
+    assert not fake.running_sandboxes()
+
+
+def test_pause_saves_to_the_volume_and_resume_starts_a_new_sandbox(fake, wheel):
+    machine = _machine(fake, wheel, "H100")
+    values = torch.randn(30, 3)
+    x = values.to(machine.device())
+    (first,) = fake.running_sandboxes()
+    machine.pause()
+    assert not fake.running_sandboxes()
+    # Paused: the tensors are on the Volume, under the machine's state key.
+    (folder,) = os.listdir(fake.volume_path("mycelya-state"))
+    assert len(folder) == 64
+    machine.resume()
+    (second,) = fake.running_sandboxes()
+    assert second["id"] != first["id"]
+    torch.testing.assert_close(x.cpu(), values)
+    machine.pause()
+    assert os.listdir(fake.volume_path("mycelya-state")) == [folder]
+    machine.stop()
+    # stop() drops what the paused machine saved on the Volume.
+    assert os.listdir(fake.volume_path("mycelya-state")) == []
+
+
+def test_a_lost_sandbox_raises_was_lost(fake, wheel):
+    machine = _machine(fake, wheel, "H100")
+    x = torch.ones(4, device=machine.device())
+    assert x.sum().item() == 4
+    (sandbox,) = fake.running_sandboxes()
+    fake.kill_sandbox(sandbox["id"])
+    with pytest.raises(RuntimeError, match="was lost"):
+        for _ in range(100):
+            (x * 2).sum().item()
+    machine.stop()
+
+
+def test_start_shows_what_it_waits_for(fake, wheel, capfd):
+    mycelya_torch.set_logging_level(logging.INFO)
+    try:
+        _machine(fake, wheel, "H100").stop()
+    finally:
+        mycelya_torch.set_logging_level(logging.WARNING)
+    err = capfd.readouterr().err
+    for stage in ["building the image", "scheduling the sandbox", "waiting for mycelya-server"]:
+        assert stage in err
