@@ -28,9 +28,9 @@ set -- --listen "0.0.0.0:${MYCELYA_PORT:-50051}" "$@"
 
 # On RunPod a container that exits is started again, and the pod bills on:
 # a server that stopped by itself (--idle-timeout: its client vanished, its
-# tensors saved) stops its own pod instead, with the pod-scoped
-# RUNPOD_API_KEY that RunPod gives every pod. RunPod's own stop (SIGTERM
-# here) is passed on and ends the container as usual.
+# tensors saved; or a crash, which would only repeat) stops its own pod
+# instead, with the pod-scoped RUNPOD_API_KEY that RunPod gives every pod.
+# RunPod's own stop (SIGTERM here) is passed on and ends the container as usual.
 stopping=0
 trap 'stopping=1; kill -TERM "$server" 2>/dev/null' TERM INT
 mycelya-server "$@" &
@@ -39,8 +39,8 @@ status=0
 wait "$server" || status=$?
 # A trapped signal interrupts wait: wait again for the server's own exit.
 while kill -0 "$server" 2>/dev/null; do wait "$server" || status=$?; done
-if [ "$stopping" = 0 ] && [ "$status" = 0 ]; then
-  echo "mycelya-server stopped by itself (idle); stopping pod $RUNPOD_POD_ID" >&2
+if [ "$stopping" = 0 ]; then
+  echo "mycelya-server exited by itself (status $status); stopping pod $RUNPOD_POD_ID" >&2
   python3 - <<'PY' || echo "could not stop pod $RUNPOD_POD_ID; RunPod will restart it" >&2
 import json, os, urllib.request
 base = os.environ.get("RUNPOD_API_BASE_URL", "https://api.runpod.io/v2").rstrip("/")

@@ -7,6 +7,7 @@ import signal
 
 import pytest
 import torch
+from processes import children_named
 from runpod_fixtures import start_fake_runpod, wait_until
 
 import mycelya_torch
@@ -90,6 +91,10 @@ def test_missing_and_refused_keys(fake, monkeypatch):
     monkeypatch.setenv("RUNPOD_API_KEY", "rp_wrong")
     with pytest.raises(RuntimeError, match="refused the API key.*RUNPOD_API_KEY"):
         mycelya_torch.RemoteMachine("runpod", "H100")
+    # The key would cross the network in the clear.
+    monkeypatch.setenv("RUNPOD_API_BASE_URL", "http://api.example.com/v2")
+    with pytest.raises(RuntimeError, match="must be an https:// URL"):
+        mycelya_torch.RemoteMachine("runpod", "H100")
 
 
 def test_rate_limits_are_waited_out(fake):
@@ -144,6 +149,17 @@ def test_pause_stops_the_pod_and_resume_reads_the_new_port(fake):
     assert fake.pods() == []
 
 
+def test_resume_right_after_pause_waits_for_the_stop(fake):
+    # The stop action is asynchronous: the pod is still RUNNING, its server
+    # shutting down, when resume() begins.
+    with mycelya_torch.RemoteMachine("runpod", "H100") as machine:
+        values = torch.randn(8)
+        x = values.to(machine.device())
+        machine.pause()
+        machine.resume()
+        torch.testing.assert_close(x.cpu(), values)
+
+
 def test_a_vanished_client_lets_the_pod_stop_itself(fake):
     machine = mycelya_torch.RemoteMachine("runpod", "H100", idle_timeout=2)
     values = torch.randn(10)
@@ -169,6 +185,17 @@ def test_a_lost_pod_raises_was_lost(fake):
             (x * 2).sum().item()
     machine.stop()
     assert fake.pods() == []
+
+
+def test_a_crashed_server_stops_its_pod_instead_of_a_restart_loop(fake):
+    machine = mycelya_torch.RemoteMachine("runpod", "H100")
+    (container,) = fake.container_pids()
+    (server,) = children_named("mycelya-server", parent=container)
+    os.kill(server, signal.SIGKILL)
+    # The entry point saw its server die without RunPod's stop: it stops the pod.
+    assert wait_until(lambda: fake.pods()[0]["status"] == "EXITED", 20), fake.pods()
+    assert fake.container_restarts(fake.pods()[0]["id"]) == 0
+    machine.stop()
 
 
 def test_start_shows_what_it_waits_for(fake, capfd):

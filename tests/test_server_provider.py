@@ -164,6 +164,10 @@ def test_plaintext_only_on_loopback():
             "connect_timeout= must be a positive",
         ),
         (
+            {"address": "gpu-box:50051", "token": "t", "connect_timeout": 1e10},
+            "connect_timeout= is at most 3600",
+        ),
+        (
             {"address": "gpu-box:50051", "token": "t", "retries": [1]},
             "must be a string, path, number or bool",
         ),

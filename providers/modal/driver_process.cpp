@@ -133,7 +133,7 @@ nlohmann::json run_driver(const std::string& command, const nlohmann::json& inpu
         const nlohmann::json message = nlohmann::json::parse(line, nullptr, false);
         if (!message.is_object()) {
           out_text += line + "\n";
-        } else if (message.contains("stage")) {
+        } else if (message.contains("stage") && message["stage"].is_string()) {
           on_stage(message["stage"].get<std::string>());
         } else if (message.contains("ok") || message.contains("error")) {
           result = message;
@@ -148,7 +148,9 @@ nlohmann::json run_driver(const std::string& command, const nlohmann::json& inpu
   if (killed) kill(pid, SIGKILL);
   int status = 0;
   waitpid(pid, &status, 0);
-  if (timed_out) {
+  // An answer that came before the deadline counts, even if the driver then
+  // took long to exit: a started sandbox must not be dropped.
+  if (timed_out && !(answered && result.contains("ok"))) {
     throw std::runtime_error("modal: the driver's " + command + " took longer than " +
                              std::to_string(timeout.count()) + " s and was stopped." +
                              (err_text.empty() ? "" : "\nIts output:\n" + tail(err_text)));

@@ -151,18 +151,32 @@ class ModalSession final : public Session {
     return grpc_->read_after(request, after_command, response, payload);
   }
 
-  void stop() override {
-    grpc_->stop();
-    if (terminated_) return;
-    terminated_ = true;
-    run_driver(
-        "terminate", {{"sandbox_id", sandbox_id_}}, [](const std::string&) {}, kDriverCallTimeout);
-  }
+  void stop() override { terminate(); }
   bool can_pause() const override { return true; }
-  // Core saved the storages to the Volume; the sandbox goes.
-  void pause() override { stop(); }
+  // Core saved the storages to the Volume; the sandbox goes. Modal commits a
+  // Volume for the last time when its sandbox finishes: a sandbox that did
+  // not finish may not have committed the save.
+  void pause() override {
+    if (!terminate()) {
+      throw std::runtime_error("modal: sandbox " + sandbox_id_ +
+                               " did not finish within 2 minutes of its terminate, so Modal may "
+                               "not have committed the saved tensors to the Volume.");
+    }
+  }
 
  private:
+  // Whether the sandbox finished (false: terminated, still finishing).
+  bool terminate() {
+    grpc_->stop();
+    if (terminated_) return true;
+    terminated_ = true;
+    const json answer = run_driver(
+        "terminate", {{"sandbox_id", sandbox_id_}, {"wait_s", 120}}, [](const std::string&) {},
+        kDriverCallTimeout + std::chrono::seconds(120));
+    const auto finished = answer.find("finished");
+    return finished == answer.end() || !finished->is_boolean() || finished->get<bool>();
+  }
+
   std::string sandbox_id_;
   std::unique_ptr<GrpcSession> grpc_;
   bool terminated_ = false;
@@ -203,6 +217,7 @@ class ModalProvider final : public Provider {
         {"volume_mount", kVolumeMount},
     };
     const auto timeout = std::chrono::seconds(static_cast<long long>(options.start_timeout_s));
+    const auto began = std::chrono::steady_clock::now();
     json sandbox;
     try {
       sandbox = run_driver(
@@ -221,9 +236,12 @@ class ModalProvider final : public Provider {
     try {
       // The tunnel is up before the server listens (the image's Python and
       // torch import first): connect waits, within the start timeout.
-      return std::make_unique<ModalSession>(
-          sandbox_id,
-          std::make_unique<GrpcSession>(target, std::min(timeout, std::chrono::seconds(600))));
+      // What is left of the start timeout, and at least 30 s.
+      const auto left = std::max<std::chrono::milliseconds>(
+          std::chrono::seconds(30), std::chrono::duration_cast<std::chrono::milliseconds>(
+                                        began + timeout - std::chrono::steady_clock::now()));
+      return std::make_unique<ModalSession>(sandbox_id,
+                                            std::make_unique<GrpcSession>(target, left));
     } catch (const std::exception& e) {
       std::string log;
       try {

@@ -46,10 +46,17 @@ std::string url_encoded(const std::string& text) {
 
 }  // namespace
 
+std::string string_field(const nlohmann::json& object, const char* name) {
+  if (!object.is_object()) return "";
+  const auto it = object.find(name);
+  return it != object.end() && it->is_string() ? it->get<std::string>() : "";
+}
+
 std::string problem_detail(const HttpResponse& response) {
   const nlohmann::json body = nlohmann::json::parse(response.body, nullptr, false);
   if (body.is_object()) {
-    std::string text = body.value("detail", body.value("title", ""));
+    std::string text = string_field(body, "detail");
+    if (text.empty()) text = string_field(body, "title");
     if (body.contains("errors") && body["errors"].is_array()) {
       for (const auto& error : body["errors"]) {
         text += (text.empty() ? "" : "; ") +
@@ -61,7 +68,25 @@ std::string problem_detail(const HttpResponse& response) {
   return response.body.substr(0, 500);
 }
 
-RunPodApi::RunPodApi() : http_(env_or("RUNPOD_API_BASE_URL", kDefaultBaseUrl), require_key()) {}
+namespace {
+
+// The key travels in every request: plain http only to this host (a fake).
+std::string checked_base_url() {
+  const std::string url = env_or("RUNPOD_API_BASE_URL", kDefaultBaseUrl);
+  const bool loopback = url.rfind("http://127.", 0) == 0 || url.rfind("http://localhost", 0) == 0 ||
+                        url.rfind("http://[::1]", 0) == 0;
+  if (url.rfind("https://", 0) != 0 && !loopback) {
+    throw std::runtime_error(
+        "runpod: RUNPOD_API_BASE_URL must be an https:// URL (plain http "
+        "would send the API key in the clear), got " +
+        url);
+  }
+  return url;
+}
+
+}  // namespace
+
+RunPodApi::RunPodApi() : http_(checked_base_url(), require_key()) {}
 
 HttpResponse RunPodApi::call(const std::string& method, const std::string& path,
                              const std::string& body, bool retry_server_errors) const {
@@ -71,7 +96,9 @@ HttpResponse RunPodApi::call(const std::string& method, const std::string& path,
     try {
       response = http_.request(method, path, body);
     } catch (const std::runtime_error& e) {
-      // No answer at all: the API may be down for a moment.
+      // No answer at all: the API may be down for a moment. A create may
+      // still have made its pod: its caller looks before trying again.
+      if (!retry_server_errors) throw RunPodError(0, e.what());
       last_failure = e.what();
       std::this_thread::sleep_for(std::chrono::seconds(attempt));
       continue;
@@ -132,7 +159,14 @@ nlohmann::json RunPodApi::create_pod(const nlohmann::json& body) const {
   if (response.status != 201 && response.status != 200) {
     throw RunPodError(response.status, problem_detail(response));
   }
-  return nlohmann::json::parse(response.body);
+  // A pod was made; an answer without its id is found by name instead.
+  nlohmann::json pod = nlohmann::json::parse(response.body, nullptr, false);
+  if (!string_field(pod, "id").empty()) return pod;
+  if (const std::optional<nlohmann::json> found = find_pod(string_field(body, "name")))
+    return *found;
+  throw std::runtime_error(
+      "runpod: RunPod answered the create with no pod id (" + response.body.substr(0, 200) +
+      ") and no pod of that name exists; check https://www.runpod.io/console/pods");
 }
 
 nlohmann::json RunPodApi::get_pod(const std::string& id) const {
@@ -142,10 +176,22 @@ nlohmann::json RunPodApi::get_pod(const std::string& id) const {
                                            std::to_string(response.status) + ": " +
                                            problem_detail(response) + ")");
   }
-  return nlohmann::json::parse(response.body);
+  nlohmann::json pod = nlohmann::json::parse(response.body, nullptr, false);
+  if (!pod.is_object()) {
+    throw std::runtime_error("runpod: RunPod answered GET /pods/" + id +
+                             " with no pod object: " + response.body.substr(0, 200));
+  }
+  return pod;
 }
 
 std::optional<nlohmann::json> RunPodApi::find_pod(const std::string& name) const {
+  std::vector<nlohmann::json> pods = find_pods(name);
+  if (pods.empty()) return std::nullopt;
+  return pods.front();
+}
+
+std::vector<nlohmann::json> RunPodApi::find_pods(const std::string& name) const {
+  std::vector<nlohmann::json> found;
   const HttpResponse response = call("GET", "/pods");
   if (response.status != 200) {
     throw RunPodError(response.status, "runpod: listing pods failed (" +
@@ -155,10 +201,12 @@ std::optional<nlohmann::json> RunPodApi::find_pod(const std::string& name) const
   const nlohmann::json body = nlohmann::json::parse(response.body, nullptr, false);
   if (body.is_object() && body.contains("pods") && body["pods"].is_array()) {
     for (const auto& pod : body["pods"]) {
-      if (pod.is_object() && pod.value("name", "") == name) return pod;
+      if (string_field(pod, "name") == name && !string_field(pod, "id").empty()) {
+        found.push_back(pod);
+      }
     }
   }
-  return std::nullopt;
+  return found;
 }
 
 void RunPodApi::action(const std::string& id, const std::string& action) const {
@@ -192,7 +240,7 @@ std::string RunPodApi::log_tail(const std::string& id, int lines) const {
     for (std::string line; std::getline(events, line);) {
       if (line.rfind("data:", 0) != 0) continue;
       const nlohmann::json event = nlohmann::json::parse(line.substr(5), nullptr, false);
-      text += (event.is_object() ? event.value("line", "") : line.substr(5)) + "\n";
+      text += (event.is_object() ? string_field(event, "line") : line.substr(5)) + "\n";
     }
     return text;
   } catch (const std::exception&) {

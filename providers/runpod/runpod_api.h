@@ -40,6 +40,8 @@ class RunPodApi {
   nlohmann::json create_pod(const nlohmann::json& body) const;
   nlohmann::json get_pod(const std::string& id) const;
   std::optional<nlohmann::json> find_pod(const std::string& name) const;
+  // Every pod of that name (a create retried after no answer may make two).
+  std::vector<nlohmann::json> find_pods(const std::string& name) const;
   void action(const std::string& id, const std::string& action) const;
   // DELETE; true once the pod is gone (404 counts as gone).
   void terminate(const std::string& id) const;
@@ -56,6 +58,10 @@ class RunPodApi {
 
   HttpClient http_;
 };
+
+// The field's text, or "" where the object lacks it or it is not a string
+// (an API answer is read, never trusted).
+std::string string_field(const nlohmann::json& object, const char* name);
 
 // RunPod's problem+json detail (or the body itself), for messages.
 std::string problem_detail(const HttpResponse& response);

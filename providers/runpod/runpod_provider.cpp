@@ -46,6 +46,8 @@ constexpr double kDefaultIdleTimeoutS = 30 * 60;
 constexpr auto kPollInterval = std::chrono::milliseconds(500);
 // How many times a create that failed with a 5xx (and made no pod) is tried again.
 constexpr int kCreateAttempts = 3;
+// How long a resume waits for the pause's stop to finish.
+constexpr std::chrono::seconds kStopWait{120};
 // Log lines shown when a pod fails.
 constexpr int kLogTailLines = 30;
 
@@ -132,53 +134,96 @@ class Stages {
   std::string last_;
 };
 
+void terminate_all(const RunPodApi& api, const std::string& name) {
+  for (const json& pod : api.find_pods(name)) api.terminate(string_field(pod, "id"));
+}
+
 std::string with_log(const RunPodApi& api, const std::string& pod_id, const std::string& message) {
   const std::string log = api.log_tail(pod_id, kLogTailLines);
   return message + (log.empty() ? "" : "\nThe pod's last log lines:\n" + log);
 }
 
+// What a start that failed does with its pod: a new one is terminated (no
+// pod left billing); a resumed one is stopped, since its volume holds the
+// paused tensors.
+enum class OnFailure { kTerminate, kStop };
+
+void give_up(const RunPodApi& api, const std::string& pod_id, OnFailure on_failure) {
+  try {
+    if (on_failure == OnFailure::kTerminate) {
+      api.terminate(pod_id);
+    } else {
+      api.action(pod_id, "stop");
+    }
+  } catch (const std::exception&) {
+    // The error being raised says what failed; this is cleanup.
+  }
+}
+
+std::string failure_note(OnFailure on_failure) {
+  return on_failure == OnFailure::kTerminate
+             ? "\nThe pod was terminated."
+             : "\nThe pod was stopped; its volume keeps the paused tensors (resume() tries "
+               "again, stop() ends the machine).";
+}
+
+// "ip:port" of the tcp entry for the server's port, once RunPod reports it.
+std::optional<std::string> public_address(const json& pod) {
+  const auto runtime = pod.find("runtime");
+  if (runtime == pod.end() || !runtime->is_object()) return std::nullopt;
+  const auto ports = runtime->find("ports");
+  if (ports == runtime->end() || !ports->is_array()) return std::nullopt;
+  for (const json& port : *ports) {
+    if (!port.is_object()) continue;
+    const auto private_port = port.find("private");
+    const auto public_port = port.find("public");
+    if (private_port == port.end() || !private_port->is_number_integer() ||
+        *private_port != kServerPort || string_field(port, "type") != "tcp" ||
+        public_port == port.end() || !public_port->is_number_integer() ||
+        string_field(port, "ip").empty()) {
+      continue;
+    }
+    const long long number = public_port->get<long long>();
+    if (number < 1 || number > 65535) continue;
+    return string_field(port, "ip") + ":" + std::to_string(number);
+  }
+  return std::nullopt;
+}
+
 // Polls the pod until its server's port is public; returns "ip:port".
-// Throws, having terminated the pod, when it fails or takes too long.
+// Throws, having terminated or stopped the pod, when it fails or takes too long.
 std::string wait_until_serving(const RunPodApi& api, const std::string& pod_id, double timeout_s,
-                               Stages& stage) {
+                               Stages& stage, OnFailure on_failure) {
   const auto deadline = std::chrono::steady_clock::now() +
                         std::chrono::milliseconds(static_cast<long long>(timeout_s * 1000));
-  while (std::chrono::steady_clock::now() < deadline) {
-    const json pod = api.get_pod(pod_id);
-    const std::string status = pod.value("status", "");
-    if (status == "PROVISIONING") {
-      stage("provisioning (RunPod is placing pod " + pod_id + ")");
-    } else if (status == "STARTING") {
-      stage("starting the container (pulling the image)");
-    } else if (status == "RUNNING") {
-      stage("waiting for mycelya-server to listen");
-      const json& runtime = pod.contains("runtime") ? pod["runtime"] : json();
-      if (runtime.is_object() && runtime.contains("ports") && runtime["ports"].is_array()) {
-        for (const json& port : runtime["ports"]) {
-          if (port.value("private", 0) == kServerPort && port.value("type", "") == "tcp" &&
-              port.contains("public") && port["public"].is_number_integer() &&
-              port.contains("ip") && port["ip"].is_string()) {
-            return port["ip"].get<std::string>() + ":" + std::to_string(port["public"].get<int>());
-          }
-        }
+  try {
+    while (std::chrono::steady_clock::now() < deadline) {
+      const json pod = api.get_pod(pod_id);
+      const std::string status = string_field(pod, "status");
+      if (status == "PROVISIONING") {
+        stage("provisioning (RunPod is placing pod " + pod_id + ")");
+      } else if (status == "STARTING") {
+        stage("starting the container (pulling the image)");
+      } else if (status == "RUNNING") {
+        stage("waiting for mycelya-server to listen");
+        if (const std::optional<std::string> address = public_address(pod)) return *address;
+      } else if (status == "ERROR") {
+        throw std::runtime_error(
+            with_log(api, pod_id, "runpod: pod " + pod_id + " failed to start (status ERROR)."));
+      } else {
+        throw std::runtime_error("runpod: pod " + pod_id + " is " + status +
+                                 " while starting; it was stopped or terminated from elsewhere.");
       }
-    } else if (status == "ERROR") {
-      const std::string message =
-          with_log(api, pod_id, "runpod: pod " + pod_id + " failed to start (status ERROR).");
-      api.terminate(pod_id);
-      throw std::runtime_error(message + "\nThe pod was terminated.");
-    } else {
-      throw std::runtime_error("runpod: pod " + pod_id + " is " + status +
-                               " while starting; it was stopped or terminated from elsewhere.");
+      std::this_thread::sleep_for(kPollInterval);
     }
-    std::this_thread::sleep_for(kPollInterval);
+    throw std::runtime_error(with_log(api, pod_id,
+                                      "runpod: pod " + pod_id + " never became healthy in " +
+                                          std::to_string(static_cast<long long>(timeout_s)) +
+                                          " s (RemoteMachine(..., start_timeout=) waits longer)."));
+  } catch (const std::exception& e) {
+    give_up(api, pod_id, on_failure);
+    throw std::runtime_error(e.what() + failure_note(on_failure));
   }
-  const std::string message = with_log(api, pod_id,
-                                       "runpod: pod " + pod_id + " never became healthy in " +
-                                           std::to_string(static_cast<long long>(timeout_s)) +
-                                           " s (RemoteMachine(..., start_timeout=) waits longer).");
-  api.terminate(pod_id);
-  throw std::runtime_error(message + "\nThe pod was terminated.");
 }
 
 class RunPodSession final : public Session {
@@ -233,17 +278,16 @@ class RunPodSession final : public Session {
   bool ended_ = false;
 };
 
-// Connects to the pod's server with the token and certificate in its env.
-std::unique_ptr<Session> connect(const std::shared_ptr<RunPodApi>& api, const json& pod,
-                                 const std::string& address, const MachineSpec& spec,
-                                 Stages& stage) {
-  const std::string pod_id = pod.value("id", "");
-  const json env = pod.contains("env") && pod["env"].is_object() ? pod["env"] : json::object();
+// Connects to the pod's server with its token, pinning `certificate_pem`.
+std::unique_ptr<Session> connect(const std::shared_ptr<RunPodApi>& api, const std::string& pod_id,
+                                 const std::string& address, const std::string& token,
+                                 const std::string& certificate_pem, const MachineSpec& spec,
+                                 Stages& stage, OnFailure on_failure) {
   GrpcTarget target;
   target.address = address;
-  target.token = env.value("MYCELYA_TOKEN", "");
+  target.token = token;
   target.tls = true;
-  target.tls_root_certs_pem = env.value("MYCELYA_TLS_CERT", "");
+  target.tls_root_certs_pem = certificate_pem;
   target.tls_server_name = kCertificateName;
   target.state_key = spec.state_key;
   stage("connecting to mycelya-server at " + address);
@@ -252,8 +296,8 @@ std::unique_ptr<Session> connect(const std::shared_ptr<RunPodApi>& api, const js
         api, pod_id, std::make_unique<GrpcSession>(target, std::chrono::seconds(60)));
   } catch (const std::exception& e) {
     const std::string message = with_log(*api, pod_id, std::string("runpod: ") + e.what());
-    api->terminate(pod_id);
-    throw std::runtime_error(message + "\nThe pod was terminated.");
+    give_up(*api, pod_id, on_failure);
+    throw std::runtime_error(message + failure_note(on_failure));
   }
 }
 
@@ -287,17 +331,18 @@ class RunPodProvider final : public Provider {
           {"MYCELYA_STATE_DIR", "/workspace/mycelya-state"},
           {"MYCELYA_IDLE_TIMEOUT", std::to_string(static_cast<long long>(std::ceil(idle_s)))}}},
     };
-    const json pod = create(*api, spec, body, candidates, stage);
-    const std::string pod_id = pod.value("id", "");
+    const std::string token = body["env"]["MYCELYA_TOKEN"];
+    const std::string pod_id = string_field(create(*api, spec, body, candidates, stage), "id");
     try {
-      const std::string address = wait_until_serving(*api, pod_id, options.start_timeout_s, stage);
-      return connect(api, api->get_pod(pod_id), address, spec, stage);
+      const std::string address =
+          wait_until_serving(*api, pod_id, options.start_timeout_s, stage, OnFailure::kTerminate);
+      // The certificate made here is pinned, not the one the API echoes.
+      return connect(api, pod_id, address, token, certificate.certificate_pem, spec, stage,
+                     OnFailure::kTerminate);
     } catch (...) {
-      // No pod left billing after a failed start (terminating twice is harmless).
-      try {
-        api->terminate(pod_id);
-      } catch (...) {
-      }
+      // No pod of this machine left billing after a failed start (a create
+      // retried after no answer may have made two; terminating twice is harmless).
+      terminate_all(*api, pod_name(spec));
       throw;
     }
   }
@@ -306,37 +351,57 @@ class RunPodProvider final : public Provider {
     const RunPodOptions options = read_options(spec);
     Stages stage(progress);
     auto api = std::make_shared<RunPodApi>();
-    const std::optional<json> pod = api->find_pod(pod_name(spec));
-    if (!pod) {
+    const std::optional<json> found = api->find_pod(pod_name(spec));
+    if (!found) {
       throw std::runtime_error("runpod: the machine's pod " + pod_name(spec) +
                                " no longer exists (terminated from elsewhere?), and its saved "
                                "tensors went with its volume.");
     }
-    const std::string pod_id = pod->value("id", "");
-    if (pod->value("status", "") != "RUNNING") {
-      stage("starting pod " + pod_id + " again");
-      try {
-        api->action(pod_id, "start");
-      } catch (const RunPodError& e) {
-        if (e.status() == 400) {
-          throw std::runtime_error("runpod: pod " + pod_id + " cannot start now: " + e.what() +
-                                   ". A stopped pod keeps its volume on one host, and that "
-                                   "host has no free " +
-                                   spec.gpu_type + " now; resume() later tries again.");
-        }
-        throw;
+    const std::string pod_id = string_field(*found, "id");
+    // The pause's stop is asynchronous: a pod still RUNNING is on its way to
+    // EXITED, its server saving; starting it before then would meet that
+    // server shutting down.
+    stage("waiting for pod " + pod_id + " to stop");
+    const auto deadline = std::chrono::steady_clock::now() + kStopWait;
+    std::string status = string_field(api->get_pod(pod_id), "status");
+    while (status != "EXITED" && status != "ERROR") {
+      if (std::chrono::steady_clock::now() > deadline) {
+        throw std::runtime_error("runpod: pod " + pod_id + " is still " + status + " " +
+                                 std::to_string(kStopWait.count()) +
+                                 " s after it was asked to stop; resume() tries again.");
       }
+      std::this_thread::sleep_for(kPollInterval);
+      status = string_field(api->get_pod(pod_id), "status");
     }
-    // The public port changes on every start: read it again.
-    const std::string address = wait_until_serving(*api, pod_id, options.start_timeout_s, stage);
-    return connect(api, api->get_pod(pod_id), address, spec, stage);
+    stage("starting pod " + pod_id + " again");
+    try {
+      api->action(pod_id, "start");
+    } catch (const RunPodError& e) {
+      throw std::runtime_error(
+          "runpod: pod " + pod_id + " cannot start now (" + std::to_string(e.status()) + ": " +
+          e.what() + ")" +
+          (e.status() == 400 ? ". A stopped pod keeps its volume on one host, and that host has "
+                               "no free " +
+                                   spec.gpu_type + " now; resume() later tries again."
+                             : ""));
+    }
+    // The public port changes on every start: read it again. A failure stops
+    // the pod again; its volume keeps the tensors.
+    const std::string address =
+        wait_until_serving(*api, pod_id, options.start_timeout_s, stage, OnFailure::kStop);
+    const json pod = api->get_pod(pod_id);
+    const json env = pod.contains("env") ? pod["env"] : json::object();
+    return connect(api, pod_id, address, string_field(env, "MYCELYA_TOKEN"),
+                   string_field(env, "MYCELYA_TLS_CERT"), spec, stage, OnFailure::kStop);
   }
 
   void discard(const MachineSpec& spec) override {
     if (!std::getenv("RUNPOD_API_KEY")) return;  // it never had a pod
-    RunPodApi api;
-    if (const std::optional<json> pod = api.find_pod(pod_name(spec))) {
-      api.terminate(pod->value("id", ""));
+    try {
+      terminate_all(RunPodApi(), pod_name(spec));
+    } catch (const std::exception& e) {
+      throw std::runtime_error(std::string(e.what()) + " Terminate pod " + pod_name(spec) +
+                               " at https://www.runpod.io/console/pods so it stops billing.");
     }
   }
 
@@ -348,15 +413,17 @@ class RunPodProvider final : public Provider {
     std::vector<std::string> in_stock, out_of_stock;
     for (const std::string& id : gpu_ids().at(spec.gpu_type)) {
       for (const json& gpu : catalog) {
-        if (!gpu.is_object() || gpu.value("id", "") != id) continue;
-        (gpu.value("availability", "NONE") == "NONE" ? out_of_stock : in_stock).push_back(id);
+        if (string_field(gpu, "id") != id) continue;
+        (string_field(gpu, "availability") == "NONE" ? out_of_stock : in_stock).push_back(id);
       }
     }
     in_stock.insert(in_stock.end(), out_of_stock.begin(), out_of_stock.end());
     if (in_stock.empty()) {
-      throw std::runtime_error("runpod: RunPod's catalog lists no " + spec.gpu_type +
-                               " GPU now (looked for " + std::to_string(catalog.size()) +
-                               " types' ids); try another gpu_type.");
+      std::string ids;
+      for (const std::string& id : gpu_ids().at(spec.gpu_type))
+        ids += (ids.empty() ? "" : ", ") + id;
+      throw std::runtime_error("runpod: RunPod's catalog lists none of " + ids + " (" +
+                               spec.gpu_type + ") now; try another gpu_type.");
     }
     return in_stock;
   }
@@ -373,8 +440,9 @@ class RunPodProvider final : public Provider {
         try {
           return api.create_pod(body);
         } catch (const RunPodError& e) {
-          if (e.status() >= 500) {
+          if (e.status() >= 500 || e.status() == 0) {  // 0: no answer at all
             if (std::optional<json> pod = api.find_pod(body["name"])) return *pod;
+            if (attempt == kCreateAttempts) refusals += "\n  " + id + ": " + e.what();
             std::this_thread::sleep_for(std::chrono::seconds(attempt));
             continue;
           }

@@ -66,6 +66,9 @@ ServerOptions read_options(const MachineSpec& spec) {
   const bool insecure = options.take_bool("insecure", false);
   result.connect_timeout_s = options.take_positive("connect_timeout", 30);
   options.finish();
+  if (result.connect_timeout_s > 3600) {
+    throw options.error("connect_timeout= is at most 3600 seconds");
+  }
 
   const bool unix_socket = target.address.rfind("unix:", 0) == 0;
   if (target.address.empty() || (!unix_socket && (target.address.find(':') == std::string::npos ||

@@ -148,9 +148,20 @@ class RemoteMachine:
     def start(self):
         """Starts the machine (no-op if it is running). Its devices get
         indices "mycelya:k" until it stops."""
-        self._machine.start()
+        # Listed first: a machine whose start a Ctrl-C cut short is still
+        # stopped at exit (a cloud machine would bill on).
         with _running_lock:
             _running[self.machine_id] = self
+        try:
+            self._machine.start()
+        except BaseException:
+            # KeyboardInterrupt arrives once the C++ start returned: the
+            # machine may run, with no handle left to the user.
+            if self._machine.running:
+                self._machine.stop()
+            with _running_lock:
+                _running.pop(self.machine_id, None)
+            raise
         logger.info("machine %s started with devices %s", self.machine_id, self._machine.devices)
         return self
 
@@ -246,5 +257,6 @@ def _stop_all():
     for machine in get_all_machines():
         try:
             machine.stop()
-        except Exception:  # noqa: BLE001 - best effort at exit
-            pass
+        except Exception as error:  # noqa: BLE001 - every machine gets its stop
+            # At exit, say so: a cloud machine that did not stop may bill on.
+            logger.warning("could not stop machine %s at exit: %s", machine.machine_id, error)
