@@ -3,12 +3,16 @@
 
 import logging
 import os
+import pty
 import signal
+import subprocess
+import sys
 
 import pytest
 import torch
 from processes import children_named
-from runpod_fixtures import start_fake_runpod, wait_until
+from runpod_fixtures import ENTRYPOINT, start_fake_runpod, wait_until
+from server_process import make_test_pki, server_binary
 
 import mycelya_torch
 
@@ -23,6 +27,7 @@ def fake():
 @pytest.fixture(autouse=True)
 def _no_pod_outlives_its_test(fake):
     fake.no_capacity_gpu_ids = set()
+    fake.insufficient_balance = False
     fake.stuck_provisioning = fake.error_on_start = fake.no_gpu_on_resume = False
     yield
     for machine in mycelya_torch.get_all_machines():
@@ -95,6 +100,73 @@ def test_missing_and_refused_keys(fake, monkeypatch):
     monkeypatch.setenv("RUNPOD_API_BASE_URL", "http://api.example.com/v2")
     with pytest.raises(RuntimeError, match="must be an https:// URL"):
         mycelya_torch.RemoteMachine("runpod", "H100")
+
+
+def test_a_low_balance_says_so(fake):
+    fake.insufficient_balance = True
+    with pytest.raises(RuntimeError, match="balance is too low to start a pod \\(402"):
+        mycelya_torch.RemoteMachine("runpod", "H100")
+    assert fake.pods() == []
+
+
+def test_an_interactive_terminal_shows_a_progress_line(fake):
+    # stderr on a pseudo-terminal: the start's line is rewritten in place
+    # ("\r" and erase-line) with the stage and the seconds, then cleared.
+    fake.provisioning_s = 2.5
+    script = "import mycelya_torch; mycelya_torch.RemoteMachine('runpod', 'H100').stop()"
+    main, child = pty.openpty()
+    try:
+        process = subprocess.Popen([sys.executable, "-c", script], stderr=child, env=dict(os.environ))
+        os.close(child)
+        output = b""
+        while True:
+            try:
+                chunk = os.read(main, 4096)
+            except OSError:  # the child closed the terminal
+                break
+            if not chunk:
+                break
+            output += chunk
+        assert process.wait(60) == 0, output
+    finally:
+        os.close(main)
+        fake.provisioning_s = 0.2
+    text = output.decode(errors="replace")
+    assert "\r\x1b[Kstarting machine runpod-" in text and "provisioning (RunPod is placing pod" in text, text
+    assert text.endswith("\r\x1b[K"), text[-200:]
+
+
+def test_the_api_over_https_is_verified(tmp_path):
+    # The real API is HTTPS: the plugin verifies its certificate against the
+    # system's CA bundle ($CURL_CA_BUNDLE here, the test CA) and refuses others.
+    from fakes.runpod_fake import FakeRunPod
+
+    pki = make_test_pki(tmp_path)
+    script = (
+        "import torch, mycelya_torch\n"
+        "with mycelya_torch.RemoteMachine('runpod', 'H100') as m:\n"
+        "    assert (torch.ones(3, device=m.device()) * 2).sum().item() == 6\n"
+    )
+    with FakeRunPod(
+        server_binary=server_binary(), entrypoint=ENTRYPOINT, tls=(pki / "server.pem", pki / "server.key")
+    ) as https_fake:
+        env = dict(os.environ, RUNPOD_API_BASE_URL=https_fake.base_url, RUNPOD_API_KEY=https_fake.api_key)
+        trusted = subprocess.run(
+            [sys.executable, "-c", script],
+            env=dict(env, CURL_CA_BUNDLE=str(pki / "ca.pem")),
+            capture_output=True,
+        )
+        assert trusted.returncode == 0, trusted.stderr.decode()[-2000:]
+        untrusted = subprocess.run(
+            [sys.executable, "-c", script],
+            env=dict(env, CURL_CA_BUNDLE=str(pki / "other.pem")),
+            capture_output=True,
+        )
+        assert untrusted.returncode != 0
+        assert "no answer from GET https://127.0.0.1" in untrusted.stderr.decode(), untrusted.stderr.decode()[
+            -2000:
+        ]
+        assert not https_fake.running_pods() and len(https_fake.pods()) == 0
 
 
 def test_rate_limits_are_waited_out(fake):

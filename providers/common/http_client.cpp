@@ -102,6 +102,15 @@ HttpResponse HttpClient::request(const std::string& method, const std::string& p
   const CURLcode code = curl_easy_perform(handle);
   curl_easy_getinfo(handle, CURLINFO_RESPONSE_CODE, &response.status);
   if (code == CURLE_OPERATION_TIMEDOUT && partial_ok && response.status != 0) return response;
+  if (code == CURLE_PEER_FAILED_VERIFICATION || code == CURLE_SSL_CACERT_BADFILE ||
+      code == CURLE_URL_MALFORMAT || code == CURLE_UNSUPPORTED_PROTOCOL) {
+    throw HttpPermanentError(
+        "no answer from " + method + " " + url + ": " + curl_easy_strerror(code) +
+        (code == CURLE_PEER_FAILED_VERIFICATION
+             ? " (its TLS certificate is not one this host's CA bundle vouches for; "
+               "CURL_CA_BUNDLE or SSL_CERT_FILE names another bundle)"
+             : ""));
+  }
   if (code != CURLE_OK) {
     throw std::runtime_error("no answer from " + method + " " + url + ": " +
                              curl_easy_strerror(code));

@@ -7,9 +7,17 @@
 
 #include <chrono>
 #include <map>
+#include <stdexcept>
 #include <string>
 
 namespace mycelya {
+
+// No answer that trying again would not change: the URL is malformed, or
+// the server's TLS certificate is not one the CA bundle vouches for.
+class HttpPermanentError : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
 
 struct HttpResponse {
   long status = 0;
@@ -30,7 +38,8 @@ class HttpClient {
 
   // `method` GET, POST, DELETE...; `path` is appended to the base URL; a
   // non-empty `json_body` is sent as application/json. Throws
-  // std::runtime_error when no response came within `timeout`. With
+  // std::runtime_error when no response came within `timeout`
+  // (HttpPermanentError when trying again cannot help). With
   // `partial_ok`, a timeout after some of the body arrived returns what came
   // (a stream that never ends, such as a live log).
   HttpResponse request(const std::string& method, const std::string& path,

@@ -236,9 +236,9 @@ class ModalProvider final : public Provider {
     try {
       // The tunnel is up before the server listens (the image's Python and
       // torch import first): connect waits, within the start timeout.
-      // What is left of the start timeout, and at least 30 s.
+      // What is left of the start timeout, and at least 10 s.
       const auto left = std::max<std::chrono::milliseconds>(
-          std::chrono::seconds(30), std::chrono::duration_cast<std::chrono::milliseconds>(
+          std::chrono::seconds(10), std::chrono::duration_cast<std::chrono::milliseconds>(
                                         began + timeout - std::chrono::steady_clock::now()));
       return std::make_unique<ModalSession>(sandbox_id,
                                             std::make_unique<GrpcSession>(target, left));

@@ -95,6 +95,8 @@ HttpResponse RunPodApi::call(const std::string& method, const std::string& path,
     HttpResponse response;
     try {
       response = http_.request(method, path, body);
+    } catch (const HttpPermanentError& e) {
+      throw std::runtime_error(std::string("runpod: ") + e.what());
     } catch (const std::runtime_error& e) {
       // No answer at all: the API may be down for a moment. A create may
       // still have made its pod: its caller looks before trying again.

@@ -442,7 +442,9 @@ class FakeModal:
             env["MYCELYA_PORT"] = str(container.ports[container.h2_ports[0]])
         command = [local(arg) for arg in container.definition.entrypoint_args]
         if self.never_healthy or not command:
-            command = ["sleep", "1000000"]
+            # A container whose server never listens, saying why on stderr.
+            why = "echo 'mycelya-server: cannot open libcudart.so.13' >&2"
+            command = ["sh", "-c", why + "; exec sleep 1000000"]
         proc = subprocess.Popen(
             command,
             env=env,

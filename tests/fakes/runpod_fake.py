@@ -24,6 +24,7 @@ import shlex
 import shutil
 import signal
 import socket
+import ssl
 import string
 import subprocess
 import tempfile
@@ -258,12 +259,14 @@ class FakeRunPod:
         provisioning_s=0.2,
         starting_s=0.2,
         workdir=None,
+        tls=None,
     ):
         self.api_key = api_key
         self.provisioning_s = provisioning_s
         self.starting_s = starting_s
         self.entrypoint = os.path.abspath(entrypoint)
         self.no_capacity_gpu_ids = set()
+        self.insufficient_balance = False  # creates answer 402
         self.rate_limit_next = 0
         self.fail_after_create_next = 0
         self.stuck_provisioning = False
@@ -292,7 +295,14 @@ class FakeRunPod:
         self._http.daemon_threads = True
         self._http.block_on_close = False
         self.port = self._http.server_address[1]
-        self.base_url = f"http://127.0.0.1:{self.port}/v2"
+        # tls=(certificate file, key file): HTTPS, as the real API speaks.
+        scheme = "http"
+        if tls:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(*tls)
+            self._http.socket = context.wrap_socket(self._http.socket, server_side=True)
+            scheme = "https"
+        self.base_url = f"{scheme}://127.0.0.1:{self.port}/v2"
         self._serve = threading.Thread(
             target=self._http.serve_forever, args=(0.05,), name="fake-runpod-http", daemon=True
         )
@@ -1013,6 +1023,8 @@ class FakeRunPod:
         ]
         if "minCudaVersion" in gpu:
             versions = [v for v in versions if _cuda_key(v) >= _cuda_key(gpu["minCudaVersion"])]
+        if self.insufficient_balance:
+            raise _Problem(402, "Insufficient balance: add funds to deploy this pod.")
         with self._lock:
             if gpu["id"] in self.no_capacity_gpu_ids or not centers or not versions:
                 raise _Problem(400, NO_CAPACITY)
