@@ -128,4 +128,27 @@ class GrpcSession final : public Session {
   std::thread reader_;
 };
 
+// A machine whose transport is a GrpcSession and whose lifecycle is the
+// provider's own (a child process, a pod, a sandbox): the transport calls
+// go to grpc_; the subclass ends the machine in stop() and pause().
+class GrpcBackedSession : public Session {
+ public:
+  std::vector<std::string> devices() const override { return grpc_->devices(); }
+  void submit(EncodedBatch& batch) override { grpc_->submit(batch); }
+  void wait_until_ready() override { grpc_->wait_until_ready(); }
+  std::string request(const std::string& request, std::string* payload) override {
+    return grpc_->request(request, payload);
+  }
+  bool read_after(const std::string& request, uint64_t after_command, std::string* response,
+                  std::string* payload) override {
+    return grpc_->read_after(request, after_command, response, payload);
+  }
+
+ protected:
+  explicit GrpcBackedSession(std::unique_ptr<GrpcSession> grpc = nullptr)
+      : grpc_(std::move(grpc)) {}
+
+  std::unique_ptr<GrpcSession> grpc_;
+};
+
 }  // namespace mycelya

@@ -216,7 +216,7 @@ class ChildServer {
   std::string dir_, socket_, log_, token_;
 };
 
-class LocalCudaSession final : public Session {
+class LocalCudaSession final : public GrpcBackedSession {
  public:
   explicit LocalCudaSession(const MachineSpec& spec) : server_(spec.idle_timeout_s) {
     const std::string error = server_.wait_until_listening(std::chrono::seconds(60));
@@ -232,17 +232,6 @@ class LocalCudaSession final : public Session {
 
   ~LocalCudaSession() override { stop(); }
 
-  std::vector<std::string> devices() const override { return grpc_->devices(); }
-  void submit(EncodedBatch& batch) override { grpc_->submit(batch); }
-  void wait_until_ready() override { grpc_->wait_until_ready(); }
-  std::string request(const std::string& request, std::string* payload) override {
-    return grpc_->request(request, payload);
-  }
-  bool read_after(const std::string& request, uint64_t after_command, std::string* response,
-                  std::string* payload) override {
-    return grpc_->read_after(request, after_command, response, payload);
-  }
-
   void stop() override {
     // Ends the session and closes the connection, which lets the server exit
     // at once on SIGTERM.
@@ -257,7 +246,6 @@ class LocalCudaSession final : public Session {
 
  private:
   ChildServer server_;
-  std::unique_ptr<GrpcSession> grpc_;
 };
 
 class LocalCudaProvider final : public Provider {

@@ -128,27 +128,16 @@ std::string describe_failure(const DriverError& e, const MachineSpec& spec) {
   return std::string("modal: ") + e.what();
 }
 
-class ModalSession final : public Session {
+class ModalSession final : public GrpcBackedSession {
  public:
   ModalSession(std::string sandbox_id, std::unique_ptr<GrpcSession> grpc)
-      : sandbox_id_(std::move(sandbox_id)), grpc_(std::move(grpc)) {}
+      : GrpcBackedSession(std::move(grpc)), sandbox_id_(std::move(sandbox_id)) {}
   ~ModalSession() override {
     try {
       stop();
     } catch (...) {
       // stop() already said why where it could; a destructor cannot.
     }
-  }
-
-  std::vector<std::string> devices() const override { return grpc_->devices(); }
-  void submit(EncodedBatch& batch) override { grpc_->submit(batch); }
-  void wait_until_ready() override { grpc_->wait_until_ready(); }
-  std::string request(const std::string& request, std::string* payload) override {
-    return grpc_->request(request, payload);
-  }
-  bool read_after(const std::string& request, uint64_t after_command, std::string* response,
-                  std::string* payload) override {
-    return grpc_->read_after(request, after_command, response, payload);
   }
 
   void stop() override { terminate(); }
@@ -178,7 +167,6 @@ class ModalSession final : public Session {
   }
 
   std::string sandbox_id_;
-  std::unique_ptr<GrpcSession> grpc_;
   bool terminated_ = false;
 };
 

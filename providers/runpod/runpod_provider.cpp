@@ -226,28 +226,17 @@ std::string wait_until_serving(const RunPodApi& api, const std::string& pod_id, 
   }
 }
 
-class RunPodSession final : public Session {
+class RunPodSession final : public GrpcBackedSession {
  public:
   RunPodSession(std::shared_ptr<RunPodApi> api, std::string pod_id,
                 std::unique_ptr<GrpcSession> grpc)
-      : api_(std::move(api)), pod_id_(std::move(pod_id)), grpc_(std::move(grpc)) {}
+      : GrpcBackedSession(std::move(grpc)), api_(std::move(api)), pod_id_(std::move(pod_id)) {}
   ~RunPodSession() override {
     try {
       stop();
     } catch (...) {
       // stop() already said why, where it could; a destructor cannot.
     }
-  }
-
-  std::vector<std::string> devices() const override { return grpc_->devices(); }
-  void submit(EncodedBatch& batch) override { grpc_->submit(batch); }
-  void wait_until_ready() override { grpc_->wait_until_ready(); }
-  std::string request(const std::string& request, std::string* payload) override {
-    return grpc_->request(request, payload);
-  }
-  bool read_after(const std::string& request, uint64_t after_command, std::string* response,
-                  std::string* payload) override {
-    return grpc_->read_after(request, after_command, response, payload);
   }
 
   void stop() override { end("terminate"); }
@@ -274,7 +263,6 @@ class RunPodSession final : public Session {
 
   std::shared_ptr<RunPodApi> api_;
   std::string pod_id_;
-  std::unique_ptr<GrpcSession> grpc_;
   bool ended_ = false;
 };
 

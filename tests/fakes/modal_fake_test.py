@@ -14,31 +14,16 @@ import time
 
 import pytest
 
+from fakes import ROOT, SERVER, SERVER_BUILT
 from fakes.modal_fake import FakeModal
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DRIVER = os.path.join(ROOT, "python", "mycelya_torch", "_modal_driver.py")
-# Under Bazel the server is a runfile beside the tests; from a checkout, the built one.
-SERVER = next(
-    (
-        path
-        for path in (
-            os.path.join(ROOT, "server", "mycelya-server"),
-            os.path.join(ROOT, "bazel-bin", "server", "mycelya-server"),
-        )
-        if os.access(path, os.X_OK)
-    ),
-    "mycelya-server (not built)",
-)
 STATE_KEY = "ab" * 32  # a 64-hex state key
 SERVE = 'exec mycelya-server --listen "0.0.0.0:${MYCELYA_PORT}" --insecure --devices=cpu'
 H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 H2_EMPTY_SETTINGS = b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
 
-# Under Bazel the server is always there: a missing one fails rather than skips.
-pytestmark = pytest.mark.skipif(
-    not os.access(SERVER, os.X_OK) and "TEST_SRCDIR" not in os.environ, reason="mycelya-server is not built"
-)
+pytestmark = pytest.mark.skipif(not SERVER_BUILT, reason="mycelya-server is not built")
 
 
 @pytest.fixture

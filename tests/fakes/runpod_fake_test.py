@@ -12,28 +12,13 @@ import urllib.request
 
 import pytest
 
+from fakes import ROOT, SERVER, SERVER_BUILT
 from fakes.runpod_fake import NO_CAPACITY, NO_GPU_ON_RESUME, FakeRunPod
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-# Under Bazel the server is a runfile beside the tests; from a checkout, the built one.
-SERVER = next(
-    (
-        path
-        for path in (
-            os.path.join(ROOT, "server", "mycelya-server"),
-            os.path.join(ROOT, "bazel-bin", "server", "mycelya-server"),
-        )
-        if os.access(path, os.X_OK)
-    ),
-    "mycelya-server (not built)",
-)
 ENTRYPOINT = os.path.join(ROOT, "deploy", "entrypoint.sh")
 H100 = "NVIDIA H100 80GB HBM3"
 
-# Under Bazel the server is always there: a missing one fails rather than skips.
-pytestmark = pytest.mark.skipif(
-    not os.access(SERVER, os.X_OK) and "TEST_SRCDIR" not in os.environ, reason="mycelya-server is not built"
-)
+pytestmark = pytest.mark.skipif(not SERVER_BUILT, reason="mycelya-server is not built")
 
 
 @pytest.fixture
