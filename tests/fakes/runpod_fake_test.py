@@ -11,6 +11,7 @@ import urllib.parse
 import urllib.request
 
 import pytest
+from processes import alive
 
 from fakes import ROOT, SERVER, SERVER_BUILT
 from fakes.runpod_fake import NO_CAPACITY, NO_GPU_ON_RESUME, FakeRunPod
@@ -104,14 +105,6 @@ def ready_port(pod):
 
 def wait_running(fake, pod_id):
     return wait_for(lambda: ready_port(get(fake, pod_id)))
-
-
-def alive(pid):
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 def environ(pid):
