@@ -81,7 +81,6 @@ def test_a10g_is_modals_a10(fake, wheel):
 @pytest.mark.parametrize(
     "options, message",
     [
-        ({"wheel": ""}, "needs this project's wheel"),
         ({"wheel": "/nonexistent.whl"}, "cannot be read"),
         ({"timeout": 90000}, "at most 86400"),
         ({"region": "eu"}, "has no option 'region'"),
@@ -92,6 +91,14 @@ def test_bad_arguments_are_value_errors(fake, wheel, options, message, monkeypat
     arguments = {"wheel": wheel, **options}
     with pytest.raises(ValueError, match=message):
         mycelya_torch.RemoteMachine("modal", "H100", start=False, **arguments)
+
+
+def test_a_source_tree_client_needs_a_wheel(fake, monkeypatch):
+    # This package runs from the build, not from a pip install: the driver
+    # has no installed wheel to pack (tests/test_wheel.py packs an installed one).
+    monkeypatch.delenv("MYCELYA_WHEEL", raising=False)
+    with pytest.raises(RuntimeError, match="not installed from a wheel.*pass wheel="):
+        mycelya_torch.RemoteMachine("modal", "H100", tls_ca=fake.ca_pem_path)
 
 
 def test_refused_and_missing_credentials(fake, wheel, monkeypatch):

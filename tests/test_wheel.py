@@ -207,3 +207,23 @@ def test_every_elf_file_resolves_only_wheel_torch_and_manylinux_libraries(instal
             elif name not in MANYLINUX_SYSTEM_LIBRARIES:
                 problems.append(f"{path}: {name} from the system ({target or line})")
     assert not problems, "\n".join(problems)
+
+
+def test_the_modal_driver_packs_the_installed_package_into_the_same_wheel(installed, tmp_path):
+    # RemoteMachine("modal", ...) without wheel= puts this wheel into the
+    # machine's image: the files pip installed, packed again.
+    import zipfile
+
+    python, _, env, root = installed
+    (original,) = glob.glob(os.path.join(WHEEL_DIR, "*.whl"))
+    script = "import sys, mycelya_torch._modal_driver as d; print(d.installed_wheel(sys.argv[1]))"
+    packed = run([python, "-c", script, str(tmp_path)], env, root).strip()
+    assert os.path.basename(packed) == os.path.basename(original)
+    with zipfile.ZipFile(original) as a, zipfile.ZipFile(packed) as b:
+        names = sorted(n for n in a.namelist() if not n.endswith("/RECORD"))
+        assert sorted(n for n in b.namelist() if not n.endswith("/RECORD")) == names
+        for name in names:
+            assert a.read(name) == b.read(name), name
+        assert (b.getinfo("mycelya_torch/mycelya-server").external_attr >> 16) & 0o111
+        record = b.read(next(n for n in b.namelist() if n.endswith("/RECORD"))).decode()
+        assert len(record.splitlines()) == len(names) + 1

@@ -6,10 +6,11 @@
 // transport: gRPC over TLS to the sandbox's h2 tunnel, where Modal's edge
 // ends TLS with the system's roots and advertises HTTP/2.
 //
-//   RemoteMachine("modal", "A100-40GB", gpu_count=2, wheel="dist/mycelya_torch-....whl")
+//   RemoteMachine("modal", "A100-40GB", gpu_count=2)   # Modal's token, as its CLI sets it
 //
 // Options: wheel= (this project's wheel, put into the image; default
-// $MYCELYA_WHEEL), image= (a registry image with mycelya-server instead),
+// $MYCELYA_WHEEL, else the driver packs the installed package's files into
+// one), image= (a registry image with mycelya-server instead),
 // app=, volume= (the Modal Volume paused machines' tensors go to),
 // timeout= (the sandbox's own limit, a backstop), start_timeout=, tls_ca=
 // (a CA for the tunnel instead of the system's: tests' fakes).
@@ -25,6 +26,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <cstdlib>
 #include <map>
 #include <mutex>
 #include <nlohmann/json.hpp>
@@ -93,14 +95,16 @@ ModalOptions read_options(const MachineSpec& spec) {
   if (result.timeout_s > 24 * 3600) {
     throw options.error("timeout= is at most 86400 seconds (Modal's longest sandbox)");
   }
-  if (result.image.empty() && result.wheel.empty()) {
-    throw options.error(
-        "the machine's image needs this project's wheel: pass wheel=\"path/to/mycelya_torch-"
-        "...whl\" (bazel build //python:wheel makes it) or set MYCELYA_WHEEL, or name a "
-        "registry image with mycelya-server installed as image=");
-  }
   if (!result.wheel.empty() && access(result.wheel.c_str(), R_OK) != 0) {
     throw options.error("wheel= names " + result.wheel + ", which cannot be read");
+  }
+  if (!result.wheel.empty()) {
+    // The driver runs elsewhere than here: it gets the absolute path.
+    char* absolute = realpath(result.wheel.c_str(), nullptr);
+    if (absolute) {
+      result.wheel = absolute;
+      std::free(absolute);
+    }
   }
   return result;
 }

@@ -14,13 +14,16 @@ Stdlib and `modal` only: this must not import torch or mycelya_torch.
 """
 
 import asyncio
+import atexit
 import json
 import os
 import posixpath
 import re
 import secrets
+import shutil
 import signal
 import sys
+import tempfile
 
 _OUT = sys.stdout  # this protocol's lines (main() sends everything else to stderr)
 _LAUNCH_TAG = "mycelya-launch"
@@ -115,6 +118,62 @@ def classify(error):
 # ---- start ---------------------------------------------------------------------------------
 
 
+# Files of an installed distribution that pip writes itself, not the wheel.
+_INSTALLER_FILES = {"INSTALLER", "REQUESTED", "direct_url.json", "RECORD"}
+
+
+def installed_wheel(folder):
+    """Writes the wheel this mycelya_torch was installed from into `folder` and returns its
+    path: every file pip's RECORD lists inside site-packages, with a fresh RECORD. The machine's
+    image installs it, so a pip-installed client needs no wheel= of its own."""
+    import base64
+    import hashlib
+    import zipfile
+    from importlib import metadata
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    try:
+        dist = metadata.distribution("mycelya_torch")
+    except metadata.PackageNotFoundError:
+        dist = None
+    if dist is None or os.path.realpath(dist.locate_file("mycelya_torch")) != os.path.realpath(here):
+        raise DriverError(
+            "this mycelya_torch was not installed from a wheel (it runs from a source tree), so "
+            "there is none to put into the machine's image: pass wheel=\"path/to/mycelya_torch-"
+            '...whl" (bazel build //python:wheel makes it) or image='
+        )
+    wheel_file = (dist.read_text("WHEEL") or "").splitlines()
+    tags = [line.split(":", 1)[1].strip() for line in wheel_file if line.startswith("Tag:")]
+    if len(tags) != 1:
+        raise DriverError(f"the installed mycelya_torch names {len(tags)} wheel tags; pass wheel= instead")
+    records, dist_info = [], None
+    path = os.path.join(folder, f"mycelya_torch-{dist.version}-{tags[0]}.whl")
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as wheel:
+        for file in dist.files or []:
+            name = file.as_posix()
+            parts = name.split("/")
+            if name.startswith("../") or "__pycache__" in parts or name.endswith(".pyc"):
+                continue  # console scripts (pip makes them again) and bytecode
+            if parts[0].endswith(".dist-info"):
+                dist_info = parts[0]
+                if parts[-1] in _INSTALLER_FILES:
+                    continue
+            located = file.locate()
+            with open(located, "rb") as source:
+                data = source.read()
+            entry = zipfile.ZipInfo(name, date_time=(2026, 1, 1, 0, 0, 0))
+            entry.external_attr = (os.stat(located).st_mode & 0o777 | 0o100000) << 16
+            entry.compress_type = zipfile.ZIP_DEFLATED
+            wheel.writestr(entry, data)
+            digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+            records.append(f"{name},sha256={digest},{len(data)}")
+        if dist_info is None:
+            raise DriverError("the installed mycelya_torch lists no .dist-info; pass wheel= instead")
+        records.append(f"{dist_info}/RECORD,,")
+        wheel.writestr(f"{dist_info}/RECORD", "\n".join(records) + "\n")
+    return path
+
+
 def build_image(request):
     import modal
 
@@ -139,6 +198,12 @@ def build_image(request):
         image = modal.Image.debian_slim(python_version=python_version)
         # torch (with the extra packages) is a layer of its own: a new wheel reuses it from cache.
         image = image.pip_install(f"torch=={torch_version}", *packages)
+    if wheel is None and not image_ref:
+        # The wheel this client was installed from, rebuilt from its files.
+        stage("packing the installed mycelya_torch into a wheel")
+        folder = tempfile.mkdtemp(prefix="mycelya-wheel-")
+        atexit.register(shutil.rmtree, folder, True)
+        wheel = installed_wheel(folder)
     if wheel is not None:
         inside = posixpath.join("/opt/mycelya", os.path.basename(wheel))
         image = image.add_local_file(wheel, inside, copy=True).pip_install(inside)

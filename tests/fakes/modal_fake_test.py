@@ -2,14 +2,17 @@
 """Tests of the Modal fake and of the provider's Modal driver together: the driver runs the
 real, pinned Modal SDK against the fake, and mycelya-server runs as the sandbox."""
 
+import atexit
 import importlib.util
 import json
 import os
+import shutil
 import signal
 import socket
 import ssl
 import subprocess
 import sys
+import tempfile
 import time
 
 import pytest
@@ -59,7 +62,22 @@ def driver(command, request, env, timeout=60):
     return proc.returncode, lines, proc.stderr
 
 
-def start_request(wheel=None, command=SERVE, **extra):
+def _small_wheel():
+    """A file named like a wheel: the fake records what the image adds and installs
+    nothing. Without one the driver would pack the installed mycelya_torch, which a
+    source tree has not got."""
+    folder = tempfile.mkdtemp(prefix="modal-fake-test-")
+    atexit.register(shutil.rmtree, folder, True)
+    path = os.path.join(folder, "mycelya_torch-0.1.0-cp311-cp311-manylinux_2_35_x86_64.whl")
+    with open(path, "wb") as file:
+        file.write(b"not a real wheel")
+    return path
+
+
+DEFAULT_WHEEL = _small_wheel()
+
+
+def start_request(wheel=DEFAULT_WHEEL, command=SERVE, **extra):
     return {
         "app": "mycelya-torch",
         "gpu": "H100:2",
@@ -186,7 +204,9 @@ def test_a_second_start_reuses_the_built_image(fake, wheel):
 
 
 def test_ready_image_skips_torch_and_cpu_sandbox(fake):
-    _, ok = start(fake, image="ghcr.io/example/mycelya-server:1.0", gpu=None, packages=["numpy==2.0.0"])
+    _, ok = start(
+        fake, image="ghcr.io/example/mycelya-server:1.0", gpu=None, packages=["numpy==2.0.0"], wheel=None
+    )
     [sandbox] = fake.sandboxes()
     assert sandbox["gpu"] is None
     assert sandbox["image_commands"][0] == "FROM ghcr.io/example/mycelya-server:1.0"
