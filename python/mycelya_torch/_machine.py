@@ -246,7 +246,7 @@ def get_all_machines():
 
     A machine whose server was lost stays listed until you stop it, since it
     still holds its device indices (and, on a cloud provider, may still be
-    billing); a machine created with ``start=False`` appears once started.
+    billing); a machine created with ``start=False`` appears once its start begins.
     """
     with _running_lock:
         return list(_running.values())
