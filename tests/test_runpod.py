@@ -7,6 +7,7 @@ import pty
 import signal
 import subprocess
 import sys
+import threading
 
 import pytest
 import torch
@@ -167,6 +168,22 @@ def test_the_api_over_https_is_verified(tmp_path):
             -2000:
         ]
         assert not https_fake.running_pods() and len(https_fake.pods()) == 0
+
+
+def test_ctrl_c_during_a_start_stops_the_machine(fake):
+    # The C++ start cannot be interrupted; the KeyboardInterrupt arrives when
+    # it returns, with the machine running: it must not be left billing.
+    fake.provisioning_s = 1.5
+    timer = threading.Timer(0.5, signal.raise_signal, args=(signal.SIGINT,))
+    timer.start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            mycelya_torch.RemoteMachine("runpod", "H100")
+    finally:
+        timer.join()
+        fake.provisioning_s = 0.2
+    assert mycelya_torch.get_all_machines() == []
+    assert fake.pods() == []
 
 
 def test_rate_limits_are_waited_out(fake):
