@@ -22,6 +22,7 @@ RUNFILES = os.path.join(os.environ.get("TEST_SRCDIR", ""), "mycelya")
 WHEEL_DIR = os.path.join(RUNFILES, "python", "wheel")
 QUICKSTART = os.path.join(RUNFILES, "examples", "quickstart.py")
 DEPLOY = os.path.join(RUNFILES, "deploy")
+ENTRYPOINT = os.path.join(DEPLOY, "entrypoint.sh")
 
 # PEP 600 / auditwheel's manylinux policy: what every manylinux host has.
 MANYLINUX_SYSTEM_LIBRARIES = {
@@ -83,6 +84,46 @@ def test_the_package_comes_from_the_venv(installed):
     assert out.strip() == os.path.join(site, "mycelya_torch", "__init__.py")
 
 
+def test_every_provider_plugin_loads_from_the_installed_package(installed):
+    python, _, env, root = installed
+    out = run([python, "-c", "import mycelya_torch; print(mycelya_torch.available_providers())"], env, root)
+    assert out.strip() == "['local-cuda', 'mock', 'modal', 'runpod', 'server']"
+
+
+MATMUL = (
+    "import torch, mycelya_torch\n"
+    "with mycelya_torch.RemoteMachine({arguments}) as m:\n"
+    "    x = torch.arange(6.0).reshape(2, 3).to(m.device())\n"
+    "    print((x @ x.T).cpu().tolist())\n"
+)
+
+
+def test_the_server_and_runpod_providers_run_from_the_installed_package(installed):
+    # Their plugins use the bundled gRPC, OpenSSL and libcurl: a server over
+    # TCP, and a pod of the RunPod fake whose container runs this venv's server.
+    from fakes.runpod_fake import FakeRunPod
+
+    python, _, env, root = installed
+    server = os.path.join(os.path.dirname(python), "mycelya-server")
+    process, line = start(
+        [server, "--listen", "127.0.0.1:0", "--devices", "cpu"], dict(env, MYCELYA_TOKEN="t"), root
+    )
+    try:
+        address = line.rsplit(" ", 1)[1]
+        arguments = f"'server', address='{address}', token='t', insecure=True"
+        assert (
+            run([python, "-c", MATMUL.format(arguments=arguments)], env, root).strip()
+            == "[[5.0, 14.0], [14.0, 50.0]]"
+        )
+    finally:
+        stop(process)
+    with FakeRunPod(server_binary=server, entrypoint=ENTRYPOINT) as fake:
+        runpod_env = dict(env, RUNPOD_API_KEY=fake.api_key, RUNPOD_API_BASE_URL=fake.base_url)
+        out = run([python, "-c", MATMUL.format(arguments="'runpod', 'H100'")], runpod_env, root)
+        assert out.strip() == "[[5.0, 14.0], [14.0, 50.0]]"
+        assert fake.pods() == []
+
+
 @pytest.mark.parametrize("provider", ["mock", "local-cuda"])
 def test_quick_start_runs_from_the_installed_package(installed, provider):
     python, _, env, root = installed
@@ -113,9 +154,6 @@ def test_mycelya_server_command_serves(installed):
         assert re.match(r"mycelya-server listening on 127\.0\.0\.1:\d+$", line), line
     finally:
         stop(process)
-
-
-ENTRYPOINT = os.path.join(DEPLOY, "entrypoint.sh")
 
 
 def test_image_entry_point_serves_tls_with_settings_from_the_environment(installed, tmp_path):
