@@ -33,4 +33,11 @@ nlohmann::json run_driver(const std::string& command, const nlohmann::json& inpu
                           const std::function<void(const std::string&)>& on_stage,
                           std::chrono::seconds timeout);
 
+// A command that reports no stages (terminate, logs, discard).
+inline nlohmann::json run_driver(const std::string& command, const nlohmann::json& input,
+                                 std::chrono::seconds timeout) {
+  return run_driver(
+      command, input, [](const std::string&) {}, timeout);
+}
+
 }  // namespace mycelya

@@ -109,8 +109,8 @@ ModalOptions read_options(const MachineSpec& spec) {
   return result;
 }
 
+// "H100", or "H100:2"; only for a spec with a GPU type.
 std::string gpu_argument(const MachineSpec& spec) {
-  if (spec.gpu_type.empty()) return "";
   const std::string name = gpu_names().at(spec.gpu_type);
   return spec.gpu_count > 1 ? name + ":" + std::to_string(spec.gpu_count) : name;
 }
@@ -122,6 +122,17 @@ std::string server_command(const MachineSpec& spec) {
   return "exec mycelya-server --listen \"0.0.0.0:${MYCELYA_PORT:-" + std::to_string(kServerPort) +
          "}\" --insecure --token-env MYCELYA_TOKEN --state-dir " + kVolumeMount +
          " --idle-timeout " + std::to_string(static_cast<long long>(std::ceil(idle_s)));
+}
+
+// Terminates a sandbox and waits up to `wait` for it to finish; returns
+// whether it did (Modal commits a Volume for the last time when its sandbox
+// finishes).
+bool terminate_sandbox(const std::string& sandbox_id, std::chrono::seconds wait) {
+  const json answer =
+      run_driver("terminate", {{"sandbox_id", sandbox_id}, {"wait_s", wait.count()}},
+                 kDriverCallTimeout + wait);
+  const auto finished = answer.find("finished");
+  return finished == answer.end() || !finished->is_boolean() || finished->get<bool>();
 }
 
 std::string describe_failure(const DriverError& e, const MachineSpec& spec) {
@@ -163,11 +174,7 @@ class ModalSession final : public GrpcBackedSession {
     grpc_->stop();
     if (terminated_) return true;
     terminated_ = true;
-    const json answer = run_driver(
-        "terminate", {{"sandbox_id", sandbox_id_}, {"wait_s", 120}}, [](const std::string&) {},
-        kDriverCallTimeout + std::chrono::seconds(120));
-    const auto finished = answer.find("finished");
-    return finished == answer.end() || !finished->is_boolean() || finished->get<bool>();
+    return terminate_sandbox(sandbox_id_, std::chrono::seconds(120));
   }
 
   std::string sandbox_id_;
@@ -227,8 +234,8 @@ class ModalProvider final : public Provider {
     progress.stage("waiting for mycelya-server at " + target.address);
     try {
       // The tunnel is up before the server listens (the image's Python and
-      // torch import first): connect waits, within the start timeout.
-      // What is left of the start timeout, and at least 10 s.
+      // torch import first): connect waits for what is left of the start
+      // timeout, and at least 10 s.
       const auto left = std::max<std::chrono::milliseconds>(
           std::chrono::seconds(10), std::chrono::duration_cast<std::chrono::milliseconds>(
                                         began + timeout - std::chrono::steady_clock::now()));
@@ -237,18 +244,16 @@ class ModalProvider final : public Provider {
     } catch (const std::exception& e) {
       std::string log;
       try {
-        log = run_driver(
-                  "logs", {{"sandbox_id", sandbox_id}, {"lines", kLogTailLines}},
-                  [](const std::string&) {}, kDriverCallTimeout)
+        log = run_driver("logs", {{"sandbox_id", sandbox_id}, {"lines", kLogTailLines}},
+                         kDriverCallTimeout)
                   .value("log", "");
       } catch (const std::exception&) {
         // The log is an aid to the error being raised, never a new error.
       }
       try {
-        run_driver(
-            "terminate", {{"sandbox_id", sandbox_id}}, [](const std::string&) {},
-            kDriverCallTimeout);
+        terminate_sandbox(sandbox_id, std::chrono::seconds(30));
       } catch (const std::exception&) {
+        // As above: the start's error is the one to raise.
       }
       throw std::runtime_error("modal: sandbox " + sandbox_id +
                                " never became healthy: " + e.what() +
@@ -269,9 +274,8 @@ class ModalProvider final : public Provider {
       if (!started_keys_.erase(spec.state_key)) return;
     }
     const ModalOptions options = read_options(spec);
-    run_driver(
-        "discard", {{"volume", options.volume}, {"path", spec.state_key}},
-        [](const std::string&) {}, kDriverCallTimeout);
+    run_driver("discard", {{"volume", options.volume}, {"path", spec.state_key}},
+               kDriverCallTimeout);
   }
 
  private:

@@ -143,25 +143,31 @@ std::string with_log(const RunPodApi& api, const std::string& pod_id, const std:
   return message + (log.empty() ? "" : "\nThe pod's last log lines:\n" + log);
 }
 
-// What a start that failed does with its pod: a new one is terminated (no
-// pod left billing); a resumed one is stopped, since its volume holds the
-// paused tensors.
-enum class OnFailure { kTerminate, kStop };
+// How a pod ends: terminated (gone, with its volume) or stopped (billing
+// only its volume, which keeps the paused tensors). A failed start ends a
+// new pod by terminating it, a resumed one by stopping it again.
+enum class PodEnd { kTerminate, kStop };
 
-void give_up(const RunPodApi& api, const std::string& pod_id, OnFailure on_failure) {
+void end_pod(const RunPodApi& api, const std::string& pod_id, PodEnd how) {
+  if (how == PodEnd::kTerminate) return api.terminate(pod_id);
   try {
-    if (on_failure == OnFailure::kTerminate) {
-      api.terminate(pod_id);
-    } else {
-      api.action(pod_id, "stop");
-    }
+    api.action(pod_id, "stop");
+  } catch (const RunPodError& e) {
+    // 409: it is already stopped (its server's idle exit stopped it).
+    if (e.status() != 409) throw;
+  }
+}
+
+void give_up(const RunPodApi& api, const std::string& pod_id, PodEnd on_failure) {
+  try {
+    end_pod(api, pod_id, on_failure);
   } catch (const std::exception&) {
     // The error being raised says what failed; this is cleanup.
   }
 }
 
-std::string failure_note(OnFailure on_failure) {
-  return on_failure == OnFailure::kTerminate
+std::string failure_note(PodEnd on_failure) {
+  return on_failure == PodEnd::kTerminate
              ? "\nThe pod was terminated."
              : "\nThe pod was stopped; its volume keeps the paused tensors (resume() tries "
                "again, stop() ends the machine).";
@@ -193,7 +199,7 @@ std::optional<std::string> public_address(const json& pod) {
 // Polls the pod until its server's port is public; returns "ip:port".
 // Throws, having terminated or stopped the pod, when it fails or takes too long.
 std::string wait_until_serving(const RunPodApi& api, const std::string& pod_id, double timeout_s,
-                               Stages& stage, OnFailure on_failure) {
+                               Stages& stage, PodEnd on_failure) {
   const auto deadline = std::chrono::steady_clock::now() +
                         std::chrono::milliseconds(static_cast<long long>(timeout_s * 1000));
   try {
@@ -239,26 +245,17 @@ class RunPodSession final : public GrpcBackedSession {
     }
   }
 
-  void stop() override { end("terminate"); }
+  void stop() override { end(PodEnd::kTerminate); }
   bool can_pause() const override { return true; }
   // Core saved the storages to the pod's volume; a stopped pod keeps it.
-  void pause() override { end("stop"); }
+  void pause() override { end(PodEnd::kStop); }
 
  private:
-  void end(const std::string& how) {
+  void end(PodEnd how) {
     grpc_->stop();
     if (ended_) return;
     ended_ = true;
-    if (how == "terminate") {
-      api_->terminate(pod_id_);
-      return;
-    }
-    try {
-      api_->action(pod_id_, "stop");
-    } catch (const RunPodError& e) {
-      // 409: it is already stopped (its server's idle exit stopped it).
-      if (e.status() != 409) throw;
-    }
+    end_pod(*api_, pod_id_, how);
   }
 
   std::shared_ptr<RunPodApi> api_;
@@ -270,7 +267,7 @@ class RunPodSession final : public GrpcBackedSession {
 std::unique_ptr<Session> connect(const std::shared_ptr<RunPodApi>& api, const std::string& pod_id,
                                  const std::string& address, const std::string& token,
                                  const std::string& certificate_pem, const MachineSpec& spec,
-                                 Stages& stage, OnFailure on_failure) {
+                                 Stages& stage, PodEnd on_failure) {
   GrpcTarget target;
   target.address = address;
   target.token = token;
@@ -323,10 +320,10 @@ class RunPodProvider final : public Provider {
     const std::string pod_id = string_field(create(*api, spec, body, candidates, stage), "id");
     try {
       const std::string address =
-          wait_until_serving(*api, pod_id, options.start_timeout_s, stage, OnFailure::kTerminate);
+          wait_until_serving(*api, pod_id, options.start_timeout_s, stage, PodEnd::kTerminate);
       // The certificate made here is pinned, not the one the API echoes.
       return connect(api, pod_id, address, token, certificate.certificate_pem, spec, stage,
-                     OnFailure::kTerminate);
+                     PodEnd::kTerminate);
     } catch (...) {
       // No pod of this machine left billing after a failed start (a create
       // retried after no answer may have made two; terminating twice is harmless).
@@ -376,11 +373,11 @@ class RunPodProvider final : public Provider {
     // The public port changes on every start: read it again. A failure stops
     // the pod again; its volume keeps the tensors.
     const std::string address =
-        wait_until_serving(*api, pod_id, options.start_timeout_s, stage, OnFailure::kStop);
+        wait_until_serving(*api, pod_id, options.start_timeout_s, stage, PodEnd::kStop);
     const json pod = api->get_pod(pod_id);
     const json env = pod.contains("env") ? pod["env"] : json::object();
     return connect(api, pod_id, address, string_field(env, "MYCELYA_TOKEN"),
-                   string_field(env, "MYCELYA_TLS_CERT"), spec, stage, OnFailure::kStop);
+                   string_field(env, "MYCELYA_TLS_CERT"), spec, stage, PodEnd::kStop);
   }
 
   void discard(const MachineSpec& spec) override {
