@@ -1,6 +1,8 @@
 // SPDX-License-Identifier: AGPL-3.0-or-later
 #include "core/command_queue.h"
 
+#include <algorithm>
+
 #include "proto/batch_framing.h"
 #include "proto/storage_ids.h"
 
@@ -22,6 +24,12 @@ void for_each_storage(const wire::Command& command, const Visit& visit) {
       break;
     case wire::Command::kResize:
       visit(command.resize().storage_id());
+      break;
+    case wire::Command::kCall:
+      for (const auto& tensor : command.call().tensors()) visit(tensor.storage_id());
+      break;
+    case wire::Command::kAdoptCallStorages:
+      for (uint64_t id : command.adopt_call_storages().storage_ids()) visit(id);
       break;
     default:
       // Frees name dead storages; seeds and generator states name none.
@@ -60,6 +68,7 @@ void CommandQueue::append_encoded(const wire::Command& command) {
   append_framed_command(command, &commands_);
   const uint64_t index = ++appended_;
   for_each_storage(command, [&](uint64_t id) { last_mention_[id] = index; });
+  if (command.has_call()) last_call_ = index;
 }
 
 void CommandQueue::free_storage(uint64_t storage_id) {
@@ -94,7 +103,7 @@ EncodedBatch CommandQueue::take_batch() {
 
 uint64_t CommandQueue::last_mention(uint64_t storage_id) const {
   const auto it = last_mention_.find(storage_id);
-  return it == last_mention_.end() ? 0 : it->second;
+  return std::max(last_call_, it == last_mention_.end() ? 0 : it->second);
 }
 
 void CommandQueue::reset() { *this = CommandQueue(); }

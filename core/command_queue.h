@@ -50,7 +50,9 @@ class CommandQueue {
   // machine counts them.
   uint64_t appended() const { return appended_; }
   uint64_t sent() const { return sent_; }
-  // The last command that mentions a live storage; 0 when none has.
+  // The last command that mentions a live storage, or the last Python call,
+  // whichever came later (a function may keep a tensor from an earlier call
+  // and write it without naming it); 0 when none has.
   uint64_t last_mention(uint64_t storage_id) const;
 
   // Storages with a last mention, and op names interned: what the queue
@@ -67,6 +69,7 @@ class CommandQueue {
   void append_encoded(const wire::Command& command);
 
   std::string commands_;  // framed Batch.commands entries
+  uint64_t last_call_ = 0;
   std::vector<std::string> payloads_;
   size_t payload_bytes_ = 0;
   std::vector<uint64_t> storage_frees_;

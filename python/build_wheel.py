@@ -122,6 +122,8 @@ def lay_out(tree, files, tag):
             "License: AGPL-3.0-or-later\n"
             "Requires-Python: >=3.9\n"
             f"Requires-Dist: {torch_requirement()}\n"
+            # Remote functions travel by cloudpickle, on both sides.
+            "Requires-Dist: cloudpickle\n"
         ),
         "WHEEL": (
             f"Wheel-Version: 1.0\nGenerator: mycelya build_wheel.py\nRoot-Is-Purelib: false\nTag: {tag}\n"

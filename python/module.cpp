@@ -17,6 +17,7 @@
 #include "core/logging.h"
 #include "core/machine.h"
 #include "core/plugin_loader.h"
+#include "core/remote_call.h"
 
 namespace py = pybind11;
 
@@ -191,6 +192,29 @@ PYBIND11_MODULE(_C, m) {
       },
       py::arg("index"), py::arg("state"));
 
+  // Python functions on a machine (core/remote_call.h, _remote_runtime.py).
+  py::class_<QueuedCall>(m, "QueuedCall")
+      .def_readonly("call_id", &QueuedCall::call_id)
+      .def("take", [](const QueuedCall& call) {
+        CallResult result;
+        {
+          py::gil_scoped_release release;
+          result = take_call_result(call);
+        }
+        return py::make_tuple(py::bytes(result.value), result.raised, result.tensors);
+      });
+  m.def(
+      "queue_call",
+      [](const py::bytes& function, std::vector<at::Tensor> tensors, int device_index) {
+        std::string bytes = function;
+        const c10::DeviceIndex index = running_index(device_index);
+        py::gil_scoped_release release;
+        return queue_call(std::move(bytes), std::move(tensors), index);
+      },
+      py::arg("function"), py::arg("tensors"), py::arg("device_index"));
+  m.def(
+      "remote_device_name",
+      [](int index) { return lookup_device(running_index(index))->remote_name; }, py::arg("index"));
   m.def(
       "storage_id",
       [](const at::Tensor& tensor) {

@@ -16,6 +16,7 @@
 #include "proto/schema_types.h"
 #include "proto/storage_ids.h"
 #include "proto/tensor_geometry.h"
+#include "server/error_text.h"
 #include "server/state_folder.h"
 
 namespace mycelya {
@@ -23,12 +24,6 @@ namespace {
 
 // Distinct ops one session may name: ATen has a few thousand overloads.
 constexpr uint32_t kMaxOpIds = 1 << 16;
-
-std::string error_text(const std::exception& e) {
-  if (auto* c10_error = dynamic_cast<const c10::Error*>(&e))
-    return c10_error->what_without_backtrace();
-  return e.what();
-}
 
 std::string format_bytes(uint64_t n) {
   const char* units[] = {"bytes", "KiB", "MiB", "GiB", "TiB"};
@@ -188,6 +183,12 @@ void Executor::run_command(const wire::Command& command, PayloadSource& payloads
         break;
       case wire::Command::kSetRngState:
         set_rng_state(command.set_rng_state(), payloads);
+        break;
+      case wire::Command::kCall:
+        run_call(command.call());
+        break;
+      case wire::Command::kAdoptCallStorages:
+        adopt_call_storages(command.adopt_call_storages());
         break;
       default:
         break;
@@ -952,6 +953,9 @@ std::string Executor::handle_request(const std::string& encoded, Payload* payloa
           break;
         case wire::Request::kRestoreState:
           restore_state(response.mutable_state());
+          break;
+        case wire::Request::kCallResult:
+          take_call_result(request.call_result().call_id(), response.mutable_call_result());
           break;
         case wire::Request::kStats: {
           wire::SessionStats* stats = response.mutable_stats();

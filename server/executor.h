@@ -30,6 +30,7 @@
 #include <vector>
 
 #include "proto/mycelya.pb.h"
+#include "server/call_runner.h"
 #include "server/memory_budget.h"
 #include "server/session_generators.h"
 
@@ -49,6 +50,10 @@ struct ExecutorOptions {
   // The session's state folder (server/state_folder.h) for pausing; empty:
   // the session cannot pause.
   std::string state_dir;
+  // Runs Python functions (wire::Call), shared by the server's sessions;
+  // null: calls fail with `no_calls_reason`.
+  std::shared_ptr<CallRunner> calls;
+  std::string no_calls_reason = "this machine does not run Python functions";
 };
 
 // A response's bulk bytes (a download), kept as the contiguous CPU tensor they
@@ -174,6 +179,16 @@ class Executor {
                               wire::Response* response);
   void run_native_dropout(torch::jit::Stack* stack);
 
+  // Python functions (server/remote_calls.cpp): a call runs in stream
+  // order, its outcome waits for a CallResultRequest, and the new storages
+  // that result names wait for the client's IDs.
+  void run_call(const wire::Call& call);
+  void take_call_result(uint64_t call_id, wire::CallResult* result);
+  void adopt_call_storages(const wire::AdoptCallStorages& adopt);
+  struct FinishedCall;
+  // The slot of a device a returned tensor lives on.
+  int returned_slot(const FinishedCall& call, c10::Device device) const;
+
   void upload(const wire::Upload& upload, PayloadSource& payloads);
   void resize(const wire::ResizeStorage& resize);
   void seed(const wire::Seed& seed);
@@ -232,6 +247,15 @@ class Executor {
   std::optional<wire::Error> pending_error_;
   uint64_t commands_run_ = 0;
   bool commands_counted_ = true;
+  struct FinishedCall {
+    CallOutcome outcome;
+    std::string error;  // set when the function could not run at all
+    std::vector<uint64_t> argument_ids;
+    std::vector<int> argument_slots;
+  };
+  std::unordered_map<uint64_t, FinishedCall> finished_calls_;
+  std::unordered_map<uint64_t, std::vector<c10::Storage>> awaiting_adoption_;
+  uint64_t last_call_id_ = 0;
   std::function<void()> after_command_;
 };
 

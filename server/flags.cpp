@@ -58,6 +58,10 @@ Flags (--flag=value or --flag value):
                           A session whose client vanished, or that is open
                           when the server stops, is saved there too.
   --exit-with-parent      Stop (as on SIGTERM) when the parent process dies.
+  --no-python             Refuse Python functions (@mycelya_torch.remote,
+                          load_huggingface_model, pip_install). They run
+                          code as this server's user for any token holder,
+                          so they also need a token.
   --help                  Print this and exit.
 )";
 
@@ -193,11 +197,12 @@ Flags parse_flags(const std::vector<std::string>& args) {
     std::optional<std::string> inline_value;
     if (equals != std::string::npos) inline_value = arg.substr(equals + 1);
 
-    if (name == "help" || name == "exit-with-parent" || name == "insecure") {
+    if (name == "help" || name == "exit-with-parent" || name == "insecure" || name == "no-python") {
       if (inline_value) throw FlagError("--" + name + " takes no value");
-      (name == "help"       ? flags.help
-       : name == "insecure" ? flags.insecure
-                            : flags.exit_with_parent) = true;
+      (name == "help"        ? flags.help
+       : name == "insecure"  ? flags.insecure
+       : name == "no-python" ? flags.no_python
+                             : flags.exit_with_parent) = true;
       continue;
     }
     std::string* target = nullptr;
@@ -251,6 +256,13 @@ ServerConfig configure(const Flags& flags, const std::function<const char*(const
   config.listen = flags.listen;
   config.exit_with_parent = flags.exit_with_parent;
   config.token = read_token(flags, getenv);
+  if (flags.no_python) {
+    config.no_python_reason = "this server was started with --no-python";
+  } else if (config.token.empty()) {
+    config.no_python_reason =
+        "this server has no token, and a Python function runs code as the server's user: start "
+        "it with a token (--token-file, --token-env or MYCELYA_TOKEN)";
+  }
   if (config.token.empty() && !is_local_address(flags.listen)) {
     throw FlagError("--listen " + flags.listen +
                     " is reachable from other machines, so a token is required: use --token-file, "

@@ -38,6 +38,7 @@ struct Flags {
   std::optional<std::string> tls_key;
   bool insecure = false;
   bool exit_with_parent = false;
+  bool no_python = false;
   bool help = false;
 };
 
@@ -63,6 +64,8 @@ struct ServerConfig {
   std::string tls_cert_pem;
   std::string tls_key_pem;
   bool exit_with_parent = false;
+  // Why Python functions (wire::Call) are refused; empty: they run.
+  std::string no_python_reason;
 };
 
 // Checks the flags and gathers the configuration. `getenv` reads the

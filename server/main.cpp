@@ -27,6 +27,7 @@
 #include "server/flags.h"
 #include "server/log.h"
 #include "server/process_lifetime.h"
+#include "server/python_calls_loader.h"
 #include "server/service.h"
 #include "server/state_folder.h"
 
@@ -140,6 +141,14 @@ int run(int argc, char** argv) {
     // Bad invocations exit 2, so scripts can tell them from runtime failures (1).
     std::cerr << "mycelya-server: " << e.what() << "\nRun mycelya-server --help for usage.\n";
     return 2;
+  }
+
+  if (config.no_python_reason.empty()) {
+    // libmycelya_python_calls.so lies beside this binary.
+    config.executor.calls =
+        std::make_shared<LazyPythonCalls>(embedded_python_config(folder_of_executable()));
+  } else {
+    config.executor.no_calls_reason = config.no_python_reason;
   }
 
   ParentWatch parent_watch(parent);

@@ -22,6 +22,7 @@
 #include "providers/common/local_state.h"
 #include "server/executor.h"
 #include "server/fuzz/fuzz_case.h"
+#include "server/python_calls_loader.h"
 
 namespace mycelya {
 namespace {
@@ -96,6 +97,10 @@ class MockProvider final : public Provider {
     options.device_names.push_back("cpu");
     if (valid_state_key(spec.state_key))
       options.state_dir = local_state_root() + "/" + spec.state_key;
+    // Functions run here, in the client's interpreter; the library that
+    // runs them lies beside this plugin.
+    options.calls = std::make_shared<LazyPythonCalls>(in_process_python_config(
+        folder_of(reinterpret_cast<const void*>(&mycelya_provider_create))));
     return std::make_unique<MockSession>(std::move(options));
   }
 

@@ -49,6 +49,11 @@ def _check_arguments(provider, gpu_type, gpu_count, packages, idle_timeout):
         or idle_timeout <= 0
     ):
         raise ValueError(f"idle_timeout must be a positive, finite number of seconds, got {idle_timeout!r}.")
+    return check_packages(packages)
+
+
+def check_packages(packages):
+    """Raises ValueError unless packages is None or a list of pip requirement strings."""
     if packages is None:
         return []
     if isinstance(packages, (str, bytes)) or not isinstance(packages, (list, tuple)):
@@ -103,6 +108,7 @@ class RemoteMachine:
         self.gpu_count = gpu_count
         self.packages = packages
         self.idle_timeout = idle_timeout
+        self._installed = set()
         if start:
             self.start()
 
@@ -137,7 +143,10 @@ class RemoteMachine:
         itself (``idle_timeout``), from what that server saved. Random
         generators start from the server's default seed: their states are not saved. Raises
         RuntimeError when it cannot, leaving the machine paused."""
+        was_paused = self._machine.paused
         self._machine.resume()
+        if was_paused:
+            self._install_packages()
 
     @property
     def unsaved_storages(self):
@@ -163,7 +172,36 @@ class RemoteMachine:
                 _running.pop(self.machine_id, None)
             raise
         logger.info("machine %s started with devices %s", self.machine_id, self._machine.devices)
+        self._install_packages()
         return self
+
+    def _install_packages(self):
+        # Where the provider built them into its image, pip finds them
+        # installed already and reaches no index.
+        self._installed = set()
+        if self.packages:
+            self.pip_install(*self.packages)
+
+    def pip_install(self, *packages):
+        """Installs pip packages into the machine's Python environment, where
+        remote functions (``@mycelya_torch.remote``) run; on "mock" that is
+        this process's own. Raises RuntimeError with pip's output when the
+        install fails; the machine keeps working."""
+        packages = check_packages(list(packages))
+        if not packages:
+            return
+        logger.info("machine %s: pip install %s", self.machine_id, " ".join(packages))
+        from . import _remote, _remote_runtime
+
+        _remote.call(_remote_runtime.pip_install, (packages, self.device()), {})
+        self._installed.update(packages)
+        logger.info("machine %s: installed %s", self.machine_id, " ".join(packages))
+
+    def _pip_install_once(self, packages):
+        """pip_install of the packages not installed since the machine started (@remote(packages=))."""
+        missing = [package for package in packages if package not in self._installed]
+        if missing:
+            self.pip_install(*missing)
 
     def stop(self):
         """Stops the machine. Its tensors can no longer be used (they raise
@@ -239,6 +277,15 @@ class RemoteMachine:
         state = "running" if self.running else "paused" if self.paused else "stopped"
         gpu = f", gpu_type={self.gpu_type!r}" if self.gpu_type else ""
         return f"RemoteMachine(provider={self.provider!r}{gpu}, machine_id={self.machine_id!r}, {state})"
+
+
+def machine_by_id(machine_id):
+    """The started machine of that id (RuntimeError once it stopped)."""
+    with _running_lock:
+        machine = _running.get(machine_id)
+    if machine is None:
+        raise RuntimeError(f"Machine {machine_id} is not running.")
+    return machine
 
 
 def get_all_machines():
