@@ -75,6 +75,14 @@ TEST(Flags, TheTokenComesFromOnePlace) {
   EXPECT_TRUE(Contains(flag_error({"--token-file", file + ".empty"}), "is empty"));
 }
 
+TEST(Flags, PythonFunctionsNeedATokenAndCanBeTurnedOff) {
+  Environment env{{{"MYCELYA_TOKEN", "t"}}};
+  EXPECT_EQ(configure_args({}, env).no_python_reason, "");
+  EXPECT_TRUE(Contains(configure_args({}).no_python_reason, "has no token"));
+  EXPECT_TRUE(Contains(configure_args({"--no-python"}, env).no_python_reason, "--no-python"));
+  EXPECT_TRUE(Contains(flag_error({"--no-python=1"}), "takes no value"));
+}
+
 TEST(Flags, AnAddressOthersCanReachNeedsATokenAndTls) {
   EXPECT_TRUE(Contains(flag_error({"--listen", "0.0.0.0:50051"}), "token is required"));
   EXPECT_TRUE(

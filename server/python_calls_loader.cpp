@@ -64,8 +64,9 @@ PythonCallsConfig in_process_python_config(const std::string& library_folder) {
   PythonCallsConfig config;
   config.library_folder = library_folder;
   if (!dlsym(RTLD_DEFAULT, "Py_IsInitialized")) {
-    config.unavailable = "the mock provider runs functions in the client's own Python, and "
-                         "this process is not Python";
+    config.unavailable =
+        "the mock provider runs functions in the client's own Python, and "
+        "this process is not Python";
   }
   return config;
 }
@@ -81,15 +82,14 @@ CallRunner& LazyPythonCalls::runner() {
   if (!failure_.empty()) throw std::runtime_error(failure_);
   // Extension modules (torch's own) find the interpreter's symbols only in
   // the global scope, so an embedded libpython must be loaded globally.
-  if (!config_.libpython.empty() &&
-      !dlopen(config_.libpython.c_str(), RTLD_NOW | RTLD_GLOBAL)) {
+  if (!config_.libpython.empty() && !dlopen(config_.libpython.c_str(), RTLD_NOW | RTLD_GLOBAL)) {
     failure_ = "cannot load the Python library " + config_.libpython + ": " + dl_error();
     throw std::runtime_error(failure_);
   }
   const std::string library = config_.library_folder + "/" + kPythonCallsLibrary;
   void* handle = dlopen(library.c_str(), RTLD_NOW | RTLD_LOCAL);
-  auto create = handle ? reinterpret_cast<CreateCallRunner>(dlsym(handle, kCreateCallRunnerSymbol))
-                       : nullptr;
+  auto create =
+      handle ? reinterpret_cast<CreateCallRunner>(dlsym(handle, kCreateCallRunnerSymbol)) : nullptr;
   if (!create) {
     failure_ = "cannot load " + library + ": " + dl_error();
     throw std::runtime_error(failure_);

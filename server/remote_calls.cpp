@@ -67,8 +67,7 @@ void Executor::run_call(const wire::Call& call) {
 
 void Executor::take_call_result(uint64_t call_id, wire::CallResult* result) {
   auto it = finished_calls_.find(call_id);
-  TORCH_CHECK(it != finished_calls_.end(), "no result of call ", call_id,
-              " waits in this session");
+  TORCH_CHECK(it != finished_calls_.end(), "no result of call ", call_id, " waits in this session");
   FinishedCall finished = std::move(it->second);
   finished_calls_.erase(it);
   TORCH_CHECK(finished.error.empty(), finished.error);

@@ -98,6 +98,25 @@ MATMUL = (
 )
 
 
+REMOTE = (
+    "import os, torch, mycelya_torch\n"
+    "@mycelya_torch.remote\n"
+    "def double(x):\n"
+    "    return os.getpid(), x * 2\n"
+    "with mycelya_torch.RemoteMachine('local-cuda') as m:\n"
+    "    pid, y = double(torch.ones(3, device=m.device()))\n"
+    "    print(pid != os.getpid(), y.cpu().tolist())\n"
+)
+
+
+def test_remote_functions_run_in_the_installed_servers_python(installed):
+    # The server embeds the venv's interpreter through the bundled
+    # libmycelya_python_calls.so, with torch's libraries found beside it.
+    python, _, env, root = installed
+    out = run([python, "-c", REMOTE], env, root)
+    assert out.strip().splitlines()[-1] == "True [2.0, 2.0, 2.0]"
+
+
 def test_the_server_and_runpod_providers_run_from_the_installed_package(installed):
     # Their plugins use the bundled gRPC, OpenSSL and libcurl: a server over
     # TCP, and a pod of the RunPod fake whose container runs this venv's server.
