@@ -41,8 +41,9 @@ class RemoteTraceback(Exception):
 class _SlotPickler(cloudpickle.Pickler):
     """Pickles an object graph with the tensors `is_slot(t)` picks as slots."""
 
-    def __init__(self, file, is_slot):
-        super().__init__(file, protocol=_PROTOCOL)
+    def __init__(self, is_slot):
+        self._buffer = io.BytesIO()
+        super().__init__(self._buffer, protocol=_PROTOCOL)
         self._is_slot = is_slot
         self.tensors = []  # by slot
         self.meta = []  # by slot
@@ -69,6 +70,17 @@ class _SlotPickler(cloudpickle.Pickler):
 
     def device_id(self, obj):
         return None
+
+    def dumps(self, body):
+        """(payload bytes, slot tensors). Drops the pickler's references after,
+        even when pickling fails: the C pickler keeps a bound persistent_id, a
+        cycle that would hold every tensor (and the machine's memory under
+        it) until a garbage collection."""
+        try:
+            self.dump(body)
+            return pickle.dumps((self.meta, self._buffer.getvalue()), protocol=_PROTOCOL), self.tensors
+        finally:
+            self.tensors = self.meta = self._slots = self._buffer = None
 
 
 class _SlotUnpickler(pickle.Unpickler):
@@ -101,21 +113,16 @@ def _tensor_objects(tensors, meta):
     return objects
 
 
-def _dumps(body, is_slot, device_id=None):
-    buffer = io.BytesIO()
-    pickler = _SlotPickler(buffer, is_slot)
-    if device_id is not None:
-        pickler.device_id = device_id
-    pickler.dump(body)
-    return pickler, pickle.dumps((pickler.meta, buffer.getvalue()), protocol=_PROTOCOL)
-
-
 def _loads(data, tensors, device):
     meta, body = pickle.loads(data)
     if len(meta) != len(tensors):
         raise pickle.UnpicklingError(f"{len(tensors)} tensors came for {len(meta)} slots")
     objects = _tensor_objects(tensors, meta)
-    return objects, _SlotUnpickler(io.BytesIO(body), objects, device).load()
+    unpickler = _SlotUnpickler(io.BytesIO(body), objects, device)
+    try:
+        return objects, unpickler.load()
+    finally:
+        unpickler._objects = None  # as in _SlotPickler.dumps: no cycle keeps the tensors
 
 
 # ---------------------------------------------------------------------------
@@ -157,13 +164,15 @@ def pack_call(function, args, kwargs, remote_device_name):
 
     _pickle_by_value(getattr(function, "__module__", None))
     try:
-        pickler, data = _dumps((function, args, kwargs), is_slot, device_id)
+        pickler = _SlotPickler(is_slot)
+        pickler.device_id = device_id
+        data, tensors = pickler.dumps((function, args, kwargs))
     except ValueError:
         raise
     except Exception as error:  # noqa: BLE001 - whatever pickling raised, said plainly
         name = getattr(function, "__qualname__", repr(function))
         raise ValueError(f"cannot send the arguments of {name} to the machine: {error}") from error
-    return data, pickler.tensors, device_indices
+    return data, tensors, device_indices
 
 
 def unpack_result(data, raised, tensors, local_device, name):
@@ -200,8 +209,7 @@ def run_call(data, tensors):
 
         # Every slot's object goes back too: it tells the client of data,
         # requires_grad and .grad the function changed in place.
-        buffer = io.BytesIO()
-        pickler = _SlotPickler(buffer, is_slot=lambda tensor: True)
+        pickler = _SlotPickler(is_slot=lambda tensor: True)
         pickler.device_id = _machine_device_id
         updates = []
         for obj in objects:
@@ -209,9 +217,8 @@ def run_call(data, tensors):
             updates.append(
                 (pickler.slot(obj), obj.requires_grad, pickler.slot(grad) if grad is not None else -1)
             )
-        pickler.dump((value, updates))
-        data = pickle.dumps((pickler.meta, buffer.getvalue()), protocol=_PROTOCOL)
-        return data, False, pickler.tensors
+        data, tensors = pickler.dumps((value, updates))
+        return data, False, tensors
     except BaseException as error:  # noqa: BLE001 - every failure goes to the caller
         remote_traceback = traceback.format_exc()
         try:

@@ -247,6 +247,17 @@ class _Pod:
         return ports
 
 
+def _install_server_command(binary, path):
+    """The image's `mycelya-server` is the package's console command, which names the package's
+    interpreter for remote functions and runs the binary: the same, from this process's
+    environment (the test's mycelya_torch import sets MYCELYA_PYTHON and MYCELYA_LIBPYTHON)."""
+    names = ("MYCELYA_PYTHON", "MYCELYA_LIBPYTHON", "PYTHONPATH")
+    exports = "".join(f"export {name}={shlex.quote(os.environ[name])}\n" for name in names if name in os.environ)
+    with open(path, "w") as script:
+        script.write(f"#!/bin/sh\n{exports}exec {shlex.quote(binary)} \"$@\"\n")
+    os.chmod(path, 0o755)
+
+
 class FakeRunPod:
     """RunPod's REST API v2 (pods, GPU catalog) on 127.0.0.1, pods run as local processes."""
 
@@ -278,7 +289,7 @@ class FakeRunPod:
         # The image's PATH: a folder whose mycelya-server is the binary under test.
         self._bin = os.path.join(self.workdir, "bin")
         os.makedirs(self._bin, exist_ok=True)
-        os.symlink(os.path.abspath(server_binary), os.path.join(self._bin, "mycelya-server"))
+        _install_server_command(os.path.abspath(server_binary), os.path.join(self._bin, "mycelya-server"))
         self._lock = threading.Condition()
         self._pods = {}  # id -> _Pod, terminated ones excluded
         self._dying = []  # terminated pods whose container is still being killed
