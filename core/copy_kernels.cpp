@@ -8,6 +8,8 @@
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/library.h>
 
+#include <algorithm>
+#include <cstdio>
 #include <cstring>
 
 #include "core/allocator.h"
@@ -15,21 +17,65 @@
 #include "core/op_encoding.h"
 #include "core/payload_pool.h"
 #include "core/remote_tensor.h"
+#include "core/transfer_progress.h"
 #include "proto/tensor_geometry.h"
 
 namespace mycelya {
 namespace {
 
+std::string format_mib(uint64_t nbytes) {
+  char text[32];
+  std::snprintf(text, sizeof(text), "%.1f MiB", static_cast<double>(nbytes) / (1 << 20));
+  return text;
+}
+
+// Bytes [start, end) of a contiguous tensor's image, as a byte view of its storage.
+wire::TensorRef byte_range(const at::Tensor& tensor, int slot, uint64_t start, uint64_t end) {
+  wire::TensorRef ref;
+  ref.set_storage_id(storage_id(tensor.storage()));
+  ref.set_storage_nbytes(tensor.storage().nbytes());
+  ref.add_sizes(static_cast<int64_t>(end - start));
+  ref.add_strides(1);
+  ref.set_storage_offset(tensor.storage_offset() * static_cast<int64_t>(tensor.element_size()) +
+                         static_cast<int64_t>(start));
+  ref.set_dtype(static_cast<int32_t>(c10::ScalarType::Byte));
+  ref.set_device(slot);
+  return ref;
+}
+
+void download_into(const DeviceRef& device, const wire::TensorRef& source, std::string* bytes) {
+  wire::Request request;
+  *request.mutable_download()->mutable_source() = source;
+  device->machine->request(std::move(request), bytes, device.get());
+}
+
 // The contiguous image of a mycelya tensor, as a CPU tensor.
 at::Tensor download(const at::Tensor& source) {
   const DeviceRef& device = device_entry(source);
-  wire::Request request;
-  describe_tensor(source, storage_id(source.storage()), device->slot,
-                  request.mutable_download()->mutable_source());
   const size_t expected = static_cast<size_t>(source.numel()) * source.element_size();
   // Received into a pooled buffer, which goes back to the pool with the tensor.
   auto bytes = std::make_unique<std::string>(payload_pool().acquire(expected));
-  device->machine->request(std::move(request), bytes.get(), device.get());
+  ProgressReporter report =
+      source.is_contiguous() ? progress_reporter_for(expected) : ProgressReporter();
+  if (report) {
+    const std::string label = "download of " + format_mib(expected) + " from " +
+                              device->machine->id() + " " + device->remote_name;
+    report(label, 0, expected);
+    const uint64_t piece = std::max<uint64_t>(
+        kUploadPieceBytes, (expected + kMaxDownloadPieces - 1) / kMaxDownloadPieces);
+    std::string received;
+    for (const auto& [start, end] : transfer_pieces(expected, piece)) {
+      download_into(device, byte_range(source, device->slot, start, end), &received);
+      TORCH_CHECK(received.size() == end - start, "mycelya: a download returned ", received.size(),
+                  " bytes, expected ", end - start);
+      std::memcpy(bytes->data() + start, received.data(), received.size());
+      report(label, end, expected);
+    }
+  } else {
+    wire::TensorRef ref;
+    describe_tensor(source, storage_id(source.storage()), device->slot, &ref);
+    download_into(device, ref, bytes.get());
+  }
   TORCH_CHECK(bytes->size() == expected, "mycelya: download of ", source.sizes(), " returned ",
               bytes->size(), " bytes, expected ", expected);
   // The received bytes become the tensor's memory: no copy.
@@ -46,11 +92,30 @@ at::Tensor download(const at::Tensor& source) {
 void upload(const at::Tensor& host, const at::Tensor& target) {
   const DeviceRef& device = device_entry(target);
   at::Tensor image = host.to(target.scalar_type()).expand(target.sizes()).contiguous();
-  wire::Upload upload;
-  describe_tensor(target, storage_id(target.storage()), device->slot, upload.mutable_target());
-  std::string payload = payload_pool().acquire(image.nbytes());
-  if (image.nbytes() > 0) std::memcpy(payload.data(), image.const_data_ptr(), image.nbytes());
-  device->machine->enqueue_upload(std::move(upload), std::move(payload), device.get());
+  const uint64_t nbytes = image.nbytes();
+  const char* image_bytes = static_cast<const char*>(image.const_data_ptr());
+  ProgressReporter report =
+      target.is_contiguous() ? progress_reporter_for(nbytes) : ProgressReporter();
+  if (!report) {
+    wire::Upload upload;
+    describe_tensor(target, storage_id(target.storage()), device->slot, upload.mutable_target());
+    std::string payload = payload_pool().acquire(nbytes);
+    if (nbytes > 0) std::memcpy(payload.data(), image_bytes, nbytes);
+    device->machine->enqueue_upload(std::move(upload), std::move(payload), device.get());
+    return;
+  }
+  const std::string label = "upload of " + format_mib(nbytes) + " to " + device->machine->id() +
+                            " " + device->remote_name;
+  report(label, 0, nbytes);
+  // Each piece waits for room in the queue, so the bar moves with the link.
+  for (const auto& [start, end] : transfer_pieces(nbytes, kUploadPieceBytes)) {
+    wire::Upload upload;
+    *upload.mutable_target() = byte_range(target, device->slot, start, end);
+    std::string payload = payload_pool().acquire(end - start);
+    std::memcpy(payload.data(), image_bytes + start, end - start);
+    device->machine->enqueue_upload(std::move(upload), std::move(payload), device.get());
+    report(label, end, nbytes);
+  }
 }
 
 void copy_on_machine(const at::Tensor& source, const at::Tensor& target) {

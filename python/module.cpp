@@ -18,6 +18,7 @@
 #include "core/machine.h"
 #include "core/plugin_loader.h"
 #include "core/remote_call.h"
+#include "core/transfer_progress.h"
 
 namespace py = pybind11;
 
@@ -215,6 +216,25 @@ PYBIND11_MODULE(_C, m) {
   m.def(
       "remote_device_name",
       [](int index) { return lookup_device(running_index(index))->remote_name; }, py::arg("index"));
+  // Progress of large copies (core/transfer_progress.h): `report(label,
+  // done, total)`, or None for none. Called from whichever thread copies.
+  m.def(
+      "set_progress_reporter",
+      [](py::object report) {
+        if (report.is_none()) return set_progress_reporter({});
+        // Kept for the process's life: copies of the reporter must not touch
+        // Python reference counts without the GIL.
+        auto* held = new py::object(std::move(report));
+        set_progress_reporter([held](const std::string& label, uint64_t done, uint64_t total) {
+          py::gil_scoped_acquire gil;
+          try {
+            (*held)(label, done, total);
+          } catch (py::error_already_set&) {
+            // A progress bar never fails a copy.
+          }
+        });
+      },
+      py::arg("report"));
   m.def(
       "storage_id",
       [](const at::Tensor& tensor) {

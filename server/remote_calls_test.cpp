@@ -43,7 +43,8 @@ class RemoteCallsTest : public ::testing::Test {
     return options;
   }
 
-  void run(const std::vector<wire::Command>& commands, const std::vector<std::string>& payloads = {}) {
+  void run(const std::vector<wire::Command>& commands,
+           const std::vector<std::string>& payloads = {}) {
     wire::Batch batch;
     for (const wire::Command& command : commands) *batch.add_commands() = command;
     std::string encoded;
@@ -55,7 +56,8 @@ class RemoteCallsTest : public ::testing::Test {
     std::string encoded, ignored;
     EXPECT_TRUE(request.SerializeToString(&encoded));
     wire::Response response;
-    EXPECT_TRUE(response.ParseFromString(executor_.handle_request(encoded, payload ? payload : &ignored)));
+    EXPECT_TRUE(
+        response.ParseFromString(executor_.handle_request(encoded, payload ? payload : &ignored)));
     return response;
   }
 

@@ -14,6 +14,7 @@ import torch
 
 from . import (
     _C,  # registers the "mycelya" PrivateUse1 backend (C++)
+    _progress,
     device_module,
 )
 from ._huggingface import load_huggingface_model
@@ -44,6 +45,7 @@ def _libpython():
 
 
 os.environ.setdefault("MYCELYA_LIBPYTHON", _libpython())
+_progress.install()
 
 torch.utils.generate_methods_for_privateuse1_backend(
     for_tensor=True, for_module=True, for_packed_sequence=True, for_storage=True

@@ -5,12 +5,11 @@ HF_TOKEN), so none of them crosses the client's link."""
 
 import importlib
 import os
-import threading
 import time
 
 import torch
 
-from . import _remote
+from . import _progress, _remote
 from ._logging import logger
 
 
@@ -58,41 +57,6 @@ def _replace_all(model, attribute, loaded, kind):
                 table[key] = replacement[id(old)]
 
 
-def _progress(description):
-    """A tqdm bar counting seconds while `description` runs on the machine
-    (when tqdm is installed, stderr is a terminal and MYCELYA_PROGRESS is not 0)."""
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:
-        return None
-    if os.environ.get("MYCELYA_PROGRESS") == "0":
-        return None
-    return tqdm(desc=description, unit="s", total=None, bar_format="{desc}: {elapsed}", disable=None)
-
-
-class _Ticker:
-    def __init__(self, bar):
-        self._bar = bar
-        self._done = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True) if bar is not None else None
-
-    def __enter__(self):
-        if self._thread:
-            self._thread.start()
-        return self
-
-    def _run(self):
-        while not self._done.wait(0.5):
-            self._bar.refresh()
-
-    def __exit__(self, *exc):
-        self._done.set()
-        if self._thread:
-            self._thread.join()
-            self._bar.close()
-        return False
-
-
 def load_huggingface_model(
     name_or_path, machine, *, torch_dtype=None, device_type=None, **from_pretrained_kwargs
 ):
@@ -124,7 +88,7 @@ def load_huggingface_model(
     name = os.fspath(name_or_path)
     started = time.monotonic()
     logger.info("loading %s on machine %s", name, machine.machine_id)
-    with _Ticker(_progress(f"loading {name} on machine {machine.machine_id}")):
+    with _progress.elapsed(f"loading {name} on machine {machine.machine_id}"):
         loaded = _remote.call(load_on_machine, (name, device, torch_dtype, from_pretrained_kwargs), {})
     module_name, qualname = loaded["class"]
     cls = getattr(importlib.import_module(module_name), qualname)

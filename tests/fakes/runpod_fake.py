@@ -252,9 +252,11 @@ def _install_server_command(binary, path):
     interpreter for remote functions and runs the binary: the same, from this process's
     environment (the test's mycelya_torch import sets MYCELYA_PYTHON and MYCELYA_LIBPYTHON)."""
     names = ("MYCELYA_PYTHON", "MYCELYA_LIBPYTHON", "PYTHONPATH")
-    exports = "".join(f"export {name}={shlex.quote(os.environ[name])}\n" for name in names if name in os.environ)
+    exports = "".join(
+        f"export {name}={shlex.quote(os.environ[name])}\n" for name in names if name in os.environ
+    )
     with open(path, "w") as script:
-        script.write(f"#!/bin/sh\n{exports}exec {shlex.quote(binary)} \"$@\"\n")
+        script.write(f'#!/bin/sh\n{exports}exec {shlex.quote(binary)} "$@"\n')
     os.chmod(path, 0o755)
 
 
