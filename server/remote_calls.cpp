@@ -71,6 +71,8 @@ void Executor::take_call_result(uint64_t call_id, wire::CallResult* result) {
   FinishedCall finished = std::move(it->second);
   finished_calls_.erase(it);
   TORCH_CHECK(finished.error.empty(), finished.error);
+  TORCH_CHECK(awaiting_adoption_.size() < kMaxFinishedCalls, "this session has ",
+              awaiting_adoption_.size(), " call results whose new storages were never adopted");
 
   // Storages the result may name by ID: the arguments'. Any other storage
   // the session holds comes back as a copy, so one storage keeps one ID.
@@ -81,10 +83,9 @@ void Executor::take_call_result(uint64_t call_id, wire::CallResult* result) {
       argument_storages.emplace(kept->second.storage.unsafeGetStorageImpl(), id);
     }
   }
+  // Built at the first result that needs it: a scan of every storage.
   std::unordered_set<const c10::StorageImpl*> session_storages;
-  for (const auto& entry : storages_) {
-    session_storages.insert(entry.second.storage.unsafeGetStorageImpl());
-  }
+  bool scanned = false;
   std::unordered_map<const c10::StorageImpl*, uint32_t> new_storages;
   std::vector<c10::Storage> adopted;
   for (at::Tensor tensor : finished.outcome.tensors) {
@@ -98,6 +99,12 @@ void Executor::take_call_result(uint64_t call_id, wire::CallResult* result) {
     if (argument != argument_storages.end()) {
       describe_tensor(tensor, argument->second, slot, out->mutable_ref());
       continue;
+    }
+    if (!scanned) {
+      for (const auto& entry : storages_) {
+        session_storages.insert(entry.second.storage.unsafeGetStorageImpl());
+      }
+      scanned = true;
     }
     if (session_storages.count(impl)) {
       tensor = tensor.clone();

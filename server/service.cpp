@@ -146,21 +146,29 @@ std::string new_session_key() {
   return key;
 }
 
-// Marks the session thread's use of the executor, for EarlyReads.
+// Marks the session thread's use of the executor, for EarlyReads and for
+// the idle watch, which must not stop a server in the middle of work.
 class Executing {
  public:
-  explicit Executing(EarlyReads& reads) : reads_(reads) { reads_.begin_executing(); }
-  ~Executing() { reads_.end_executing(); }
+  Executing(EarlyReads& reads, std::atomic<int>& working) : reads_(reads), working_(working) {
+    reads_.begin_executing();
+    ++working_;
+  }
+  ~Executing() {
+    --working_;
+    reads_.end_executing();
+  }
   Executing(const Executing&) = delete;
   Executing& operator=(const Executing&) = delete;
 
  private:
   EarlyReads& reads_;
+  std::atomic<int>& working_;
 };
 
 // The message loop of one session, after the hello.
 grpc::Status serve(Executor& executor, EarlyReads& early_reads, Stream* stream,
-                   const std::function<void()>& note_activity) {
+                   std::atomic<int>& working, const std::function<void()>& note_activity) {
   wire::ClientMessage message;
   while (stream->Read(&message)) {
     note_activity();
@@ -169,9 +177,10 @@ grpc::Status serve(Executor& executor, EarlyReads& early_reads, Stream* stream,
         const std::string batch = std::move(*message.mutable_batch());
         StreamPayloads payloads(stream, message.payload_count());
         {
-          Executing executing(early_reads);
+          Executing executing(early_reads, working);
           executor.run_batch(batch, payloads);
         }
+        note_activity();  // the idle time counts from the end of the work
         grpc::Status status = payloads.finish();
         if (!status.ok()) return status;
         // The client keeps at most two batches unacknowledged, so ops queued
@@ -193,9 +202,10 @@ grpc::Status serve(Executor& executor, EarlyReads& early_reads, Stream* stream,
         Payload payload;
         wire::ServerMessage reply;
         {
-          Executing executing(early_reads);
+          Executing executing(early_reads, working);
           reply.set_response(executor.handle_request(message.request(), &payload));
         }
+        note_activity();
         reply.set_has_payload(download);
         // The client is blocked on this answer: send it now, not when gRPC
         // would find it convenient to.
@@ -360,7 +370,7 @@ grpc::Status MycelyaService::Session(grpc::ServerContext* context, Stream* strea
     hello.mutable_hello()->set_session_key(key);
     hello.mutable_hello()->set_torch_version(torch_version());
     status = stream->Write(hello, grpc::WriteOptions().clear_buffer_hint())
-                 ? serve(executor, *early_reads, stream, [this] { note_activity(); })
+                 ? serve(executor, *early_reads, stream, working_, [this] { note_activity(); })
                  : stream_broken();
     if (!status.ok()) failure = status.error_message();
     // A client that vanished (or a server stopping, --idle-timeout included)

@@ -73,8 +73,11 @@ class MycelyaService final : public wire::Mycelya::Service {
   int open_sessions() const { return open_sessions_.load(); }
   // Reads of all sessions waiting for their command (for tests).
   size_t reads_waiting();
-  // When a client last did anything (any message or call), for --idle-timeout.
+  // When a client last did anything (any message or call), for --idle-timeout:
+  // now while a session runs a batch or request (a remote function may train
+  // for hours without a message).
   std::chrono::steady_clock::time_point last_activity() const {
+    if (working_.load() > 0) return std::chrono::steady_clock::now();
     return std::chrono::steady_clock::time_point(
         std::chrono::steady_clock::duration(last_activity_.load()));
   }
@@ -91,6 +94,7 @@ class MycelyaService final : public wire::Mycelya::Service {
   const ServiceOptions options_;
   std::atomic<int> open_sessions_{0};
   std::atomic<uint64_t> next_session_id_{1};  // tells sessions apart in the log
+  std::atomic<int> working_{0};               // sessions running a batch or request now
   std::atomic<std::chrono::steady_clock::rep> last_activity_{
       std::chrono::steady_clock::now().time_since_epoch().count()};
 

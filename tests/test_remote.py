@@ -7,6 +7,7 @@ import gc
 import os
 import subprocess
 import sys
+import time
 import zipfile
 
 import pytest
@@ -253,6 +254,23 @@ def test_a_thousand_calls_leak_nothing(machine, device):
     assert machine.memory_stats()["storages"] == storages
     # A leak of even one object per call would show as a thousand blocks or more.
     assert after - before < 500, (before, after)
+
+
+@pytest.mark.skipif(PROVIDER == "mock", reason="the mock has no server to stop itself")
+def test_a_long_call_is_not_idle_time():
+    machine = mycelya_torch.RemoteMachine(PROVIDER, *MACHINE_ARGS, idle_timeout=1)
+    try:
+
+        @remote
+        def slow(device):
+            time.sleep(3)
+            return "done"
+
+        assert slow(machine.device()) == "done"
+        # The idle time counts from the end of the call: the machine still runs.
+        assert (torch.ones(1, device=machine.device()) + 1).item() == 2
+    finally:
+        machine.stop()
 
 
 # --- pip ---------------------------------------------------------------------
