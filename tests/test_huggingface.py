@@ -124,3 +124,10 @@ def test_bad_arguments_are_value_errors(machine):
         mycelya_torch.load_huggingface_model(MODEL_ID, "mock")
     with pytest.raises(ValueError, match="torch_dtype"):
         mycelya_torch.load_huggingface_model(MODEL_ID, machine, torch_dtype="float16")
+
+
+def test_the_load_shows_progress_when_asked(machine, tiny_gpt2, monkeypatch, capsys):
+    monkeypatch.setenv("MYCELYA_PROGRESS", "1")
+    folder, _ = tiny_gpt2
+    mycelya_torch.load_huggingface_model(folder, machine)
+    assert f"loading {folder} on machine {machine.machine_id}" in capsys.readouterr().err

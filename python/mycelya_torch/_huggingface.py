@@ -12,25 +12,24 @@ import torch
 from . import _progress, _remote
 from ._logging import logger
 
-
-def _model_class(config):
-    """The class the checkpoint was saved from (config.architectures), else AutoModel's pick."""
-    import transformers
-
-    for name in getattr(config, "architectures", None) or ():
-        cls = getattr(transformers, name, None)
-        if cls is not None:
-            return cls
-    return transformers.AutoModel._model_mapping[type(config)]
+# from_pretrained's arguments that say where the checkpoint is, which the
+# config's lookup takes too (others would become config attributes).
+_LOCATION_KWARGS = ("revision", "token", "cache_dir", "local_files_only", "subfolder", "trust_remote_code")
 
 
 def load_on_machine(name_or_path, device, dtype, from_pretrained_kwargs):
     """Runs on the machine: the model on `device`, as the client rebuilds it."""
     import transformers
 
-    config = transformers.AutoConfig.from_pretrained(name_or_path, **from_pretrained_kwargs)
-    cls = _model_class(config)
-    model = cls.from_pretrained(name_or_path, dtype=dtype, **from_pretrained_kwargs).to(device)
+    location = {key: value for key, value in from_pretrained_kwargs.items() if key in _LOCATION_KWARGS}
+    config = transformers.AutoConfig.from_pretrained(name_or_path, **location)
+    # The class the checkpoint was saved from (GPT2LMHeadModel, not the bare GPT2Model).
+    loader = next(
+        (getattr(transformers, name) for name in config.architectures or () if hasattr(transformers, name)),
+        transformers.AutoModel,
+    )
+    model = loader.from_pretrained(name_or_path, dtype=dtype, **from_pretrained_kwargs).to(device)
+    cls = type(model)
     return {
         "class": (cls.__module__, cls.__qualname__),
         "config": model.config,
