@@ -44,6 +44,17 @@ def test_runs_on_the_machine_with_tensors_by_reference(machine, device):
         assert pid != os.getpid()  # the server's process, not this one
 
 
+def test_the_function_gets_the_executors_memory_not_a_copy(device):
+    @remote
+    def address(x):
+        return x.data_ptr()
+
+    x = torch.zeros(4, 8, device=device)
+    first = address(x)
+    assert address(x) == first  # the same memory, call after call
+    assert address(x[1]) == first + 8 * 4  # a view is a view of it
+
+
 def test_finds_tensors_in_nested_arguments_and_returns_structures(device):
     a, b, c = (torch.randn(3, 3, device=device) for _ in range(3))
 
