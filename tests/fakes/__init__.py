@@ -2,6 +2,9 @@
 """Loopback fakes of cloud control planes, for tests."""
 
 import os
+import signal
+import socket
+import subprocess
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # The server the fakes' own tests run as their pods and sandboxes: a runfile
@@ -20,3 +23,34 @@ SERVER = next(
 # Whether the fakes' own tests can run; under Bazel the server is always
 # there, so a missing one fails rather than skips.
 SERVER_BUILT = os.access(SERVER, os.X_OK) or "TEST_SRCDIR" in os.environ
+
+
+def free_port(avoid=()):
+    """A loopback TCP port nothing listens on now, and none of `avoid`."""
+    while True:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        if port not in avoid:
+            return port
+
+
+def signal_group(proc, signum):
+    """Sends `signum` to the process group of `proc`, if any is left."""
+    try:
+        os.killpg(proc.pid, signum)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def kill_group(proc, grace):
+    """Stops a container: SIGTERM to the process group of `proc`, SIGKILL after `grace`
+    seconds (at once for 0); reaps it and kills whatever else is left in its group."""
+    if proc.poll() is None:
+        signal_group(proc, signal.SIGTERM if grace > 0 else signal.SIGKILL)
+        try:
+            proc.wait(timeout=grace if grace > 0 else 5)
+        except subprocess.TimeoutExpired:
+            signal_group(proc, signal.SIGKILL)
+            proc.wait()
+    signal_group(proc, signal.SIGKILL)

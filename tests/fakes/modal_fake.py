@@ -41,6 +41,8 @@ from google.protobuf import empty_pb2
 from grpclib import GRPCError, Status
 from modal_proto import api_grpc, api_pb2
 
+from fakes import free_port, kill_group, signal_group
+
 _ALPHABET = string.ascii_letters + string.digits
 _BUILDER_VERSION = "2025.06"
 # GPU types Modal accepts (the SDK upper-cases them); a count of up to 8.
@@ -66,12 +68,6 @@ _REFUSED = "Invalid token: the token ID or secret is not recognised. Run `modal 
 
 def _new_id(prefix, length=22):
     return prefix + "-" + "".join(secrets.choice(_ALPHABET) for _ in range(length))
-
-
-def _free_port():
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def _result(status, exception="", exitcode=0):
@@ -237,7 +233,7 @@ class FakeModal:
             if proc is None or container.result is not None:
                 return
             container.end_reason = container.end_reason or "killed"
-        _signal_group(proc, signal.SIGKILL)
+        signal_group(proc, signal.SIGKILL)
 
     def close(self):
         """Kills every container, stops the servers and deletes the volumes (and own workdir)."""
@@ -248,12 +244,7 @@ class FakeModal:
             procs = list(self._procs)
             containers = list(self._containers.values())
         for proc in procs:
-            _signal_group(proc, signal.SIGKILL)
-        for proc in procs:
-            try:
-                proc.wait(5)
-            except subprocess.TimeoutExpired:
-                pass
+            kill_group(proc, grace=0)
         for container in containers:
             for reader in container.readers:
                 reader.join(2)
@@ -436,7 +427,7 @@ class FakeModal:
         }
         env.update({key: local(value) for key, value in container.env.items()})
         for port in container.h2_ports + container.other_ports:
-            container.ports[port] = _free_port()
+            container.ports[port] = free_port()
             env[f"MYCELYA_PORT_{port}"] = str(container.ports[port])
         if container.h2_ports:
             env["MYCELYA_PORT"] = str(container.ports[container.h2_ports[0]])
@@ -525,12 +516,7 @@ class FakeModal:
         proc = container.proc
 
         def run():
-            _signal_group(proc, signal.SIGTERM)
-            try:
-                proc.wait(_STOP_GRACE_S)
-            except subprocess.TimeoutExpired:
-                pass
-            _signal_group(proc, signal.SIGKILL)
+            kill_group(proc, _STOP_GRACE_S)
 
         threading.Thread(target=run, name="fake-modal-stop", daemon=True).start()
 
@@ -590,13 +576,6 @@ def _describe_result(result):
         return None
     name = api_pb2.GenericResult.GenericStatus.Name(result.status)
     return {"status": name.removeprefix("GENERIC_STATUS_").lower(), "exitcode": result.exitcode}
-
-
-def _signal_group(proc, signum):
-    try:
-        os.killpg(proc.pid, signum)
-    except (ProcessLookupError, PermissionError):
-        pass
 
 
 # ---- the gRPC service ------------------------------------------------------------------------

@@ -22,7 +22,6 @@ import secrets
 import select
 import shlex
 import shutil
-import signal
 import socket
 import ssl
 import string
@@ -31,6 +30,8 @@ import tempfile
 import threading
 import time
 import urllib.parse
+
+from fakes import free_port, kill_group
 
 # The fake catalog: real RunPod GPU ids, names and memory; pools, prices and stock
 # illustrative. Two lines a GPU: id | name | serverless pool | memory GB | USD/h per GPU
@@ -376,7 +377,7 @@ class FakeRunPod:
         self._http.server_close()
         self._ticker.join(5)
         for proc in procs:
-            _kill_group(proc, grace=0)
+            kill_group(proc, grace=0)
         for helper in list(self._helpers):
             helper.join(5)
         with self._lock:
@@ -433,7 +434,7 @@ class FakeRunPod:
             if pod.proc is not None and pod.proc.poll() is not None:
                 # The container exited on its own: RunPod restarts it.
                 code = pod.proc.returncode
-                _kill_group(pod.proc, grace=0)
+                kill_group(pod.proc, grace=0)
                 pod.proc = None
                 pod.public, pod.listening = {}, set()
                 pod.restart_at = now + min(max(self.starting_s, 0.05) * 2 ** min(pod.restarts, 4), 2.0)
@@ -472,7 +473,7 @@ class FakeRunPod:
         pod.public = {}
         for private, kind in pod.tcp_ports():
             if kind == "tcp":
-                pod.public[private] = _free_port(taken | old)
+                pod.public[private] = free_port(taken | old)
                 taken.add(pod.public[private])
         pod.old_ports = set(pod.public.values())
         pod.listening = set()
@@ -550,7 +551,7 @@ class FakeRunPod:
 
         def run():
             if proc is not None:
-                _kill_group(proc, grace=_STOP_GRACE_S)
+                kill_group(proc, grace=_STOP_GRACE_S)
             if reader is not None:
                 reader.join(2)
             with self._lock:
@@ -1231,15 +1232,6 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self._serve("PUT")
 
 
-def _free_port(avoid):
-    while True:
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = probe.getsockname()[1]
-        if port not in avoid:
-            return port
-
-
 def _hung_up(connection):
     """Whether the client closed its end of `connection`."""
     readable, _, _ = select.select([connection], [], [], 0)
@@ -1257,25 +1249,3 @@ def _accepts(port):
             return True
     except OSError:
         return False
-
-
-def _kill_group(proc, grace):
-    """SIGTERM to the process group of `proc`, SIGKILL after `grace` seconds; reaps it and
-    kills whatever else is left in its group."""
-    if proc.poll() is None:
-        try:
-            os.killpg(proc.pid, signal.SIGTERM if grace > 0 else signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        try:
-            proc.wait(timeout=grace if grace > 0 else 5)
-        except subprocess.TimeoutExpired:
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            proc.wait()
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
