@@ -39,12 +39,14 @@ class RemoteTraceback(Exception):
 
 
 class _SlotPickler(cloudpickle.Pickler):
-    """Pickles an object graph with the tensors `is_slot(t)` picks as slots."""
+    """Pickles an object graph with the tensors `is_slot(t)` picks as slots,
+    and whatever `device_id(obj)` names (else None) as that reference."""
 
-    def __init__(self, is_slot):
+    def __init__(self, is_slot, device_id):
         self._buffer = io.BytesIO()
         super().__init__(self._buffer, protocol=_PROTOCOL)
         self._is_slot = is_slot
+        self._device_id = device_id
         self.tensors = []  # by slot
         self.meta = []  # by slot
         self._slots = {}  # id(tensor) -> slot; tensors keeps the objects alive
@@ -66,10 +68,7 @@ class _SlotPickler(cloudpickle.Pickler):
     def persistent_id(self, obj):
         if isinstance(obj, torch.Tensor) and self._is_slot(obj):
             return ("tensor", self.slot(obj))
-        return self.device_id(obj)
-
-    def device_id(self, obj):
-        return None
+        return self._device_id(obj)
 
     def dumps(self, body):
         """(payload bytes, slot tensors). Drops the pickler's references after,
@@ -164,9 +163,7 @@ def pack_call(function, args, kwargs, remote_device_name):
 
     _pickle_by_value(getattr(function, "__module__", None))
     try:
-        pickler = _SlotPickler(is_slot)
-        pickler.device_id = device_id
-        data, tensors = pickler.dumps((function, args, kwargs))
+        data, tensors = _SlotPickler(is_slot, device_id).dumps((function, args, kwargs))
     except ValueError:
         raise
     except Exception as error:  # noqa: BLE001 - whatever pickling raised, said plainly
@@ -209,8 +206,7 @@ def run_call(data, tensors):
 
         # Every slot's object goes back too: it tells the client of data,
         # requires_grad and .grad the function changed in place.
-        pickler = _SlotPickler(is_slot=lambda tensor: True)
-        pickler.device_id = _machine_device_id
+        pickler = _SlotPickler(is_slot=lambda tensor: True, device_id=_machine_device_id)
         updates = []
         for obj in objects:
             grad = obj.grad if obj.is_leaf else None
