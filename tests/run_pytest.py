@@ -9,6 +9,21 @@ import sys
 
 import pytest
 
+# Everything a test writes stays in its own temporary folder (Bazel's
+# TEST_TMPDIR, which is also HOME there): pytest's tmp_path, the state of
+# paused machines, pip's and HuggingFace's caches. Child processes (servers,
+# fakes) inherit these.
+if os.environ.get("TEST_TMPDIR"):
+    scratch = os.environ["TEST_TMPDIR"]
+    for name, folder in (
+        ("TMPDIR", "tmp"),
+        ("MYCELYA_HOME", "mycelya-home"),
+        ("HF_HOME", "huggingface"),
+        ("PIP_CACHE_DIR", "pip-cache"),
+    ):
+        os.environ[name] = os.path.join(scratch, folder)
+        os.makedirs(os.environ[name], exist_ok=True)
+
 here = os.path.dirname(os.path.abspath(__file__))
 files = [os.path.join(here, name) for name in sys.argv[1:]]
 args = ["-q", "-p", "no:cacheprovider", "-rs", *files]

@@ -22,7 +22,7 @@ asan_bazel=(bazel --output_base="$home/bazel-asan")
 # bazel-* links lead into the main one's.
 targets="$("${asan_bazel[@]}" query \
   'kind(cc_test, //core/... + //proto/... + //providers/... + //server/...) + (attr(name, "local_cuda", kind(py_test, //tests:all)) - //tests:test_soak_local_cuda - //tests:opinfo_sweep_local_cuda) + //tests:test_server_provider + //tests:test_runpod + //tests:test_modal')"
-exec "${asan_bazel[@]}" test "${BAZEL_CACHE_FLAGS[@]}" --config=asan --nocache_test_results \
+bazel_quiet "${asan_bazel[@]}" test "${BAZEL_CACHE_FLAGS[@]}" --config=asan --nocache_test_results \
   --test_env=LD_PRELOAD="$(gcc -print-file-name=libasan.so):$(gcc -print-file-name=libstdc++.so)" \
   --test_env=ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 \
   --test_env=UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \

@@ -8,3 +8,13 @@ VENV="$(bash "$(dirname "${BASH_SOURCE[0]}")/setup.sh" | tail -n 1)"
 export PATH="$VENV/bin:$PATH"
 export MYCELYA_PYTHON="$VENV/bin/python3"
 BAZEL_CACHE_FLAGS=(--disk_cache="${MYCELYA_HOME:-$HOME/.cache/mycelya}/bazel-disk-cache")
+QUIET_SANDBOX_AWK="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/quiet_sandbox.awk"
+
+# Runs a command (bazel ...) with the sandbox's debug log filtered out of its
+# stdout and stderr (tools/quiet_sandbox.awk); returns the command's status.
+bazel_quiet() {
+  local status=0
+  "$@" > >(awk -f "$QUIET_SANDBOX_AWK") 2> >(awk -f "$QUIET_SANDBOX_AWK" >&2) || status=$?
+  wait
+  return "$status"
+}

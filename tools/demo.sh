@@ -4,4 +4,4 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 source tools/bazel_env.sh
-exec bazel run "${BAZEL_CACHE_FLAGS[@]}" //examples:quickstart -- "$@"
+bazel_quiet bazel run "${BAZEL_CACHE_FLAGS[@]}" //examples:quickstart -- "$@"

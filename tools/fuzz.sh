@@ -24,7 +24,7 @@ fi
 source tools/bazel_env.sh
 home="${MYCELYA_HOME:-$HOME/.cache/mycelya}"
 fuzz_bazel=(bazel --output_base="$home/bazel-fuzz")
-"${fuzz_bazel[@]}" build "${BAZEL_CACHE_FLAGS[@]}" --config=fuzz //server/fuzz:executor_fuzzer
+bazel_quiet "${fuzz_bazel[@]}" build "${BAZEL_CACHE_FLAGS[@]}" --config=fuzz //server/fuzz:executor_fuzzer
 binary="$("${fuzz_bazel[@]}" info --config=fuzz bazel-bin 2>/dev/null)/server/fuzz/executor_fuzzer"
 mkdir -p "$home/fuzz/corpus" "$home/fuzz/findings"
 # Huge allocations a hostile batch asks for must fail as errors (the

@@ -27,8 +27,17 @@ done
 if ((${#missing[@]})); then
   echo "setup: installing Debian packages: ${missing[*]}" >&2
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
-  $SUDO apt-get update -qq >&2
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >&2
+  # dpkg prints a few lines per package even when asked to be quiet: they go
+  # to a log, shown only if the install fails.
+  apt_log="$(mktemp)"
+  if ! { $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}"; } >"$apt_log" 2>&1; then
+    cat "$apt_log" >&2
+    echo "setup: installing Debian packages failed (apt-get's output above)" >&2
+    rm -f "$apt_log"
+    exit 1
+  fi
+  rm -f "$apt_log"
+  echo "setup: Debian packages installed" >&2
 fi
 
 # The venv is keyed by the requirements file, so a changed pin rebuilds it.
@@ -38,7 +47,8 @@ if ! [ -x "$VENV/bin/python" ] || ! cmp -s "$REQUIREMENTS" "$stamp"; then
   echo "setup: creating the Python environment in $VENV (torch==2.13.0, CPU build)" >&2
   mkdir -p "$MYCELYA_HOME"
   python3 -m venv "$VENV" >&2
-  "$VENV/bin/pip" install -q --disable-pip-version-check -r "$REQUIREMENTS" >&2
+  "$VENV/bin/pip" install -qq --disable-pip-version-check -r "$REQUIREMENTS" >&2
   cp "$REQUIREMENTS" "$stamp"
+  echo "setup: Python environment ready" >&2
 fi
 echo "$VENV"
