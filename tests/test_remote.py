@@ -4,10 +4,12 @@ tensors (in the server's process on local-cuda, in this one on mock)."""
 
 import concurrent.futures
 import gc
+import importlib.metadata
 import os
-import subprocess
 import sys
+import sysconfig
 import time
+import uuid
 import zipfile
 
 import pytest
@@ -308,11 +310,10 @@ def _probe_wheel(folder, name):
 
 @pytest.fixture
 def probe(tmp_path):
-    # One name per provider: the mock and local-cuda suites share this venv.
-    name = f"mycelya-probe-{PROVIDER}"
-    path, module = _probe_wheel(tmp_path, name)
-    yield path, module
-    subprocess.run([sys.executable, "-m", "pip", "uninstall", "-y", "-q", name], check=False)
+    # A name of this test's own: a module an earlier test installed (and
+    # imported) must not answer for this one.
+    name = f"mycelya-probe-{uuid.uuid4().hex[:12]}"
+    return _probe_wheel(tmp_path, name)
 
 
 @remote
@@ -322,10 +323,31 @@ def probe_value(device, module):
     return importlib.import_module(module).VALUE
 
 
+@remote
+def probe_file(device, module):
+    import importlib
+
+    return importlib.import_module(module).__file__
+
+
 def test_pip_install_installs_on_the_machine(machine, device, probe):
     path, module = probe
     machine.pip_install(str(path))
     assert probe_value(device, module) == 42
+
+
+def test_pip_install_leaves_the_environment_it_runs_from_alone(machine, device, probe):
+    # The machine's Python here is this test's own venv (mock runs in this
+    # process, local-cuda's server from the same venv): pip must install
+    # into a folder of the machine's, never into that environment.
+    path, module = probe
+    machine.pip_install(str(path))
+    installed_at = probe_file(device, module)
+    environment = [sysconfig.get_paths()[key] for key in ("purelib", "platlib")]
+    assert not any(installed_at.startswith(folder) for folder in environment), installed_at
+    assert "mycelya-packages-" in installed_at
+    in_environment = {d.metadata["Name"] for d in importlib.metadata.distributions(path=environment)}
+    assert module.replace("_", "-") not in in_environment
 
 
 def test_remote_packages_install_before_the_first_call(device, probe):

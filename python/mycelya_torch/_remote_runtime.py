@@ -13,16 +13,16 @@ slot, what the pickled body cannot (Parameter or not, requires_grad, .grad),
 since slots are only known once the body is pickled.
 """
 
-import importlib
 import io
 import pickle
-import subprocess
 import sys
 import sysconfig
 import traceback
 
 import cloudpickle
 import torch
+
+from . import _machine_packages
 
 _PROTOCOL = pickle.HIGHEST_PROTOCOL
 
@@ -137,6 +137,7 @@ def _pickle_by_value(module_name):
     if module is None or path is None or module_name == "__main__":
         return
     installed = [sysconfig.get_paths()[key] for key in ("purelib", "platlib", "stdlib")]
+    installed += _machine_packages.folders()  # on mock, the machine's packages are installed ones
     if any(path.startswith(root) for root in installed) or module_name.startswith("mycelya_torch"):
         return
     cloudpickle.register_pickle_by_value(module)
@@ -226,12 +227,6 @@ def run_call(data, tensors):
 
 
 def pip_install(packages, device=None):
-    """Installs `packages` into the machine's Python with pip (machine.pip_install;
-    `device` only says which machine)."""
-    command = [sys.executable, "-m", "pip", "install", "--disable-pip-version-check", *packages]
-    done = subprocess.run(command, capture_output=True, text=True)
-    if done.returncode != 0:
-        output = (done.stderr.strip() or done.stdout.strip())[-4000:]
-        raise RuntimeError(f"pip install {' '.join(packages)} failed (exit {done.returncode}):\n{output}")
-    importlib.invalidate_caches()
-    return done.stdout
+    """Installs `packages` into the machine's own package folder with pip
+    (machine.pip_install; `device` only says which machine)."""
+    return _machine_packages.install(packages)
