@@ -25,6 +25,7 @@
 
 #include "proto/transport_tuning.h"
 #include "server/flags.h"
+#include "server/grpc_log.h"
 #include "server/log.h"
 #include "server/process_lifetime.h"
 #include "server/python_calls_loader.h"
@@ -124,6 +125,7 @@ int run(int argc, char** argv) {
   keep_freed_memory();
   skip_mutex_deadlock_detection();
   silence_protobuf_logging();
+  route_grpc_log();
   StopSignals signals;
   signals.block();
   // Taken first: the parent may die while torch and gRPC start.
@@ -138,8 +140,9 @@ int run(int argc, char** argv) {
     }
     config = configure(flags, &std::getenv, cuda_device_count());
   } catch (const FlagError& e) {
-    // Bad invocations exit 2, so scripts can tell them from runtime failures (1).
-    std::cerr << "mycelya-server: " << e.what() << "\nRun mycelya-server --help for usage.\n";
+    // Bad invocations exit 2, so scripts can tell them from runtime failures
+    // (1). Every start-up error is one line, for logs that keep the last one.
+    log(e.what(), " (mycelya-server --help shows the flags)");
     return 2;
   }
 
@@ -155,21 +158,29 @@ int run(int argc, char** argv) {
   if (config.exit_with_parent) parent_watch.start();
 
   if (!config.state_dir.empty()) {
+    // A folder that cannot be made now (a read-only home, a full disk) only
+    // matters to a pause: that pause is refused then, with this reason, and
+    // everything else is served.
     try {
       create_folders(config.state_dir);
     } catch (const std::exception& e) {
-      log("--state-dir: ", e.what());
-      return 1;
+      log("warning: --state-dir ", config.state_dir, " is unusable (", e.what(),
+          "); sessions cannot pause until it is");
     }
   }
   MycelyaService service(
       ServiceOptions{config.token, config.executor, config.max_sessions, config.state_dir});
   int port = 0;
-  std::unique_ptr<grpc::Server> server = build_server(config, &service, &port);
-  if (!server || port == 0) {
-    log("cannot listen on ", config.listen, " (address in use, bad address or no permission)");
-    parent_watch.stop();
-    return 1;
+  std::unique_ptr<grpc::Server> server;
+  {
+    GrpcLogCapture grpc_says;
+    server = build_server(config, &service, &port);
+    if (!server || port == 0) {
+      const std::string why = grpc_says.text();
+      log("cannot listen on ", config.listen, ": ",
+          why.empty() ? "address in use, bad address or no permission" : why);
+      return 1;
+    }
   }
 
   std::string devices;

@@ -49,7 +49,10 @@ std::string StopSignals::wait() {
   return signal_name(received_);
 }
 
+StopSignals::~StopSignals() { stop(); }
+
 void StopSignals::stop() {
+  if (!thread_.joinable()) return;
   {
     std::lock_guard<std::mutex> lock(mu_);
     finished_ = true;

@@ -23,6 +23,8 @@ namespace mycelya {
 class StopSignals {
  public:
   StopSignals();
+  // Stops the thread if it still runs: every way out of main is safe.
+  ~StopSignals();
 
   // Must run before any thread starts, so every thread inherits the mask.
   void block();
@@ -40,11 +42,14 @@ class StopSignals {
   bool finished_ = false;
 };
 
-// A thread that watches for a reason to stop this process, until stop(),
-// which its owner must call before destroying it.
+// A thread that watches for a reason to stop this process, until stop().
+// Each subclass's destructor stops it (its check reads the subclass's
+// members), so a return from anywhere in main never leaves a running
+// std::thread to std::terminate.
 class Watch {
  public:
   Watch() = default;
+  virtual ~Watch() { stop(); }
   Watch(const Watch&) = delete;
   Watch& operator=(const Watch&) = delete;
 
@@ -72,6 +77,7 @@ class Watch {
 class ParentWatch : public Watch {
  public:
   explicit ParentWatch(pid_t parent) : parent_(parent) {}
+  ~ParentWatch() override { stop(); }
 
   void start();
 
@@ -87,6 +93,7 @@ class IdleWatch : public Watch {
   IdleWatch(std::chrono::seconds timeout,
             std::function<std::chrono::steady_clock::time_point()> last_activity)
       : timeout_(timeout), last_activity_(std::move(last_activity)) {}
+  ~IdleWatch() override { stop(); }
 
   void start();
 
