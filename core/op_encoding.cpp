@@ -44,8 +44,11 @@ void add_tensor(const at::Tensor& tensor, OpPlacement& placement, bool& saw_cpu_
 
 void check_same_machine(const DeviceEntry& a, const DeviceEntry& b) {
   TORCH_CHECK(a.machine == b.machine,
-              "Cross-machine remote transfers are not supported: an op mixes ", describe_device(a),
-              " and ", describe_device(b), ". Copy through the CPU with .cpu() first.");
+              "Cannot perform operations between tensors on different remote devices: an op "
+              "mixes ",
+              describe_device(a), " and ", describe_device(b),
+              ". Cross-machine remote transfers are not supported: copy through the CPU with "
+              ".cpu() first.");
 }
 
 void OpPlacement::add(const DeviceRef& device) {

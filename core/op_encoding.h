@@ -19,13 +19,14 @@ struct OpPlacement {
   c10::DeviceIndex device() const { return entry->index; }
 
   // Adds a device the op touches. Throws c10::Error when devices of two
-  // machines meet ("Cross-machine remote transfers are not supported") or
+  // machines meet ("... on different remote devices ...") or
   // two devices of one machine meet.
   void add(const DeviceRef& device);
 };
 
-// Throws c10::Error ("Cross-machine remote transfers are not supported ...",
-// naming both devices and their machines) unless both are one machine's.
+// Throws c10::Error ("Cannot perform operations between tensors on different
+// remote devices ...", naming both devices and their machines) unless both
+// are one machine's.
 void check_same_machine(const DeviceEntry& a, const DeviceEntry& b);
 
 // Finds the placement of a call from its arguments; also refuses CPU tensors

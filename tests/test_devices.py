@@ -92,6 +92,7 @@ def test_the_cross_machine_error_names_both_devices_and_machines():
         with pytest.raises(RuntimeError) as info:
             x + y
         message = str(info.value)
+        assert "Cannot perform operations between tensors on different remote devices" in message
         assert "Cross-machine remote transfers are not supported" in message
         for machine, device in ((a, a.device()), (b, b.device())):
             assert str(device) in message and machine.machine_id in message
