@@ -4,6 +4,8 @@
 #include <algorithm>
 #include <stdexcept>
 
+#include "core/joined_names.h"
+
 namespace mycelya {
 
 const std::vector<std::string>& supported_gpu_types() {
@@ -15,10 +17,8 @@ const std::vector<std::string>& supported_gpu_types() {
 void validate_gpu_type(const std::string& gpu_type) {
   const auto& types = supported_gpu_types();
   if (gpu_type.empty() || std::find(types.begin(), types.end(), gpu_type) != types.end()) return;
-  std::string valid;
-  for (const auto& t : types) valid += (valid.empty() ? "" : ", ") + t;
-  throw std::invalid_argument("Unknown GPU type '" + gpu_type + "'. Valid GPU types: " + valid +
-                              ".");
+  throw std::invalid_argument("Unknown GPU type '" + gpu_type +
+                              "'. Valid GPU types: " + joined_names(types) + ".");
 }
 
 }  // namespace mycelya

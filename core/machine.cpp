@@ -11,6 +11,7 @@
 #include <stdexcept>
 
 #include "core/generator.h"
+#include "core/joined_names.h"
 #include "core/logging.h"
 #include "core/payload_pool.h"
 #include "core/plugin_loader.h"
@@ -47,13 +48,6 @@ size_t ref_nbytes(const wire::TensorRef& ref) {
 MachineSpec with_state_key(MachineSpec spec) {
   spec.state_key = random_hex(32, "the machine's state key");
   return spec;
-}
-
-// Device names for a message: "cuda:0, cpu", or "(none)".
-std::string joined(const std::vector<std::string>& names) {
-  std::string text;
-  for (const std::string& name : names) text += (text.empty() ? "" : ", ") + name;
-  return text.empty() ? "(none)" : text;
 }
 
 bool synchronous_mode() {
@@ -279,8 +273,8 @@ void Machine::resume() {
   const std::vector<std::string> devices = session->devices();
   if (devices != devices_when_paused) {
     session->pause();  // ends it, keeping the saved storages
-    throw std::runtime_error("Could not resume machine " + id_ + ": it offers [" + joined(devices) +
-                             "] now but offered [" + joined(devices_when_paused) + "]" +
+    throw std::runtime_error("Could not resume machine " + id_ + ": it offers [" + joined_names(devices) +
+                             "] now but offered [" + joined_names(devices_when_paused) + "]" +
                              " when it paused, so its tensors would land on other devices." +
                              still_paused);
   }
@@ -382,7 +376,7 @@ int Machine::slot_of(const std::string& type, int index) const {
     if (devices_[i] == wanted || (devices_[i] == type && index == 0)) return static_cast<int>(i);
   }
   throw std::invalid_argument("Machine " + id_ + " has no device " + wanted +
-                              "; it offers: " + joined(devices_) + ".");
+                              "; it offers: " + joined_names(devices_) + ".");
 }
 
 c10::DeviceIndex Machine::device_index(int slot) const {
