@@ -29,7 +29,9 @@ std::string make_machine_id(const std::string& provider) {
   return provider + suffix;
 }
 
-std::string describe(const wire::Error& error) {
+// The message an error of the machine raises: "describe" elsewhere fills a
+// wire::TensorRef (proto/tensor_geometry.h), so this one says what it makes.
+std::string error_message(const wire::Error& error) {
   if (error.op_name().empty()) return error.message();
   return "Remote op " + error.op_name() + " failed: " + error.message();
 }
@@ -486,8 +488,8 @@ wire::Response Machine::request(wire::Request request, std::string* payload,
     throw std::runtime_error("Machine " + id_ + " sent a response that could not be decoded.");
   }
   if (response.has_pending_error())
-    throw std::runtime_error(describe(response.pending_error()));
-  if (response.has_error()) throw std::runtime_error(describe(response.error()));
+    throw std::runtime_error(error_message(response.pending_error()));
+  if (response.has_error()) throw std::runtime_error(error_message(response.error()));
   return response;
 }
 
