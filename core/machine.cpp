@@ -499,6 +499,20 @@ void Machine::synchronize() {
   request(std::move(sync));
 }
 
+Machine::MemoryStats Machine::memory_stats() {
+  wire::Request request;
+  request.mutable_stats();
+  const wire::SessionStats stats = this->request(std::move(request)).stats();
+  MemoryStats result;
+  result.storages = stats.storages();
+  result.bytes_in_use = stats.bytes_in_use();
+  result.generators = stats.generators();
+  result.memory_limit = stats.memory_limit();
+  result.tracked_storages = tracked_storages();
+  result.interned_ops = interned_ops();
+  return result;
+}
+
 uint64_t Machine::batches_sent() const {
   std::lock_guard<std::mutex> lock(queue_mu_);
   return batches_sent_;

@@ -137,6 +137,18 @@ class Machine : public std::enable_shared_from_this<Machine> {
   // Flushes and waits until every queued op has run; raises pending errors.
   void synchronize();
 
+  // What the session holds on the machine, asked in order after every queued
+  // op (a sync point), and what this process keeps for it.
+  struct MemoryStats {
+    uint64_t storages = 0;
+    uint64_t bytes_in_use = 0;  // counted against memory_limit
+    uint64_t generators = 0;    // the client's own, besides each device's default
+    uint64_t memory_limit = 0;
+    size_t tracked_storages = 0;  // as tracked_storages()
+    size_t interned_ops = 0;      // as interned_ops()
+  };
+  MemoryStats memory_stats();
+
   // Batches handed to the session so far, blocking requests (round trips)
   // made, those of them answered ahead of the queue (Session::read_after),
   // and tensor bytes uploaded: for tests and benchmarks.
