@@ -21,4 +21,16 @@ void validate_gpu_type(const std::string& gpu_type) {
                               "'. Valid GPU types: " + joined_names(types) + ".");
 }
 
+void validate_gpu_count(const std::string& gpu_type, int gpu_count) {
+  if (gpu_count < 1) {
+    throw std::invalid_argument("gpu_count must be a positive integer, got " +
+                                std::to_string(gpu_count) + ".");
+  }
+  if (gpu_count != 1 && gpu_type.empty()) {
+    throw std::invalid_argument("gpu_count=" + std::to_string(gpu_count) +
+                                " needs a gpu_type (one of " + joined_names(supported_gpu_types()) +
+                                "): a machine without a gpu_type has no GPUs.");
+  }
+}
+
 }  // namespace mycelya

@@ -30,7 +30,7 @@ std::shared_ptr<Machine> make_machine(const std::string& provider, const std::st
                                       double idle_timeout_s,
                                       std::map<std::string, std::string> options) {
   validate_gpu_type(gpu_type);
-  if (gpu_count < 1) throw std::invalid_argument("gpu_count must be at least 1");
+  validate_gpu_count(gpu_type, gpu_count);
   MachineSpec spec{gpu_type, gpu_count, std::move(packages), idle_timeout_s};
   spec.options = std::move(options);
   // An unknown provider, or a spec it cannot serve, fails here, before anything starts.
@@ -117,6 +117,7 @@ void bind_providers(py::module_& m) {
   m.def("available_providers", &available_providers);
   m.def("supported_gpu_types", &supported_gpu_types);
   m.def("validate_gpu_type", &validate_gpu_type, py::arg("gpu_type"));
+  m.def("validate_gpu_count", &validate_gpu_count, py::arg("gpu_type"), py::arg("gpu_count"));
 }
 
 void bind_logging(py::module_& m) {

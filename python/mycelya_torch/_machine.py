@@ -31,13 +31,10 @@ def _check_arguments(provider, gpu_type, gpu_count, packages, idle_timeout):
         raise ValueError(f"provider must be a provider name such as 'mock', got {provider!r}.")
     if gpu_type is not None and not isinstance(gpu_type, str):
         raise ValueError(f"gpu_type must be a string or None, got {gpu_type!r}.")
-    if isinstance(gpu_count, bool) or not isinstance(gpu_count, int) or gpu_count < 1:
+    if isinstance(gpu_count, bool) or not isinstance(gpu_count, int):
         raise ValueError(f"gpu_count must be a positive integer, got {gpu_count!r}.")
-    if gpu_count != 1 and gpu_type is None:
-        raise ValueError(
-            f"gpu_count={gpu_count} needs a gpu_type (one of {', '.join(_C.supported_gpu_types())}): "
-            "a machine without a gpu_type has no GPUs."
-        )
+    # Its values' rules are core's (core/gpu_types.h): ValueError from there.
+    _C.validate_gpu_count(gpu_type or "", gpu_count)
     if idle_timeout is not None and (
         isinstance(idle_timeout, bool)
         or not isinstance(idle_timeout, (int, float))
