@@ -5,16 +5,18 @@
 // sent (core/command_queue.h), and the background thread that sends them.
 //
 // Commands are appended without waiting; the sender thread ships whatever has
-// accumulated as one batch, so a flood of small ops coalesces while a batch is
-// in flight. Recording may run at most kMaxQueuedCommands ahead of the
-// sender; beyond that, enqueue() waits, so memory stays bounded in a loop
-// with no sync point. Sync points (request) first hand every queued command
-// to the session, so a request always observes the effects of all earlier
-// ops, except a small download where the session can answer early
-// (Session::read_after): it waits only for the last command that mentions
-// its source, so loss.item() returns once the forward pass has run, and the
-// next step is recorded while the machine still runs this step's backward
-// pass.
+// accumulated as one batch once the session has room for it
+// (Session::wait_until_ready), so a flood of small ops coalesces while the
+// session's places are taken (how many, and why: kMaxBatchesInFlight in
+// providers/common/grpc_session.h). Recording may run at most
+// kMaxQueuedCommands ahead of the sender; beyond that, enqueue() waits, so
+// memory stays bounded in a loop with no sync point. Sync points (request)
+// first hand every queued command to the session, so a request always
+// observes the effects of all earlier ops, except a small download where the
+// session can answer early (Session::read_after): it waits only for the last
+// command that mentions its source, so loss.item() returns once the forward
+// pass has run, and the next step is recorded while the machine still runs
+// this step's backward pass.
 //
 // Its lifecycle is one phase (core/machine_phase.h); pause() and resume()
 // are in core/machine_pause.cpp.
