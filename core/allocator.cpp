@@ -72,6 +72,4 @@ c10::Allocator* remote_allocator() {
   return &allocator;
 }
 
-REGISTER_ALLOCATOR(c10::DeviceType::PrivateUse1, remote_allocator());
-
 }  // namespace mycelya

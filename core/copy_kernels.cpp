@@ -16,6 +16,7 @@
 #include "core/machine.h"
 #include "core/op_encoding.h"
 #include "core/payload_pool.h"
+#include "core/registration.h"
 #include "core/remote_tensor.h"
 #include "core/transfer_progress.h"
 #include "proto/tensor_geometry.h"
@@ -189,17 +190,14 @@ c10::Scalar local_scalar_dense(const at::Tensor& self) {
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(aten, PrivateUse1, m) {
+void register_copy_kernels(torch::Library& m) {
   m.impl("_copy_from", TORCH_FN(copy_from));
   m.impl("_copy_from_and_resize", TORCH_FN(copy_from_and_resize));
   m.impl("_local_scalar_dense", TORCH_FN(local_scalar_dense));
 }
 
 // Only backends without a TensorIterator copy (this one) reach _copy_from.
-TORCH_LIBRARY_IMPL(aten, Conjugate, m) {
-  m.impl("_copy_from", TORCH_FN(copy_from_resolving_lazy_bits));
-}
-TORCH_LIBRARY_IMPL(aten, Negative, m) {
+void register_lazy_bit_copies(torch::Library& m) {
   m.impl("_copy_from", TORCH_FN(copy_from_resolving_lazy_bits));
 }
 

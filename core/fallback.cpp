@@ -22,6 +22,7 @@
 #include "core/machine.h"
 #include "core/meta_inference.h"
 #include "core/op_encoding.h"
+#include "core/registration.h"
 #include "core/remote_tensor.h"
 #include "proto/tensor_geometry.h"
 
@@ -270,6 +271,8 @@ void upload_cpu_indices(const c10::FunctionSchema& schema, torch::jit::Stack* st
   }
 }
 
+}  // namespace
+
 void remote_fallback(const c10::OperatorHandle& op, torch::jit::Stack* stack) {
   const auto& schema = op.schema();
   const size_t num_args = schema.arguments().size();
@@ -316,21 +319,13 @@ void remote_fallback(const c10::OperatorHandle& op, torch::jit::Stack* stack) {
   for (auto& result : results) stack->push_back(std::move(result));
 }
 
-}  // namespace
-
-TORCH_LIBRARY_IMPL(_, PrivateUse1, m) {
-  m.fallback(torch::CppFunction::makeFromBoxedFunction<&remote_fallback>());
-}
-
-namespace {
-
 // Functional ops generated from their out= variants (add.Tensor from add.out)
 // carry a CompositeExplicitAutogradNonFunctional kernel, which would otherwise
 // win over the fallback and run shape and device checks on mycelya tensors
 // themselves, then call the out= op. Routing them to the fallback directly
 // keeps one meta pass per op and lets the fallback's own device checks (with
 // their cross-machine message) speak first.
-bool route_to_fallback(const c10::OperatorName& name) {
+bool routes_to_fallback(const c10::OperatorName& name) {
   if (name.name.rfind("aten::", 0) != 0) return false;
   // For backends it does not know, convolution lowers to convolution_overrideable,
   // which no remote kernel implements: send the op itself, so the remote side
@@ -353,24 +348,5 @@ bool route_to_fallback(const c10::OperatorName& name) {
          op->hasKernelForDispatchKey(c10::DispatchKey::CPU) &&
          op->hasKernelForDispatchKey(c10::DispatchKey::Meta);
 }
-
-torch::Library& functional_ops_library() {
-  static torch::Library library(torch::Library::IMPL, "aten", c10::DispatchKey::PrivateUse1,
-                                __FILE__, __LINE__);
-  return library;
-}
-
-const bool functional_ops_routed = [] {
-  for (const auto& name : c10::Dispatcher::singleton().getAllOpNames()) {
-    if (!route_to_fallback(name)) continue;
-    const std::string qualified =
-        name.overload_name.empty() ? name.name : name.name + "." + name.overload_name;
-    functional_ops_library().impl(qualified.c_str() + 6,  // without "aten::"
-                                  torch::CppFunction::makeFromBoxedFunction<&remote_fallback>());
-  }
-  return true;
-}();
-
-}  // namespace
 
 }  // namespace mycelya

@@ -4,6 +4,8 @@
 #include <algorithm>
 #include <stdexcept>
 
+#include "core/joined_names.h"
+
 namespace mycelya {
 
 const std::vector<std::string>& supported_gpu_types() {
@@ -15,10 +17,20 @@ const std::vector<std::string>& supported_gpu_types() {
 void validate_gpu_type(const std::string& gpu_type) {
   const auto& types = supported_gpu_types();
   if (gpu_type.empty() || std::find(types.begin(), types.end(), gpu_type) != types.end()) return;
-  std::string valid;
-  for (const auto& t : types) valid += (valid.empty() ? "" : ", ") + t;
-  throw std::invalid_argument("Unknown GPU type '" + gpu_type + "'. Valid GPU types: " + valid +
-                              ".");
+  throw std::invalid_argument("Unknown GPU type '" + gpu_type +
+                              "'. Valid GPU types: " + joined_names(types) + ".");
+}
+
+void validate_gpu_count(const std::string& gpu_type, int gpu_count) {
+  if (gpu_count < 1) {
+    throw std::invalid_argument("gpu_count must be a positive integer, got " +
+                                std::to_string(gpu_count) + ".");
+  }
+  if (gpu_count != 1 && gpu_type.empty()) {
+    throw std::invalid_argument("gpu_count=" + std::to_string(gpu_count) +
+                                " needs a gpu_type (one of " + joined_names(supported_gpu_types()) +
+                                "): a machine without a gpu_type has no GPUs.");
+  }
 }
 
 }  // namespace mycelya

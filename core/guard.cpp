@@ -12,6 +12,7 @@
 #include <c10/core/impl/DeviceGuardImplInterface.h>
 
 #include "core/device_table.h"
+#include "core/registration.h"
 
 namespace mycelya {
 namespace {
@@ -52,7 +53,8 @@ struct RemoteGuardImpl final : public c10::impl::DeviceGuardImplInterface {
   c10::DeviceIndex deviceCount() const noexcept override { return kMaxDevices; }
 };
 
-C10_REGISTER_GUARD_IMPL(PrivateUse1, RemoteGuardImpl);
-
 }  // namespace
+
+c10::impl::DeviceGuardImplInterface* new_guard_impl() { return new RemoteGuardImpl(); }
+
 }  // namespace mycelya

@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: AGPL-3.0-or-later
 //
-// PrivateUse1 hooks and the backend's name. Registered when the core library
-// is loaded (the Python module loads it on import).
+// PrivateUse1 hooks and the backend's name, registered by
+// core/registration.cpp.
 #include <ATen/detail/PrivateUse1HooksInterface.h>
 #include <c10/core/impl/DeviceGuardImplInterface.h>
 #include <c10/core/impl/alloc_cpu.h>
@@ -9,6 +9,7 @@
 #include "core/allocator.h"
 #include "core/device_table.h"
 #include "core/generator.h"
+#include "core/registration.h"
 
 namespace mycelya {
 namespace {
@@ -44,14 +45,12 @@ struct RemoteHooks final : public at::PrivateUse1HooksInterface {
   }
 };
 
-struct Registration {
-  Registration() {
-    c10::register_privateuse1_backend("mycelya");
-    static RemoteHooks hooks;
-    at::RegisterPrivateUse1HooksInterface(&hooks);
-  }
-};
-const Registration registration;
-
 }  // namespace
+
+void register_backend_hooks() {
+  c10::register_privateuse1_backend("mycelya");
+  static RemoteHooks hooks;
+  at::RegisterPrivateUse1HooksInterface(&hooks);
+}
+
 }  // namespace mycelya

@@ -11,6 +11,7 @@
 #include <stdexcept>
 
 #include "core/generator.h"
+#include "core/joined_names.h"
 #include "core/logging.h"
 #include "core/payload_pool.h"
 #include "core/plugin_loader.h"
@@ -28,7 +29,9 @@ std::string make_machine_id(const std::string& provider) {
   return provider + suffix;
 }
 
-std::string describe(const wire::Error& error) {
+// The message an error of the machine raises: "describe" elsewhere fills a
+// wire::TensorRef (proto/tensor_geometry.h), so this one says what it makes.
+std::string error_message(const wire::Error& error) {
   if (error.op_name().empty()) return error.message();
   return "Remote op " + error.op_name() + " failed: " + error.message();
 }
@@ -47,13 +50,6 @@ size_t ref_nbytes(const wire::TensorRef& ref) {
 MachineSpec with_state_key(MachineSpec spec) {
   spec.state_key = random_hex(32, "the machine's state key");
   return spec;
-}
-
-// Device names for a message: "cuda:0, cpu", or "(none)".
-std::string joined(const std::vector<std::string>& names) {
-  std::string text;
-  for (const std::string& name : names) text += (text.empty() ? "" : ", ") + name;
-  return text.empty() ? "(none)" : text;
 }
 
 bool synchronous_mode() {
@@ -98,7 +94,7 @@ void Machine::start() {
 bool Machine::start_session_submit_locked(std::vector<DeviceRef>* started) {
   {
     std::lock_guard<std::mutex> lock(queue_mu_);
-    if (running_) return false;
+    if (phase_ != MachinePhase::kStopped) return false;
   }
   Provider& provider = load_provider(provider_);
   TerminalStartProgress progress("starting machine " + id_ + " on " + provider_);
@@ -117,19 +113,29 @@ bool Machine::start_session_submit_locked(std::vector<DeviceRef>* started) {
     devices_ = std::move(devices);
     entries_ = entries;
   }
-  attach_session_lifecycle_locked(std::move(session));
+  attach_session_lifecycle_locked(std::move(session), MachinePhase::kRunning);
   *started = std::move(entries);
   return true;
 }
 
-void Machine::attach_session_lifecycle_locked(std::shared_ptr<Session> session) {
+void Machine::set_phase_queue_locked(MachinePhase to) {
+  const MachinePhase from = phase_.load(std::memory_order_relaxed);
+  if (!phase_move_allowed(from, to)) {
+    throw std::logic_error("Machine " + id_ + ": no move from " + phase_name(from) + " to " +
+                           phase_name(to) + " (core/machine_phase.h)");
+  }
+  if (from == MachinePhase::kLost) lost_reason_.clear();
+  phase_.store(to, std::memory_order_release);
+  // The sender waits for a phase that ends it, enqueue for one that lets it on.
+  queue_cv_.notify_all();
+  room_cv_.notify_all();
+}
+
+void Machine::attach_session_lifecycle_locked(std::shared_ptr<Session> session, MachinePhase to) {
   {
     std::lock_guard<std::mutex> lock(queue_mu_);
     session_ = std::move(session);
-    running_ = true;
-    paused_ = false;
-    stopping_ = false;
-    lost_.clear();
+    set_phase_queue_locked(to);
     // A new session knows no op names yet, and counts commands from 1.
     queue_.reset();
     session_reads_early_ = true;
@@ -140,18 +146,15 @@ void Machine::attach_session_lifecycle_locked(std::shared_ptr<Session> session) 
 std::shared_ptr<Session> Machine::detach_session_lifecycle_locked(bool pause) {
   {
     std::lock_guard<std::mutex> lock(queue_mu_);
-    stopping_ = true;
+    // Lost already: the sender has ended, or ends at its next look.
+    if (phase_ != MachinePhase::kLost) set_phase_queue_locked(MachinePhase::kStopping);
   }
-  queue_cv_.notify_all();
-  room_cv_.notify_all();
   if (sender_.joinable()) sender_.join();
   std::lock_guard<std::mutex> submit(submit_mu_);
   std::lock_guard<std::mutex> lock(queue_mu_);
-  running_ = false;
+  set_phase_queue_locked(pause ? MachinePhase::kPaused : MachinePhase::kStopped);
   if (pause) {
-    // In the same step as running_, so no free falls between the two.
-    paused_ = true;
-    lost_.clear();
+    // In the same step as the phase, so no free falls between the two.
     for (const uint64_t id : queue_.take_storage_frees()) frees_while_paused_.push_back(id);
     sent_before_pause_ = queue_.sent();
   }
@@ -168,15 +171,15 @@ void Machine::stop_lifecycle_locked() {
   bool was_paused = false;
   {
     std::lock_guard<std::mutex> lock(queue_mu_);
-    if (!running_ && !paused_) return;
-    was_paused = paused_;
+    if (phase_ == MachinePhase::kStopped) return;
+    was_paused = phase_ == MachinePhase::kPaused;
   }
   const std::shared_ptr<Session> session =
       was_paused ? nullptr : detach_session_lifecycle_locked(/*pause=*/false);
   std::vector<DeviceRef> entries;
   {
     std::lock_guard<std::mutex> lock(queue_mu_);
-    paused_ = false;
+    if (was_paused) set_phase_queue_locked(MachinePhase::kStopped);
     frees_while_paused_.clear();
     entries = std::move(entries_);
     entries_.clear();
@@ -200,173 +203,10 @@ void Machine::end_session(Session& session, void (Session::*end)()) {
   (session.*end)();
 }
 
-void Machine::pause() {
-  std::lock_guard<std::mutex> lifecycle(lifecycle_mu_);
-  {
-    std::lock_guard<std::mutex> lock(queue_mu_);
-    if (paused_) return;
-    if (!running_) {
-      throw std::runtime_error("Machine " + id_ + " is not running: nothing to pause.");
-    }
-    if (!lost_.empty()) throw std::runtime_error(lost_);
-    if (!session_->can_pause()) {
-      throw std::runtime_error("Machine " + id_ + ": provider " + provider_ +
-                               " cannot pause machines; stop() ends them.");
-    }
-  }
-  const auto done = hold_other_threads();
-  log_info("pausing machine " + id_ + ": saving its storages");
-  wire::Request save;
-  save.mutable_save_state();
-  wire::Response response;
-  std::string cut_short;  // why the save did not finish, if the machine was lost
-  try {
-    response = request(std::move(save));
-  } catch (const std::exception& e) {
-    std::lock_guard<std::mutex> lock(queue_mu_);
-    // An earlier op's error, or a server that cannot pause: still running.
-    if (lost_.empty()) throw;
-    cut_short = e.what();
-  }
-  const std::shared_ptr<Session> session = detach_session_lifecycle_locked(/*pause=*/true);
-  {
-    std::lock_guard<std::mutex> lock(queue_mu_);
-    unsaved_storages_.clear();
-  }
-  end_session(*session, &Session::pause);
-  if (!cut_short.empty()) {
-    throw std::runtime_error(cut_short +
-                             " (while pausing). What it saved is kept: resume() restores it, and "
-                             "machine.unsaved_storages then names the storages it could not save.");
-  }
-  log_info("machine " + id_ + " paused: " + std::to_string(response.state().storage_ids_size()) +
-           " storages saved (" + std::to_string(response.state().bytes()) + " bytes)");
-}
-
-void Machine::resume() {
-  std::lock_guard<std::mutex> lifecycle(lifecycle_mu_);
-  std::vector<std::string> devices_when_paused;
-  bool lost = false;
-  {
-    std::lock_guard<std::mutex> lock(queue_mu_);
-    if (!paused_) {
-      if (!running_) {
-        throw std::runtime_error("Machine " + id_ +
-                                 " is not paused: it stopped, and start() starts it anew.");
-      }
-      if (lost_.empty()) return;
-      // Lost: a server that stopped by itself (--idle-timeout) saved the
-      // storages first, and a new one can take them back.
-      lost = true;
-    }
-    devices_when_paused = devices_;
-  }
-  const auto done = hold_other_threads();
-  if (lost) {
-    const std::shared_ptr<Session> session = detach_session_lifecycle_locked(/*pause=*/true);
-    if (session) end_session(*session, &Session::pause);
-  }
-  const std::string still_paused =
-      " It stays paused, its saved storages kept: resume() tries again, stop() drops them.";
-  std::shared_ptr<Session> session;
-  try {
-    TerminalStartProgress progress("resuming machine " + id_ + " on " + provider_);
-    session = load_provider(provider_).resume(spec_, progress);
-    progress.finished();
-  } catch (const std::exception& e) {
-    throw std::runtime_error("Could not resume machine " + id_ + ": " + e.what() + still_paused);
-  }
-  const std::vector<std::string> devices = session->devices();
-  if (devices != devices_when_paused) {
-    session->pause();  // ends it, keeping the saved storages
-    throw std::runtime_error("Could not resume machine " + id_ + ": it offers [" + joined(devices) +
-                             "] now but offered [" + joined(devices_when_paused) + "]" +
-                             " when it paused, so its tensors would land on other devices." +
-                             still_paused);
-  }
-  uint64_t sent_before_pause = 0;
-  {
-    std::lock_guard<std::mutex> lock(queue_mu_);
-    sent_before_pause = sent_before_pause_;
-  }
-  attach_session_lifecycle_locked(std::move(session));
-  // Ends the new session again, the machine back to paused.
-  const auto back_to_paused = [this] {
-    const std::shared_ptr<Session> failed = detach_session_lifecycle_locked(/*pause=*/true);
-    if (failed) end_session(*failed, &Session::pause);
-  };
-  wire::Request restore;
-  restore.mutable_restore_state();
-  wire::Response response;
-  try {
-    response = request(std::move(restore));
-  } catch (const std::exception& e) {
-    back_to_paused();
-    throw std::runtime_error("Could not resume machine " + id_ +
-                             ": restoring its storages failed: " + e.what() + still_paused);
-  }
-  const wire::StateReport& state = response.state();
-  if (state.commands_run() != sent_before_pause) {
-    // A machine lost with commands in flight: what its server saved is
-    // older than the tensors, and reading it would give stale numbers.
-    back_to_paused();
-    throw std::runtime_error(
-        "Could not resume machine " + id_ + ": it had been sent " +
-        std::to_string(sent_before_pause) + " commands when it was lost, but its server saved " +
-        "its storages after " + std::to_string(state.commands_run()) +
-        " of them, so they are older than its tensors. They are gone; stop() ends the machine.");
-  }
-  std::vector<uint64_t> unsaved(state.missing_ids().begin(), state.missing_ids().end());
-  {
-    std::lock_guard<std::mutex> lock(queue_mu_);
-    unsaved_storages_ = unsaved;
-    // Tensors freed while paused: their storages came back, so free them.
-    for (const uint64_t id : frees_while_paused_) queue_.free_storage(id);
-    frees_while_paused_.clear();
-  }
-  queue_cv_.notify_one();
-  if (!unsaved.empty()) {
-    std::string ids;
-    for (size_t i = 0; i < unsaved.size() && i < 20; ++i) ids += " " + std::to_string(unsaved[i]);
-    log_warning("machine " + id_ + " resumed without " + std::to_string(unsaved.size()) +
-                " storage(s) that its pause could not save (IDs" + ids +
-                (unsaved.size() > 20 ? " ..." : "") + "); using their tensors raises");
-  }
-  log_info("machine " + id_ + " resumed: " + std::to_string(state.storage_ids_size()) +
-           " storages restored (" + std::to_string(state.bytes()) + " bytes)");
-}
-
-c10::scope_exit<std::function<void()>> Machine::hold_other_threads() {
-  {
-    std::lock_guard<std::mutex> lock(queue_mu_);
-    transitioning_ = true;
-  }
-  return c10::make_scope_exit(std::function<void()>([this] {
-    {
-      std::lock_guard<std::mutex> lock(queue_mu_);
-      transitioning_ = false;
-    }
-    room_cv_.notify_all();
-  }));
-}
-
-void Machine::resume_if_paused(const char* what) {
-  // On every op's path: one atomic load while the machine runs.
-  if (!paused_.load(std::memory_order_acquire)) return;
-  log_info("machine " + id_ + " is paused; resuming it to " + what);
-  resume();
-}
-
-bool Machine::paused() const { return paused_.load(std::memory_order_acquire); }
-
-std::vector<uint64_t> Machine::unsaved_storages() const {
-  std::lock_guard<std::mutex> lock(queue_mu_);
-  return unsaved_storages_;
-}
-
 bool Machine::running() const {
   std::lock_guard<std::mutex> lock(queue_mu_);
-  return running_ && lost_.empty();
+  const MachinePhase phase = phase_;
+  return has_session(phase) && phase != MachinePhase::kLost;
 }
 
 std::vector<std::string> Machine::devices() const {
@@ -382,12 +222,12 @@ int Machine::slot_of(const std::string& type, int index) const {
     if (devices_[i] == wanted || (devices_[i] == type && index == 0)) return static_cast<int>(i);
   }
   throw std::invalid_argument("Machine " + id_ + " has no device " + wanted +
-                              "; it offers: " + joined(devices_) + ".");
+                              "; it offers: " + joined_names(devices_) + ".");
 }
 
 c10::DeviceIndex Machine::device_index(int slot) const {
   std::lock_guard<std::mutex> lock(queue_mu_);
-  if ((!running_ && !paused_) || slot < 0 || slot >= static_cast<int>(entries_.size())) {
+  if (phase_ == MachinePhase::kStopped || slot < 0 || slot >= static_cast<int>(entries_.size())) {
     throw std::runtime_error("Machine " + id_ + " is not running; call start() first.");
   }
   return entries_[slot]->index;
@@ -395,11 +235,12 @@ c10::DeviceIndex Machine::device_index(int slot) const {
 
 void Machine::check_usable_queue_locked(const DeviceEntry* device) const {
   if (device) check_running(*device);
-  if (!lost_.empty()) throw std::runtime_error(lost_);
-  if (paused_) {
+  const MachinePhase phase = phase_;
+  if (phase == MachinePhase::kLost) throw std::runtime_error(lost_reason_);
+  if (phase == MachinePhase::kPaused) {
     throw std::runtime_error("Machine " + id_ + " is paused; machine.resume() resumes it.");
   }
-  if (!running_ || stopping_) {
+  if (!takes_commands(phase)) {
     throw std::runtime_error("Machine " + id_ +
                              " is not running; call machine.start() before using its tensors.");
   }
@@ -411,7 +252,8 @@ void Machine::wait_for_room_queue_locked(std::unique_lock<std::mutex>& lock,
     const bool full =
         queue_.queued_commands() >= kMaxQueuedCommands || queue_.queued_bytes() >= kMaxQueuedBytes;
     // Held while another thread pauses or resumes the machine.
-    return (!full && !transitioning_) || !lost_.empty() || !running_ || stopping_;
+    const MachinePhase phase = phase_;
+    return (!full && !holds_other_threads(phase)) || !takes_commands(phase);
   });
   check_usable_queue_locked(device);
 }
@@ -484,17 +326,19 @@ void Machine::free_storage(uint64_t storage_id) {
   std::lock_guard<std::mutex> lock(queue_mu_);
   // Freed at the resume: a tensor going away is no reason to resume, and a
   // lost machine may be resumed with the storage.
-  if (paused_ || (running_ && !lost_.empty())) {
+  const MachinePhase phase = phase_;
+  if (phase == MachinePhase::kPaused || phase == MachinePhase::kLost) {
     frees_while_paused_.push_back(storage_id);
     return;
   }
-  if (!running_) return;
+  if (!has_session(phase)) return;
   queue_.free_storage(storage_id);
 }
 
 void Machine::free_generator(uint64_t generator_id) {
   std::lock_guard<std::mutex> lock(queue_mu_);
-  if (!running_ || !lost_.empty()) return;
+  const MachinePhase phase = phase_;
+  if (!has_session(phase) || phase == MachinePhase::kLost) return;
   queue_.free_generator(generator_id);
 }
 
@@ -504,7 +348,7 @@ void Machine::flush_submit_locked() {
     std::lock_guard<std::mutex> lock(queue_mu_);
     batch = queue_.take_batch();
     if (batch.batch.empty()) return;
-    if (!lost_.empty()) throw std::runtime_error(lost_);
+    if (phase_ == MachinePhase::kLost) throw std::runtime_error(lost_reason_);
     ++batches_sent_;
   }
   room_cv_.notify_all();
@@ -520,20 +364,23 @@ void Machine::flush_submit_locked() {
 void Machine::mark_lost_queue_locked(const std::string& why) {
   // The first failure is the cause; a later one (another thread's call to
   // the same broken session) is its consequence.
-  if (lost_.empty()) lost_ = "Machine " + id_ + " was lost: " + why;
-  room_cv_.notify_all();  // waiters for room see it now
+  // With no session (stopped or paused meanwhile) there is nothing to lose.
+  if (phase_ == MachinePhase::kLost || !has_session(phase_)) return;
+  set_phase_queue_locked(MachinePhase::kLost);  // waiters for room see it now
+  lost_reason_ = "Machine " + id_ + " was lost: " + why;
 }
 
 void Machine::throw_lost_queue_locked(const std::string& why) {
   mark_lost_queue_locked(why);
-  throw std::runtime_error(lost_);
+  if (phase_ == MachinePhase::kLost) throw std::runtime_error(lost_reason_);
+  throw std::runtime_error("Machine " + id_ + " was lost: " + why);
 }
 
 void Machine::sender_loop() {
   while (true) {
     {
       std::unique_lock<std::mutex> lock(queue_mu_);
-      queue_cv_.wait(lock, [this] { return stopping_ || queue_.has_commands(); });
+      queue_cv_.wait(lock, [this] { return sender_ends(phase_) || queue_.has_commands(); });
     }
     try {
       std::lock_guard<std::mutex> submit(submit_mu_);
@@ -549,7 +396,7 @@ void Machine::sender_loop() {
       return;
     }
     std::lock_guard<std::mutex> lock(queue_mu_);
-    if (stopping_ && !queue_.has_commands()) return;
+    if (sender_ends(phase_) && !queue_.has_commands()) return;
   }
 }
 
@@ -640,8 +487,9 @@ wire::Response Machine::request(wire::Request request, std::string* payload,
   if (!response.ParseFromString(encoded_response)) {
     throw std::runtime_error("Machine " + id_ + " sent a response that could not be decoded.");
   }
-  if (response.has_pending_error()) throw std::runtime_error(describe(response.pending_error()));
-  if (response.has_error()) throw std::runtime_error(describe(response.error()));
+  if (response.has_pending_error())
+    throw std::runtime_error(error_message(response.pending_error()));
+  if (response.has_error()) throw std::runtime_error(error_message(response.error()));
   return response;
 }
 
@@ -649,6 +497,20 @@ void Machine::synchronize() {
   wire::Request sync;
   sync.mutable_sync();
   request(std::move(sync));
+}
+
+Machine::MemoryStats Machine::memory_stats() {
+  wire::Request request;
+  request.mutable_stats();
+  const wire::SessionStats stats = this->request(std::move(request)).stats();
+  MemoryStats result;
+  result.storages = stats.storages();
+  result.bytes_in_use = stats.bytes_in_use();
+  result.generators = stats.generators();
+  result.memory_limit = stats.memory_limit();
+  result.tracked_storages = tracked_storages();
+  result.interned_ops = interned_ops();
+  return result;
 }
 
 uint64_t Machine::batches_sent() const {

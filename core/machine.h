@@ -5,16 +5,21 @@
 // sent (core/command_queue.h), and the background thread that sends them.
 //
 // Commands are appended without waiting; the sender thread ships whatever has
-// accumulated as one batch, so a flood of small ops coalesces while a batch is
-// in flight. Recording may run at most kMaxQueuedCommands ahead of the
-// sender; beyond that, enqueue() waits, so memory stays bounded in a loop
-// with no sync point. Sync points (request) first hand every queued command
-// to the session, so a request always observes the effects of all earlier
-// ops, except a small download where the session can answer early
-// (Session::read_after): it waits only for the last command that mentions
-// its source, so loss.item() returns once the forward pass has run, and the
-// next step is recorded while the machine still runs this step's backward
-// pass.
+// accumulated as one batch once the session has room for it
+// (Session::wait_until_ready), so a flood of small ops coalesces while the
+// session's places are taken (how many, and why: kMaxBatchesInFlight in
+// providers/common/grpc_session.h). Recording may run at most
+// kMaxQueuedCommands ahead of the sender; beyond that, enqueue() waits, so
+// memory stays bounded in a loop with no sync point. Sync points (request)
+// first hand every queued command to the session, so a request always
+// observes the effects of all earlier ops, except a small download where the
+// session can answer early (Session::read_after): it waits only for the last
+// command that mentions its source, so loss.item() returns once the forward
+// pass has run, and the next step is recorded while the machine still runs
+// this step's backward pass.
+//
+// Its lifecycle is one phase (core/machine_phase.h); pause() and resume()
+// are in core/machine_pause.cpp.
 //
 // Three locks, taken in this order: lifecycle_mu_ makes start() and stop()
 // one at a time; submit_mu_ orders everything handed to the session;
@@ -28,7 +33,6 @@
 #pragma once
 
 #include <c10/core/Device.h>
-#include <c10/util/ScopeExit.h>
 
 #include <atomic>
 #include <condition_variable>
@@ -43,6 +47,7 @@
 
 #include "core/command_queue.h"
 #include "core/device_table.h"
+#include "core/machine_phase.h"
 #include "core/provider.h"
 #include "proto/mycelya.pb.h"
 
@@ -134,6 +139,18 @@ class Machine : public std::enable_shared_from_this<Machine> {
   // Flushes and waits until every queued op has run; raises pending errors.
   void synchronize();
 
+  // What the session holds on the machine, asked in order after every queued
+  // op (a sync point), and what this process keeps for it.
+  struct MemoryStats {
+    uint64_t storages = 0;
+    uint64_t bytes_in_use = 0;  // counted against memory_limit
+    uint64_t generators = 0;    // the client's own, besides each device's default
+    uint64_t memory_limit = 0;
+    size_t tracked_storages = 0;  // as tracked_storages()
+    size_t interned_ops = 0;      // as interned_ops()
+  };
+  MemoryStats memory_stats();
+
   // Batches handed to the session so far, blocking requests (round trips)
   // made, those of them answered ahead of the queue (Session::read_after),
   // and tensor bytes uploaded: for tests and benchmarks.
@@ -150,14 +167,18 @@ class Machine : public std::enable_shared_from_this<Machine> {
   // stop(), with lifecycle_mu_ held.
   void stop_lifecycle_locked();
   // Stops the sender and takes the session out; the caller ends it. The
-  // machine is then paused (keeping the frees not sent yet for the resume)
-  // or, without `pause`, neither running nor paused.
+  // machine is then kPaused (keeping the frees not sent yet for the resume)
+  // or, without `pause`, kStopped.
   std::shared_ptr<Session> detach_session_lifecycle_locked(bool pause);
-  // Makes other threads' ops wait until the returned guard goes: for the
-  // span of a pause or resume.
-  c10::scope_exit<std::function<void()>> hold_other_threads();
-  // Takes `session` as the machine's own and starts the sender.
-  void attach_session_lifecycle_locked(std::shared_ptr<Session> session);
+  // Moves the lifecycle to `to`, refusing (std::logic_error) a move that
+  // core/machine_phase.h does not list; wakes the threads that wait on it.
+  void set_phase_queue_locked(MachinePhase to);
+  // Moves a pause or resume under way (kPausing, kResuming) back to
+  // kRunning, once it is over however it ended: other threads' ops go on.
+  void end_hold();
+  // Takes `session` as the machine's own and starts the sender, in phase
+  // `to` (kRunning, or kResuming while a resume restores it).
+  void attach_session_lifecycle_locked(std::shared_ptr<Session> session, MachinePhase to);
   // Resumes the machine if it is paused, before a use of it (`what`).
   void resume_if_paused(const char* what);
   // Ends a detached session with `end` (Session::stop or Session::pause),
@@ -173,7 +194,7 @@ class Machine : public std::enable_shared_from_this<Machine> {
   // Hands everything queued to the session.
   void flush_submit_locked();
   void check_usable_queue_locked(const DeviceEntry* device = nullptr) const;
-  // Marks the session lost, keeping the first reason.
+  // Marks the session lost (kLost), keeping the first reason.
   void mark_lost_queue_locked(const std::string& why);
   // The same, then throws that reason.
   [[noreturn]] void throw_lost_queue_locked(const std::string& why);
@@ -200,22 +221,26 @@ class Machine : public std::enable_shared_from_this<Machine> {
   std::vector<std::string> devices_;
   std::vector<DeviceRef> entries_;  // by slot, while running
   CommandQueue queue_;
-  bool running_ = false;
-  bool stopping_ = false;
-  // Paused: no session, but the device entries stay registered. Written
-  // under queue_mu_; atomic so that every op can check it without the lock.
-  std::atomic<bool> paused_{false};
+  // The one owner of the lifecycle (core/machine_phase.h). Written under
+  // queue_mu_ through set_phase_queue_locked; atomic so that every op can
+  // check for a pause without the lock.
+  std::atomic<MachinePhase> phase_{MachinePhase::kStopped};
+  // Why the session failed: set with kLost, cleared when the phase leaves it.
+  std::string lost_reason_;
+  // Pause data (core/machine_pause.cpp): frees that wait for the resume, and
+  // what the last resume could not restore.
   std::vector<uint64_t> frees_while_paused_;
   std::vector<uint64_t> unsaved_storages_;
   // Commands sent to the session that paused (or was lost): its save must
   // have run them all for a resume to be up to date.
   uint64_t sent_before_pause_ = 0;
-  bool transitioning_ = false;  // a pause or resume is under way
-  std::string lost_;            // set once the session failed; every later call raises it
   uint64_t batches_sent_ = 0;
   uint64_t round_trips_ = 0;
   uint64_t bytes_uploaded_ = 0;
-  bool session_reads_early_ = true;  // until read_after() says otherwise
+  // Whether this session answers Session::read_after, learnt at the first
+  // read it declines. A property of the session, not of the lifecycle: it
+  // changes no phase, and each new session starts with it true.
+  bool session_reads_early_ = true;
   uint64_t early_reads_ = 0;
   // Reads beside the queue still out; stop() waits for them.
   int early_reads_in_flight_ = 0;

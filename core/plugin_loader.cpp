@@ -14,6 +14,8 @@
 #include <sstream>
 #include <stdexcept>
 
+#include "core/joined_names.h"
+
 namespace mycelya {
 namespace {
 
@@ -88,12 +90,6 @@ std::vector<std::string> list_providers_locked() {
   return {names.begin(), names.end()};
 }
 
-std::string join(const std::vector<std::string>& items) {
-  std::string out;
-  for (const auto& item : items) out += (out.empty() ? "" : ", ") + item;
-  return out.empty() ? "(none)" : out;
-}
-
 }  // namespace
 
 void add_plugin_dir(const std::string& dir) {
@@ -115,7 +111,7 @@ Provider& load_provider(const std::string& name) {
   const std::string path = find_plugin(name);
   if (path.empty()) {
     throw std::invalid_argument("Unknown provider '" + name +
-                                "'. Providers found: " + join(list_providers_locked()) +
+                                "'. Providers found: " + joined_names(list_providers_locked()) +
                                 " (searched $MYCELYA_PROVIDER_PATH and the package folder).");
   }
   // RTLD_LOCAL: plugins share nothing with each other except libmycelya_wire.so.

@@ -15,6 +15,7 @@
 #include <torch/library.h>
 
 #include "core/allocator.h"
+#include "core/registration.h"
 #include "core/remote_tensor.h"
 #include "proto/tensor_geometry.h"
 
@@ -140,7 +141,7 @@ at::Tensor& set_empty(at::Tensor& self) {
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(aten, PrivateUse1, m) {
+void register_tensor_kernels(torch::Library& m) {
   m.impl("empty.memory_format", TORCH_FN(empty_memory_format));
   m.impl("empty_strided", TORCH_FN(empty_strided));
   m.impl("_efficientzerotensor", TORCH_FN(efficient_zero_tensor));

@@ -30,7 +30,7 @@ std::shared_ptr<Machine> make_machine(const std::string& provider, const std::st
                                       double idle_timeout_s,
                                       std::map<std::string, std::string> options) {
   validate_gpu_type(gpu_type);
-  if (gpu_count < 1) throw std::invalid_argument("gpu_count must be at least 1");
+  validate_gpu_count(gpu_type, gpu_count);
   MachineSpec spec{gpu_type, gpu_count, std::move(packages), idle_timeout_s};
   spec.options = std::move(options);
   // An unknown provider, or a spec it cannot serve, fails here, before anything starts.
@@ -65,13 +65,7 @@ auto with_default_generator(int index, const Call& call) {
   return call(generator);
 }
 
-}  // namespace
-}  // namespace mycelya
-
-PYBIND11_MODULE(_C, m) {
-  using namespace mycelya;
-  m.doc() = "mycelya-torch core (C++)";
-
+void bind_machine(py::module_& m) {
   py::class_<Machine, std::shared_ptr<Machine>>(m, "Machine")
       .def(py::init(&make_machine), py::arg("provider"), py::arg("gpu_type"), py::arg("gpu_count"),
            py::arg("packages"), py::arg("idle_timeout_s"), py::arg("options"))
@@ -98,34 +92,41 @@ PYBIND11_MODULE(_C, m) {
       .def_property_readonly("bytes_uploaded", &Machine::bytes_uploaded)
       .def("memory_stats",
            [](Machine& machine) {
-             wire::Request request;
-             request.mutable_stats();
-             wire::Response response;
+             Machine::MemoryStats stats;
              {
                py::gil_scoped_release release;
-               response = machine.request(std::move(request));
+               stats = machine.memory_stats();
              }
-             const wire::SessionStats& stats = response.stats();
              py::dict result;
-             result["storages"] = stats.storages();
-             result["bytes_in_use"] = stats.bytes_in_use();
-             result["generators"] = stats.generators();
-             result["memory_limit"] = stats.memory_limit();
-             result["tracked_storages"] = machine.tracked_storages();
-             result["interned_ops"] = machine.interned_ops();
+             result["storages"] = stats.storages;
+             result["bytes_in_use"] = stats.bytes_in_use;
+             result["generators"] = stats.generators;
+             result["memory_limit"] = stats.memory_limit;
+             result["tracked_storages"] = stats.tracked_storages;
+             result["interned_ops"] = stats.interned_ops;
              return result;
            })
       .def_property_readonly("tracked_storages", &Machine::tracked_storages)
       .def_property_readonly("interned_ops", &Machine::interned_ops);
+}
 
+// Providers and what a machine may ask of them (core/plugin_loader.h,
+// core/gpu_types.h): the rules live in core, and Python asks them here.
+void bind_providers(py::module_& m) {
   m.def("add_plugin_dir", &add_plugin_dir);
   m.def("available_providers", &available_providers);
   m.def("supported_gpu_types", &supported_gpu_types);
-  m.def("validate_gpu_type", &validate_gpu_type);
+  m.def("validate_gpu_type", &validate_gpu_type, py::arg("gpu_type"));
+  m.def("validate_gpu_count", &validate_gpu_count, py::arg("gpu_type"), py::arg("gpu_count"));
+}
+
+void bind_logging(py::module_& m) {
   m.def("set_log_level", &set_log_level);
   m.def("log_level", &log_level);
+}
 
-  // The device table and the current device (core/device_table.h, core/guard.cpp).
+// The device table and the current device (core/device_table.h, core/guard.cpp).
+void bind_devices(py::module_& m) {
   m.def("max_devices", [] { return static_cast<int>(kMaxDevices); });
   m.def("device_count", &device_count);
   m.def("running_device_indices", [] {
@@ -136,6 +137,9 @@ PYBIND11_MODULE(_C, m) {
   m.def(
       "machine_of", [](int index) { return lookup_device(running_index(index))->machine; },
       py::arg("index"));
+  m.def(
+      "remote_device_name",
+      [](int index) { return lookup_device(running_index(index))->remote_name; }, py::arg("index"));
   m.def("current_device", [] { return static_cast<int>(guard().getDevice().index()); });
   m.def(
       "set_device", [](int index) { guard().setDevice(device(running_index(index))); },
@@ -151,9 +155,11 @@ PYBIND11_MODULE(_C, m) {
   m.def(
       "restore_device", [](int index) { guard().uncheckedSetDevice(device(index)); },
       py::arg("index"));
+}
 
-  // Random generators (core/generator.h): the device module's calls to a
-  // device's default generator go through with_default_generator.
+// Random generators (core/generator.h): the device module's calls to a
+// device's default generator go through with_default_generator.
+void bind_seeding(py::module_& m) {
   m.def("manual_seed_all", &seed_all, py::arg("seed"), py::call_guard<py::gil_scoped_release>());
   m.def(
       "default_generator",
@@ -192,8 +198,10 @@ PYBIND11_MODULE(_C, m) {
         with_default_generator(index, [&](at::Generator& g) { g.set_state(state); });
       },
       py::arg("index"), py::arg("state"));
+}
 
-  // Python functions on a machine (core/remote_call.h, _remote_runtime.py).
+// Python functions on a machine (core/remote_call.h, _remote_runtime.py).
+void bind_remote_calls(py::module_& m) {
   py::class_<QueuedCall>(m, "QueuedCall")
       .def_readonly("call_id", &QueuedCall::call_id)
       .def("take", [](const QueuedCall& call) {
@@ -213,11 +221,12 @@ PYBIND11_MODULE(_C, m) {
         return queue_call(std::move(bytes), std::move(tensors), index);
       },
       py::arg("function"), py::arg("tensors"), py::arg("device_index"));
-  m.def(
-      "remote_device_name",
-      [](int index) { return lookup_device(running_index(index))->remote_name; }, py::arg("index"));
-  // Progress of large copies (core/transfer_progress.h): `report(label,
-  // done, total)`, or None for none. Called from whichever thread copies.
+}
+
+// Tensors' storages and the progress of large copies (core/allocator.h,
+// core/transfer_progress.h).
+void bind_tensors(py::module_& m) {
+  // `report(label, done, total)`, or None for none. Called from whichever thread copies.
   m.def(
       "set_progress_reporter",
       [](py::object report) {
@@ -242,4 +251,18 @@ PYBIND11_MODULE(_C, m) {
         return storage_id(tensor.storage());
       },
       py::arg("tensor"));
+}
+
+}  // namespace
+}  // namespace mycelya
+
+PYBIND11_MODULE(_C, m) {
+  m.doc() = "mycelya-torch core (C++)";
+  mycelya::bind_machine(m);
+  mycelya::bind_providers(m);
+  mycelya::bind_logging(m);
+  mycelya::bind_devices(m);
+  mycelya::bind_seeding(m);
+  mycelya::bind_remote_calls(m);
+  mycelya::bind_tensors(m);
 }

@@ -11,6 +11,7 @@ import torch
 
 from . import _progress, _remote
 from ._logging import logger
+from ._machine import RemoteMachine
 
 # from_pretrained's arguments that say where the checkpoint is, which the
 # config's lookup takes too (others would become config attributes).
@@ -75,8 +76,6 @@ def load_huggingface_model(
 
     Tied weights stay tied. The machine needs transformers (``packages=["transformers"]``).
     Raises RuntimeError with the machine's traceback when loading fails there."""
-    from ._machine import RemoteMachine
-
     if not isinstance(name_or_path, (str, os.PathLike)) or not os.fspath(name_or_path):
         raise ValueError(f"name_or_path must be a model id or a folder, got {name_or_path!r}.")
     if not isinstance(machine, RemoteMachine):

@@ -4,16 +4,12 @@
 import atexit
 import math
 import os
-import threading
 
 import torch
 
-from . import _C
+from . import _C, _registry, _remote, _remote_runtime
 from ._logging import logger
-
-# Machines started and not stopped since, by machine id, in start order.
-_running = {}
-_running_lock = threading.Lock()
+from ._packages import check_packages
 
 
 def _option_text(name, value):
@@ -35,13 +31,10 @@ def _check_arguments(provider, gpu_type, gpu_count, packages, idle_timeout):
         raise ValueError(f"provider must be a provider name such as 'mock', got {provider!r}.")
     if gpu_type is not None and not isinstance(gpu_type, str):
         raise ValueError(f"gpu_type must be a string or None, got {gpu_type!r}.")
-    if isinstance(gpu_count, bool) or not isinstance(gpu_count, int) or gpu_count < 1:
+    if isinstance(gpu_count, bool) or not isinstance(gpu_count, int):
         raise ValueError(f"gpu_count must be a positive integer, got {gpu_count!r}.")
-    if gpu_count != 1 and gpu_type is None:
-        raise ValueError(
-            f"gpu_count={gpu_count} needs a gpu_type (one of {', '.join(_C.supported_gpu_types())}): "
-            "a machine without a gpu_type has no GPUs."
-        )
+    # Its values' rules are core's (core/gpu_types.h): ValueError from there.
+    _C.validate_gpu_count(gpu_type or "", gpu_count)
     if idle_timeout is not None and (
         isinstance(idle_timeout, bool)
         or not isinstance(idle_timeout, (int, float))
@@ -50,19 +43,6 @@ def _check_arguments(provider, gpu_type, gpu_count, packages, idle_timeout):
     ):
         raise ValueError(f"idle_timeout must be a positive, finite number of seconds, got {idle_timeout!r}.")
     return check_packages(packages)
-
-
-def check_packages(packages):
-    """Raises ValueError unless packages is None or a list of pip requirement strings."""
-    if packages is None:
-        return []
-    if isinstance(packages, (str, bytes)) or not isinstance(packages, (list, tuple)):
-        raise ValueError(
-            f"packages must be a list of pip requirement strings such as ['transformers'], got {packages!r}."
-        )
-    if not all(isinstance(p, str) and p for p in packages):
-        raise ValueError(f"packages must be a list of non-empty pip requirement strings, got {packages!r}.")
-    return list(packages)
 
 
 class RemoteMachine:
@@ -159,8 +139,7 @@ class RemoteMachine:
         indices "mycelya:k" until it stops."""
         # Listed first: a machine whose start a Ctrl-C cut short is still
         # stopped at exit (a cloud machine would bill on).
-        with _running_lock:
-            _running[self.machine_id] = self
+        _registry.add(self)
         try:
             self._machine.start()
         except BaseException:
@@ -168,8 +147,7 @@ class RemoteMachine:
             # machine may run, with no handle left to the user.
             if self._machine.running:
                 self._machine.stop()
-            with _running_lock:
-                _running.pop(self.machine_id, None)
+            _registry.remove(self.machine_id)
             raise
         logger.info("machine %s started with devices %s", self.machine_id, self._machine.devices)
         self._install_packages()
@@ -191,8 +169,6 @@ class RemoteMachine:
         if not packages:
             return
         logger.info("machine %s: pip install %s", self.machine_id, " ".join(packages))
-        from . import _remote, _remote_runtime
-
         _remote.call(_remote_runtime.pip_install, (packages, self.device()), {})
         self._installed.update(packages)
         logger.info("machine %s: installed %s", self.machine_id, " ".join(packages))
@@ -209,8 +185,7 @@ class RemoteMachine:
         try:
             self._machine.stop()
         finally:
-            with _running_lock:
-                _running.pop(self.machine_id, None)
+            _registry.remove(self.machine_id)
 
     def devices(self):
         """The remote devices this machine offers, e.g. ['cuda:0', 'cpu']."""
@@ -279,15 +254,6 @@ class RemoteMachine:
         return f"RemoteMachine(provider={self.provider!r}{gpu}, machine_id={self.machine_id!r}, {state})"
 
 
-def machine_by_id(machine_id):
-    """The started machine of that id (RuntimeError once it stopped)."""
-    with _running_lock:
-        machine = _running.get(machine_id)
-    if machine is None:
-        raise RuntimeError(f"Machine {machine_id} is not running.")
-    return machine
-
-
 def get_all_machines():
     """The machines started and not stopped since, in start order.
 
@@ -295,8 +261,7 @@ def get_all_machines():
     still holds its device indices (and, on a cloud provider, may still be
     billing); a machine created with ``start=False`` appears once its start begins.
     """
-    with _running_lock:
-        return list(_running.values())
+    return _registry.all_machines()
 
 
 @atexit.register

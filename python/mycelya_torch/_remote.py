@@ -8,7 +8,8 @@ import threading
 
 import torch
 
-from . import _C, _remote_runtime
+from . import _C, _registry, _remote_runtime
+from ._packages import check_packages
 
 # Takes results of run_async calls, so the caller never waits for them.
 _takers = None
@@ -26,9 +27,7 @@ def _taker_pool():
 
 
 def _machine_of_index(index):
-    from ._machine import machine_by_id
-
-    return machine_by_id(_C.machine_of(index).machine_id)
+    return _registry.machine_by_id(_C.machine_of(index).machine_id)
 
 
 class _PendingCall:
@@ -148,8 +147,6 @@ def remote(function=None, *, run_async=False, packages=None):
     device, or when they are on different machines; an exception the
     function raises reaches the caller with the machine's traceback as its
     cause, and the machine keeps working."""
-    from ._machine import check_packages
-
     if function is None:
         return functools.partial(remote, run_async=run_async, packages=packages)
     if isinstance(function, RemoteFunction):
