@@ -11,10 +11,17 @@ BAZEL_CACHE_FLAGS=(--disk_cache="${MYCELYA_HOME:-$HOME/.cache/mycelya}/bazel-dis
 QUIET_SANDBOX_AWK="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/quiet_sandbox.awk"
 
 # Runs a command (bazel ...) with the sandbox's debug log filtered out of its
-# stdout and stderr (tools/quiet_sandbox.awk); returns the command's status.
+# stdout and stderr (tools/quiet_sandbox.awk); returns the command's status
+# once both filters have written everything (a bare `wait` would not wait
+# for the first of two process substitutions, and lose its last lines).
 bazel_quiet() {
-  local status=0
-  "$@" > >(awk -f "$QUIET_SANDBOX_AWK") 2> >(awk -f "$QUIET_SANDBOX_AWK" >&2) || status=$?
-  wait
+  local status=0 out err out_filter err_filter
+  exec {out}> >(awk -f "$QUIET_SANDBOX_AWK")
+  out_filter=$!
+  exec {err}> >(awk -f "$QUIET_SANDBOX_AWK" >&2)
+  err_filter=$!
+  "$@" >&"$out" 2>&"$err" || status=$?
+  exec {out}>&- {err}>&-
+  wait "$out_filter" "$err_filter"
   return "$status"
 }
