@@ -33,6 +33,7 @@
 #include <vector>
 
 #include "core/provider.h"
+#include "proto/listening_line.h"
 #include "proto/random_key.h"
 #include "providers/common/child_process.h"
 #include "providers/common/grpc_session.h"
@@ -136,7 +137,7 @@ class ChildServer {
       if (n <= 0) return "it exited before listening";
       output.append(buffer, static_cast<size_t>(n));
     }
-    if (output.rfind("mycelya-server listening on ", 0) != 0) {
+    if (listening_address(output.substr(0, output.find('\n'))).empty()) {
       return "it printed \"" + output.substr(0, output.find('\n')) + "\" instead of its address";
     }
     return "";
