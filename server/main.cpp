@@ -23,6 +23,7 @@
 #include <string>
 #include <vector>
 
+#include "proto/listening_line.h"
 #include "proto/transport_tuning.h"
 #include "server/flags.h"
 #include "server/grpc_log.h"
@@ -191,7 +192,7 @@ int run(int argc, char** argv) {
       " bytes of storage in all, ", config.executor.memory_limit_bytes, " per session, at most ",
       config.max_sessions, " sessions; ", config.token.empty() ? "no token" : "token required",
       "; ", config.tls_cert_pem.empty() ? "plaintext" : "TLS");
-  std::cout << "mycelya-server listening on " << bound_address(config.listen, port) << std::endl;
+  std::cout << listening_line(bound_address(config.listen, port)) << std::endl;
   // That line is all stdout is for: whoever started the server may stop
   // reading it (a pipe nobody drains would block the server once full).
   dup2(STDERR_FILENO, STDOUT_FILENO);

@@ -5,6 +5,8 @@ import os
 import signal
 import subprocess
 
+from listening_line import listening_address
+
 import mycelya_torch
 
 
@@ -70,10 +72,11 @@ class ServerProcess:
         if log_path:
             log.close()
         line = self.process.stdout.readline().decode()
-        if not line.startswith("mycelya-server listening on "):
+        address = listening_address(line)
+        if address is None:
             self.stop()
             raise RuntimeError(f"mycelya-server did not start: {line!r}")
-        self.address = line.rsplit(" ", 1)[1].strip()
+        self.address = address.strip()
         self.port = int(self.address.rsplit(":", 1)[1])
 
     def kill(self):

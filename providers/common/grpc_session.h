@@ -1,14 +1,15 @@
 // SPDX-License-Identifier: AGPL-3.0-or-later
 //
 // The client side of mycelya-server's Session stream, shared by every
-// networked provider. A batch goes out at once unless kMaxBatchesInFlight are
-// in flight (sent, not yet run); then core's sender waits in wait_until_ready()
-// before gathering, so the ops queued meanwhile coalesce into one batch: low
-// latency for single ops, few large batches under a flood. A request waits for
-// its response, which the reader thread hands over. Bulk payloads travel as
-// chunks after their message. A small download whose source no later command
-// mentions goes beside the stream (the Read RPC), answered as soon as the
-// server has run the last command before it.
+// networked provider. A batch goes out at once unless the session's limit of
+// batches are in flight (sent, not yet run: kMaxBatchesInFlight, or
+// kMaxBatchesInFlightSlowLink on a slow link); then core's sender waits in
+// wait_until_ready() before gathering, so the ops queued meanwhile coalesce
+// into one batch: low latency for single ops, few large batches under a flood.
+// A request waits for its response, which the reader thread hands over. Bulk
+// payloads travel as chunks after their message. A small download whose
+// source no later command mentions goes beside the stream (the Read RPC),
+// answered as soon as the server has run the last command before it.
 //
 // When the connection drops or the server dies, every pending and later call
 // raises std::runtime_error: never a hang.
@@ -88,7 +89,7 @@ class GrpcSession final : public Session {
 
  private:
   void reader_loop();
-  // Waits until fewer than kMaxBatchesInFlight batches are in flight (or the stream ended).
+  // Waits until fewer than max_in_flight_ batches are in flight (or the stream ended).
   void wait_for_free_slot();
   // Writes one message; throws once the stream is broken. Caller holds write_mu_.
   void send_write_locked(const wire::ClientMessage& message);
@@ -105,7 +106,7 @@ class GrpcSession final : public Session {
   std::string token_;
   std::string session_key_;  // empty: the server has no Read
   bool can_pause_ = false;
-  int max_in_flight_ = kMaxBatchesInFlight;
+  int max_in_flight_ = kMaxBatchesInFlight;  // kMaxBatchesInFlightSlowLink on a slow link
 
   // Two locks: write_mu_ orders writes to the stream, state_mu_ guards the
   // hand-over below. Methods named *_write_locked need write_mu_ held,

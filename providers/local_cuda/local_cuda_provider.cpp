@@ -6,8 +6,9 @@
 // this host has GPUs and cpu always.
 //
 // The child never outlives us: it gets SIGKILL when the thread that started
-// it dies (PR_SET_PDEATHSIG) and also watches its parent (--exit-with-parent);
-// stop() sends SIGTERM and, after a grace period, SIGKILL.
+// it dies (PR_SET_PDEATHSIG, providers/common/child_process.h) and also
+// watches its parent (--exit-with-parent); stop() sends SIGTERM and, after a
+// grace period, SIGKILL.
 //
 // Pausing: the server keeps paused sessions under local_state_root()
 // (--state-dir), so a server started later on the same folder restores them.
@@ -16,27 +17,25 @@
 // listens (a pipe here), then connects: no connection attempt can find the
 // socket missing and leave gRPC's channel in its reconnect backoff.
 #include <dlfcn.h>
-#include <fcntl.h>
 #include <poll.h>
-#include <signal.h>
-#include <sys/prctl.h>
-#include <sys/stat.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <chrono>
 #include <cmath>
-#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
+#include <memory>
 #include <sstream>
 #include <stdexcept>
-#include <thread>
+#include <vector>
 
 #include "core/provider.h"
+#include "proto/listening_line.h"
 #include "proto/random_key.h"
+#include "providers/common/child_process.h"
 #include "providers/common/grpc_session.h"
 #include "providers/common/local_state.h"
 
@@ -81,61 +80,41 @@ class ChildServer {
     log_ = dir_ + "/server.log";
     token_ = random_hex(24, "a local-cuda session token");
 
-    // Everything the child needs is prepared before fork: after it, only
-    // async-signal-safe calls until exec.
-    const std::string listen = "--listen=unix:" + socket_;
     // Whole seconds, rounded up (never sooner than asked), at most the
     // server's year.
     const double idle_seconds = std::min(std::ceil(idle_timeout_s), 365.0 * 24 * 3600);
-    const std::string idle_timeout =
-        "--idle-timeout=" + std::to_string(static_cast<long long>(idle_seconds));
-    const char* argv[] = {
-        binary.c_str(),       listen.c_str(),       "--token-env=MYCELYA_TOKEN", "--devices=auto",
-        "--exit-with-parent", idle_timeout.c_str(), state_dir.c_str(),           nullptr};
-    std::vector<std::string> env_strings;
+    ChildSpec child;
+    child.argv = {binary,
+                  "--listen=unix:" + socket_,
+                  "--token-env=MYCELYA_TOKEN",
+                  "--devices=auto",
+                  "--exit-with-parent",
+                  "--idle-timeout=" + std::to_string(static_cast<long long>(idle_seconds)),
+                  state_dir};
+    std::vector<std::string> env;
     for (char** e = environ; *e; ++e) {
-      if (std::strncmp(*e, "MYCELYA_TOKEN=", 14) != 0) env_strings.emplace_back(*e);
+      if (std::strncmp(*e, "MYCELYA_TOKEN=", 14) != 0) env.emplace_back(*e);
     }
-    env_strings.push_back("MYCELYA_TOKEN=" + token_);
+    env.push_back("MYCELYA_TOKEN=" + token_);
     // The server shares this host's cores with its client, whose thread records
     // ops while the server computes: leave it a core, and keep OpenMP threads
     // from spinning between parallel regions.
     if (!std::getenv("OMP_NUM_THREADS")) {
       const long cores = sysconf(_SC_NPROCESSORS_ONLN);
-      env_strings.push_back("OMP_NUM_THREADS=" + std::to_string(cores > 1 ? cores - 1 : 1));
+      env.push_back("OMP_NUM_THREADS=" + std::to_string(cores > 1 ? cores - 1 : 1));
     }
-    if (!std::getenv("OMP_WAIT_POLICY")) env_strings.push_back("OMP_WAIT_POLICY=PASSIVE");
-    std::vector<char*> envp;
-    for (auto& s : env_strings) envp.push_back(s.data());
-    envp.push_back(nullptr);
-    const int log_fd = open(log_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-    if (log_fd < 0) throw std::runtime_error("local-cuda: cannot create " + log_);
-    int stdout_pipe[2];
-    if (pipe2(stdout_pipe, O_CLOEXEC) != 0) {
-      close(log_fd);
-      throw std::runtime_error("local-cuda: cannot create a pipe for the server's output");
+    if (!std::getenv("OMP_WAIT_POLICY")) env.push_back("OMP_WAIT_POLICY=PASSIVE");
+    child.env = std::move(env);
+    // Stdout stays open while the server runs: a write to a closed pipe
+    // would kill it.
+    child.pipe_stdout = true;
+    child.stderr_path = log_;
+    child.stop_grace = kTerminateGrace;
+    try {
+      process_ = std::make_unique<ChildProcess>(child);
+    } catch (const std::runtime_error& e) {
+      throw std::runtime_error(std::string("local-cuda: ") + e.what());
     }
-    const pid_t parent = getpid();
-
-    pid_ = fork();
-    if (pid_ < 0) {
-      close(log_fd);
-      close(stdout_pipe[0]);
-      close(stdout_pipe[1]);
-      throw std::runtime_error(std::string("local-cuda: fork failed: ") + std::strerror(errno));
-    }
-    if (pid_ == 0) {
-      prctl(PR_SET_PDEATHSIG, SIGKILL);
-      if (getppid() != parent) _exit(1);  // the parent died before prctl
-      dup2(stdout_pipe[1], STDOUT_FILENO);
-      dup2(log_fd, STDERR_FILENO);
-      execve(argv[0], const_cast<char* const*>(argv), envp.data());
-      _exit(127);
-    }
-    close(log_fd);
-    close(stdout_pipe[1]);
-    // Kept open while the server runs: a write to a closed pipe would kill it.
-    stdout_ = stdout_pipe[0];
   }
 
   // Waits for the server's "listening on" line. Returns "" once it came,
@@ -148,17 +127,17 @@ class ChildServer {
           deadline - std::chrono::steady_clock::now());
       if (left.count() <= 0)
         return "it did not listen within " + std::to_string(timeout.count() / 1000) + " s";
-      pollfd readable{stdout_, POLLIN, 0};
+      pollfd readable{process_->stdout_fd(), POLLIN, 0};
       const int ready = poll(&readable, 1, static_cast<int>(left.count()));
       if (ready < 0 && errno != EINTR) return std::string("poll failed: ") + std::strerror(errno);
       if (ready <= 0) continue;
       char buffer[256];
-      const ssize_t n = read(stdout_, buffer, sizeof(buffer));
+      const ssize_t n = read(process_->stdout_fd(), buffer, sizeof(buffer));
       if (n < 0 && errno == EINTR) continue;
       if (n <= 0) return "it exited before listening";
       output.append(buffer, static_cast<size_t>(n));
     }
-    if (output.rfind("mycelya-server listening on ", 0) != 0) {
+    if (listening_address(output.substr(0, output.find('\n'))).empty()) {
       return "it printed \"" + output.substr(0, output.find('\n')) + "\" instead of its address";
     }
     return "";
@@ -169,36 +148,12 @@ class ChildServer {
   std::string address() const { return "unix:" + socket_; }
   const std::string& token() const { return token_; }
 
-  bool alive() {
-    if (pid_ <= 0) return false;
-    int status = 0;
-    if (waitpid(pid_, &status, WNOHANG) == pid_) {
-      pid_ = -1;
-      return false;
-    }
-    return true;
-  }
-
   std::string log_tail() const { return tail_of(log_); }
 
+  // Stops the server (SIGTERM, then SIGKILL after kTerminateGrace) and
+  // removes its folder.
   void terminate() {
-    if (pid_ > 0) {
-      kill(pid_, SIGTERM);
-      // Polled finely: a server with no session left exits within tens of ms.
-      const auto deadline = std::chrono::steady_clock::now() + kTerminateGrace;
-      while (alive() && std::chrono::steady_clock::now() < deadline) {
-        std::this_thread::sleep_for(std::chrono::milliseconds(2));
-      }
-      if (pid_ > 0) {
-        kill(pid_, SIGKILL);
-        waitpid(pid_, nullptr, 0);
-        pid_ = -1;
-      }
-    }
-    if (stdout_ >= 0) {
-      close(stdout_);
-      stdout_ = -1;
-    }
+    if (process_) process_->terminate();
     if (!dir_.empty()) {
       unlink(socket_.c_str());
       unlink(log_.c_str());
@@ -211,8 +166,7 @@ class ChildServer {
   // How long a server gets to exit on SIGTERM before it is killed.
   static constexpr std::chrono::seconds kTerminateGrace{5};
 
-  pid_t pid_ = -1;
-  int stdout_ = -1;  // read end of the server's stdout
+  std::unique_ptr<ChildProcess> process_;
   std::string dir_, socket_, log_, token_;
 };
 

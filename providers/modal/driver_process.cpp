@@ -2,17 +2,16 @@
 #include "providers/modal/driver_process.h"
 
 #include <dlfcn.h>
-#include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
-#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <cerrno>
 #include <cstdlib>
-#include <cstring>
-#include <vector>
+#include <memory>
+
+#include "providers/common/child_process.h"
 
 namespace mycelya {
 namespace {
@@ -48,52 +47,31 @@ nlohmann::json run_driver(const std::string& command, const nlohmann::json& inpu
                           std::chrono::seconds timeout) {
   const std::string python = interpreter();
   const std::string script = driver_script();
-  const char* argv[] = {python.c_str(), script.c_str(), command.c_str(), nullptr};
-  int in[2], out[2], err[2];
-  if (pipe2(in, O_CLOEXEC) != 0) throw std::runtime_error("modal: cannot create a pipe");
-  if (pipe2(out, O_CLOEXEC) != 0 || pipe2(err, O_CLOEXEC) != 0) {
-    close(in[0]);
-    close(in[1]);
-    throw std::runtime_error("modal: cannot create a pipe");
-  }
-  const pid_t parent = getpid();
-  const pid_t pid = fork();
-  if (pid == 0) {
-    prctl(PR_SET_PDEATHSIG, SIGKILL);
-    if (getppid() != parent) _exit(1);
-    dup2(in[0], STDIN_FILENO);
-    dup2(out[1], STDOUT_FILENO);
-    dup2(err[1], STDERR_FILENO);
-    execvp(argv[0], const_cast<char* const*>(argv));
-    _exit(127);
-  }
-  close(in[0]);
-  close(out[1]);
-  close(err[1]);
-  if (pid < 0) {
-    close(in[1]);
-    close(out[0]);
-    close(err[0]);
-    throw std::runtime_error(std::string("modal: cannot start the driver: ") +
-                             std::strerror(errno));
+  ChildSpec spec;
+  spec.argv = {python, script, command};
+  spec.search_path = true;
+  spec.pipe_stdin = spec.pipe_stdout = spec.pipe_stderr = true;
+  // SIGTERM first: the driver then terminates what it created (a sandbox
+  // that would bill on) and says so; SIGKILL after a grace.
+  spec.stop_grace = kDriverStopGrace;
+  std::unique_ptr<ChildProcess> driver;
+  try {
+    driver = std::make_unique<ChildProcess>(spec);
+  } catch (const std::runtime_error& e) {
+    throw std::runtime_error(std::string("modal: cannot start the driver: ") + e.what());
   }
   // The input is small (a few kB): written whole before reading. A driver
   // that died at once makes the write fail, not kill us: Python ignores
   // SIGPIPE in the process that loaded this plugin.
-  const std::string text = input.dump();
-  for (size_t written = 0; written < text.size();) {
-    const ssize_t n = write(in[1], text.data() + written, text.size() - written);
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) break;
-    written += static_cast<size_t>(n);
-  }
-  close(in[1]);
+  driver->write_stdin(input.dump());
+  driver->close_stdin();
 
   auto deadline = std::chrono::steady_clock::now() + timeout;
   std::string out_text, err_text, pending;
   nlohmann::json result;
   bool answered = false, timed_out = false, killed = false;
-  pollfd fds[2] = {{out[0], POLLIN, 0}, {err[0], POLLIN, 0}};
+  const int out = driver->stdout_fd(), err = driver->stderr_fd();
+  pollfd fds[2] = {{out, POLLIN, 0}, {err, POLLIN, 0}};
   int open_fds = 2;
   while (open_fds > 0) {
     const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
@@ -103,10 +81,9 @@ nlohmann::json run_driver(const std::string& command, const nlohmann::json& inpu
         killed = true;
         break;
       }
-      // SIGTERM first: the driver then terminates what it created (a
-      // sandbox that would bill on) and says so; SIGKILL after a grace.
+      // Reading on while the driver cleans up: it says what it terminated.
       timed_out = true;
-      kill(pid, SIGTERM);
+      driver->signal(SIGTERM);
       deadline = std::chrono::steady_clock::now() + kDriverStopGrace;
       continue;
     }
@@ -117,12 +94,11 @@ nlohmann::json run_driver(const std::string& command, const nlohmann::json& inpu
       const ssize_t n = read(fd.fd, buffer, sizeof(buffer));
       if (n < 0 && errno == EINTR) continue;
       if (n <= 0) {
-        close(fd.fd);
-        fd.fd = -1;
+        fd.fd = -1;  // poll skips it; the driver's pipes close with it
         --open_fds;
         continue;
       }
-      if (fd.fd == err[0]) {
+      if (fd.fd == err) {
         err_text = tail(err_text + std::string(buffer, static_cast<size_t>(n)), 8000);
         continue;
       }
@@ -142,12 +118,8 @@ nlohmann::json run_driver(const std::string& command, const nlohmann::json& inpu
       }
     }
   }
-  for (const pollfd& fd : fds) {
-    if (fd.fd >= 0) close(fd.fd);
-  }
-  if (killed) kill(pid, SIGKILL);
-  int status = 0;
-  waitpid(pid, &status, 0);
+  if (killed) driver->kill();
+  const int status = driver->wait();
   // An answer that came before the deadline counts, even if the driver then
   // took long to exit: a started sandbox must not be dropped.
   if (timed_out && !(answered && result.contains("ok"))) {

@@ -20,13 +20,13 @@
 #include <thread>
 #include <vector>
 
+#include "proto/listening_line.h"
+
 namespace mycelya {
 
-// "mycelya-server listening on ADDRESS" -> ADDRESS; "" for any other line.
+// The address in the server's "listening on" line; "" for any other line or none.
 inline std::string address_of(const std::optional<std::string>& line) {
-  const std::string prefix = "mycelya-server listening on ";
-  if (!line || line->rfind(prefix, 0) != 0) return "";
-  return line->substr(prefix.size());
+  return line ? listening_address(*line) : "";
 }
 
 class ServerProcess {

@@ -16,6 +16,7 @@ import tempfile
 import time
 
 import pytest
+from listening_line import LISTENING_PREFIX
 
 from fakes import ROOT, SERVER, SERVER_BUILT
 from fakes.modal_fake import FakeModal
@@ -174,7 +175,7 @@ def test_start_serves_through_tls_tunnel_then_terminate(fake, wheel):
     env = {**base_env(), **fake.env()}
     status, lines, _ = driver("logs", {"sandbox_id": ok["sandbox_id"], "lines": 30}, env)
     assert status == 0
-    assert "mycelya-server listening on" in lines[-1]["ok"]["log"]
+    assert LISTENING_PREFIX in lines[-1]["ok"]["log"]
 
     status, lines, _ = driver("terminate", {"sandbox_id": ok["sandbox_id"]}, env)
     assert (status, lines) == (0, [{"ok": {"finished": True}}])

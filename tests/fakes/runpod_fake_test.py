@@ -11,6 +11,7 @@ import urllib.parse
 import urllib.request
 
 import pytest
+from listening_line import LISTENING_PREFIX
 from processes import alive
 
 from fakes import ROOT, SERVER, SERVER_BUILT
@@ -280,7 +281,7 @@ def test_lifecycle(fake):
     assert not alive(pid) and fake.container_pids() == [] and fake.running_pods() == []
 
     lines = [data["line"] for _, data in events(fake, pod["id"], "?source=container")]
-    assert any("listening on" in line for line in lines)
+    assert any(LISTENING_PREFIX in line for line in lines)
     assert all(data["source"] == "system" for _, data in events(fake, pod["id"], "?source=system"))
     everything = events(fake, pod["id"], "?tail=5000")
     assert len(events(fake, pod["id"], "?tail=2")) == 2
