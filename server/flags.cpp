@@ -11,7 +11,7 @@
 
 #include "proto/payload_chunks.h"
 #include "proto/transport_tuning.h"
-#include "server/service.h"
+#include "server/address.h"
 
 namespace mycelya {
 

@@ -105,8 +105,4 @@ class MycelyaService final : public wire::Mycelya::Service {
   std::unordered_set<std::string> state_keys_;
 };
 
-// True for addresses only this machine can reach: "unix:..." sockets and TCP on
-// 127.0.0.0/8, localhost or [::1]. Everything else needs a token.
-bool is_local_address(const std::string& address);
-
 }  // namespace mycelya
