@@ -3,6 +3,13 @@
 // The executor: keeps remote storages by client-assigned ID, rebuilds tensors
 // from TensorRefs and runs op records through c10::Dispatcher.
 //
+// One file per concern: request dispatch and ops here (executor.cpp); the
+// storages, their memory and their poisoning in StorageTable
+// (storage_table.h); wire decoding (wire_decoding.cpp); uploads, downloads
+// and resizes (transfers.cpp); generators (generator_commands.cpp, over
+// session_generators.h); pausing (executor_state.cpp); Python functions
+// (remote_calls.cpp).
+//
 // Errors follow CUDA's model: a failed op in a batch is remembered and
 // reported by the next response. Its outputs are poisoned, and so is anything
 // later computed from them, so a failure can never turn into silently wrong
@@ -33,6 +40,7 @@
 #include "server/call_runner.h"
 #include "server/memory_budget.h"
 #include "server/session_generators.h"
+#include "server/storage_table.h"
 
 namespace mycelya {
 
@@ -78,14 +86,6 @@ class PayloadSource {
   virtual void read(uint32_t index, char* dst, size_t size) = 0;
 };
 
-// Thrown when an op reads or writes a storage that a failed op left invalid.
-// It carries that op's error, which was reported already, so it is never
-// reported again; it only spreads to what this op would have written.
-class PoisonedStorage : public std::runtime_error {
- public:
-  using std::runtime_error::runtime_error;
-};
-
 // Half of this machine's memory (or of its cgroup limit), unless
 // MYCELYA_MEMORY_LIMIT gives a number of bytes.
 uint64_t default_memory_limit();
@@ -120,14 +120,15 @@ class Executor {
 
   // Bytes of the session's storages, and what they cost against the limits
   // (those bytes plus kStorageOverheadBytes per storage).
-  uint64_t bytes_in_use() const { return bytes_in_use_; }
-  uint64_t bytes_charged() const { return bytes_charged_; }
+  uint64_t bytes_in_use() const { return storages_.bytes_in_use(); }
+  uint64_t bytes_charged() const { return storages_.bytes_charged(); }
   size_t storage_count() const { return storages_.size(); }
   size_t client_generators() const { return generators_.client_generators(); }
 
-  // Pausing (wire::SaveStateRequest, wire::RestoreStateRequest): writes every
-  // storage to the state folder; takes every saved storage back under its ID
-  // and poisons those the folder lacks. Throw std::runtime_error.
+  // Pausing (wire::SaveStateRequest, wire::RestoreStateRequest; defined in
+  // server/executor_state.cpp): writes every storage to the state folder;
+  // takes every saved storage back under its ID and poisons those the folder
+  // lacks. Throw std::runtime_error.
   void save_state(wire::StateReport* report);
   void restore_state(wire::StateReport* report);
 
@@ -163,10 +164,22 @@ class Executor {
   };
 
   void run_command(const wire::Command& command, PayloadSource& payloads);
-  // Runs one op; a dynamic op (ExecuteRequest) reports its outputs in
-  // `response`, a queued one writes them where the client planned them.
-  void run_op(const wire::OpRecord& record, bool dynamic, wire::Response* response);
-  // The steps of run_op.
+  // The two protocols of an op record. A queued op (Command.op) writes its
+  // outputs where the client planned them, and its failure becomes the
+  // pending error; a dynamic op (ExecuteRequest) reports its outputs, or its
+  // failure, in `response`.
+  void run_queued_op(const wire::OpRecord& record);
+  void run_dynamic_op(const wire::OpRecord& record, wire::Response* response);
+  // The steps both share: resolves the op, checks its inputs and calls it.
+  // Fills `use` as it learns what the op touches, for poisoning on failure.
+  struct OpCall {
+    const KnownOp* op = nullptr;
+    torch::jit::Stack results;
+    std::optional<ArgumentStorages> arguments;
+  };
+  void call_op(const wire::OpRecord& record, StorageUse* use, const std::string** op_name,
+               OpCall* call);
+  // The steps of the two protocols.
   static void add_planned_outputs(const wire::OpRecord& record, StorageUse* use);
   static void add_arguments(const KnownOp& op, const wire::OpRecord& record, StorageUse* use);
   void check_inputs(const StorageUse& use, const wire::OpRecord& record) const;
@@ -183,67 +196,41 @@ class Executor {
   // order, its outcome waits for a CallResultRequest, and the new storages
   // that result names wait for the client's IDs.
   void run_call(const wire::Call& call);
-  void take_call_result(uint64_t call_id, wire::CallResult* result);
+  void take_finished_call(uint64_t call_id, wire::CallResult* result);
   void adopt_call_storages(const wire::AdoptCallStorages& adopt);
   struct FinishedCall;
   // The slot of a device a returned tensor lives on.
   int returned_slot(const FinishedCall& call, c10::Device device) const;
 
-  void upload(const wire::Upload& upload, PayloadSource& payloads);
+  void write_upload(const wire::Upload& upload, PayloadSource& payloads);
   void resize(const wire::ResizeStorage& resize);
-  void seed(const wire::Seed& seed);
+  void seed_generator(const wire::Seed& seed);
   void set_rng_state(const wire::SetRngState& command, PayloadSource& payloads);
   void rng_state(const wire::GeneratorRef& ref, Payload* payload, wire::Response* response);
   void download(const wire::TensorRef& ref, Payload* payload);
+  void session_stats(wire::SessionStats* stats) const;
 
   const KnownOp& op_for(const wire::OpRecord& record);
   c10::Device device_for(int slot) const;
   // The device a saved storage names, among this session's.
   c10::Device device_named(const std::string& name) const;
-  int slot_of(c10::Device device) const;
+  // The wire slot of a device a kernel returned a tensor on.
+  int device_slot(c10::Device device) const;
+
+  // Wire decoding (server/wire_decoding.cpp).
   // The tensor a ref describes, its storage made (zeroed) on first use.
   at::Tensor tensor_for(const wire::TensorRef& ref);
   // The same for a tensor the caller writes whole, so a new storage that
   // the tensor covers exactly is not zeroed first.
   at::Tensor tensor_to_overwrite(const wire::TensorRef& ref);
   at::Tensor tensor_for(const wire::TensorRef& ref, bool zero_new_storage);
-  c10::IValue decode(const wire::Value& value, const c10::TypePtr& type);
-  c10::Storage new_storage(uint64_t nbytes, c10::Device device, bool zeroed);
-  // Throws PoisonedStorage with the error that left a storage invalid, if any.
-  void check_not_poisoned(uint64_t id) const;
-  // Keeps a storage under `id`, charging what it costs beyond what the ID was
-  // charged before; throws the out-of-memory error (keeping nothing under the
-  // ID) when that is beyond a limit.
-  void keep(uint64_t id, c10::Storage storage);
-  // Charges storages that a kernel grew in place (out= arguments) anew.
-  void recharge(const std::vector<uint64_t>& ids);
-  void free(uint64_t id);
-  // Throws the out-of-memory error unless `nbytes` more, in `storages` new
-  // storages, fit in both limits now: the check before allocating.
-  void reserve_bytes(uint64_t nbytes, uint64_t storages = 1) const;
-  // Whether `cost` more fits in the session's own limit.
-  bool fits_session_limit(uint64_t cost) const;
-  // Throws the out-of-memory error for `nbytes` requested at `cost`, naming
-  // the session's limit or, when that has room, the server's budget.
-  [[noreturn]] void out_of_memory(uint64_t nbytes, uint64_t cost) const;
+  // An argument as the schema's `type` expects it.
+  c10::IValue decode_value(const wire::Value& value, const c10::TypePtr& type);
 
   ExecutorOptions options_;
-  struct KeptStorage {
-    c10::Storage storage;
-    // Bytes counted against the limits, as of keep(). A kernel may resize a
-    // storage in place (an out= argument), so storage.nbytes() can differ
-    // until recharge() catches up.
-    uint64_t counted_bytes = 0;
-  };
-  std::unordered_map<uint64_t, KeptStorage> storages_;
-  // Storage ID -> the error of the failed op that should have written it. Kept
-  // apart from storages_: a failed op's output may never have been created.
-  std::unordered_map<uint64_t, std::string> poison_;
+  StorageTable storages_;
   std::vector<std::optional<KnownOp>> ops_;  // by op_id
   SessionGenerators generators_;
-  std::shared_ptr<MemoryBudget> budget_;
-  uint64_t bytes_in_use_ = 0;
-  uint64_t bytes_charged_ = 0;
   std::optional<wire::Error> pending_error_;
   uint64_t commands_run_ = 0;
   bool commands_counted_ = true;

@@ -50,7 +50,7 @@ void Executor::run_call(const wire::Call& call) {
     std::vector<at::Tensor> tensors;
     tensors.reserve(call.tensors_size());
     for (const wire::TensorRef& ref : call.tensors()) {
-      check_not_poisoned(ref.storage_id());
+      storages_.check_not_poisoned(ref.storage_id());
       tensors.push_back(tensor_for(ref));
       finished.argument_ids.push_back(ref.storage_id());
       finished.argument_slots.push_back(ref.device());
@@ -62,10 +62,10 @@ void Executor::run_call(const wire::Call& call) {
     finished.error = error_text(e);
   }
   // The function may have grown an argument's storage (resize_).
-  recharge(finished.argument_ids);
+  storages_.recharge(finished.argument_ids);
 }
 
-void Executor::take_call_result(uint64_t call_id, wire::CallResult* result) {
+void Executor::take_finished_call(uint64_t call_id, wire::CallResult* result) {
   auto it = finished_calls_.find(call_id);
   TORCH_CHECK(it != finished_calls_.end(), "no result of call ", call_id, " waits in this session");
   FinishedCall finished = std::move(it->second);
@@ -78,9 +78,8 @@ void Executor::take_call_result(uint64_t call_id, wire::CallResult* result) {
   // the session holds comes back as a copy, so one storage keeps one ID.
   std::unordered_map<const c10::StorageImpl*, uint64_t> argument_storages;
   for (uint64_t id : finished.argument_ids) {
-    auto kept = storages_.find(id);
-    if (kept != storages_.end()) {
-      argument_storages.emplace(kept->second.storage.unsafeGetStorageImpl(), id);
+    if (const c10::Storage* kept = storages_.find(id)) {
+      argument_storages.emplace(kept->unsafeGetStorageImpl(), id);
     }
   }
   // Built at the first result that needs it: a scan of every storage.
@@ -101,9 +100,7 @@ void Executor::take_call_result(uint64_t call_id, wire::CallResult* result) {
       continue;
     }
     if (!scanned) {
-      for (const auto& entry : storages_) {
-        session_storages.insert(entry.second.storage.unsafeGetStorageImpl());
-      }
+      for (const c10::StorageImpl* kept : storages_.storage_impls()) session_storages.insert(kept);
       scanned = true;
     }
     if (session_storages.count(impl)) {
@@ -133,17 +130,18 @@ void Executor::adopt_call_storages(const wire::AdoptCallStorages& adopt) {
               adopt.storage_ids_size());
   std::unordered_set<uint64_t> seen;
   for (uint64_t id : adopt.storage_ids()) {
-    TORCH_CHECK(id != 0 && !storages_.count(id) && !poison_.count(id) && seen.insert(id).second,
-                "storage ID ", id, " is already in use");
+    TORCH_CHECK(
+        id != 0 && !storages_.contains(id) && !storages_.is_poisoned(id) && seen.insert(id).second,
+        "storage ID ", id, " is already in use");
   }
   for (size_t i = 0; i < storages.size(); ++i) {
     const uint64_t id = adopt.storage_ids(static_cast<int>(i));
     try {
-      keep(id, std::move(storages[i]));
+      storages_.keep(id, std::move(storages[i]));
     } catch (const std::exception& e) {
       // Never a zeroed stand-in: what could not be kept raises where it is used.
       for (size_t j = i; j < storages.size(); ++j) {
-        poison_.emplace(adopt.storage_ids(static_cast<int>(j)), error_text(e));
+        storages_.poison(adopt.storage_ids(static_cast<int>(j)), error_text(e));
       }
       throw;
     }
