@@ -17,6 +17,7 @@
 #include "core/plugin_loader.h"
 #include "core/start_progress.h"
 #include "proto/random_key.h"
+#include "proto/remote_error.h"
 
 namespace mycelya {
 namespace {
@@ -27,13 +28,6 @@ std::string make_machine_id(const std::string& provider) {
   std::snprintf(suffix, sizeof(suffix), "-%d-%llu", static_cast<int>(getpid()),
                 static_cast<unsigned long long>(++counter));
   return provider + suffix;
-}
-
-// The message an error of the machine raises: "describe" elsewhere fills a
-// wire::TensorRef (proto/tensor_geometry.h), so this one says what it makes.
-std::string error_message(const wire::Error& error) {
-  if (error.op_name().empty()) return error.message();
-  return "Remote op " + error.op_name() + " failed: " + error.message();
 }
 
 // Bigger downloads stream in chunks (the stream's path is the one tuned for
@@ -488,8 +482,8 @@ wire::Response Machine::request(wire::Request request, std::string* payload,
     throw std::runtime_error("Machine " + id_ + " sent a response that could not be decoded.");
   }
   if (response.has_pending_error())
-    throw std::runtime_error(error_message(response.pending_error()));
-  if (response.has_error()) throw std::runtime_error(error_message(response.error()));
+    throw std::runtime_error(remote_error_text(response.pending_error()));
+  if (response.has_error()) throw std::runtime_error(remote_error_text(response.error()));
   return response;
 }
 

@@ -11,6 +11,7 @@
 #include <string>
 
 #include "proto/op_policy.h"
+#include "proto/remote_error.h"
 #include "proto/storage_ids.h"
 #include "proto/tensor_geometry.h"
 #include "server/error_text.h"
@@ -426,7 +427,7 @@ void Executor::run_queued_op(const wire::OpRecord& record) {
     storages_.poison(use.written, e.what());
   } catch (const std::exception& e) {
     const std::string message = error_text(e);
-    storages_.poison(use.written, "Remote op " + *op_name + " failed: " + message);
+    storages_.poison(use.written, remote_op_failure(*op_name, message));
     if (!pending_error_) {
       pending_error_.emplace();
       pending_error_->set_op_name(*op_name);
@@ -449,7 +450,7 @@ void Executor::run_dynamic_op(const wire::OpRecord& record, wire::Response* resp
     response->mutable_error()->set_message(e.what());
   } catch (const std::exception& e) {
     const std::string message = error_text(e);
-    storages_.poison(use.written, "Remote op " + *op_name + " failed: " + message);
+    storages_.poison(use.written, remote_op_failure(*op_name, message));
     response->mutable_error()->set_op_name(*op_name);
     response->mutable_error()->set_message(message);
   }
