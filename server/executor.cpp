@@ -34,6 +34,14 @@ uint64_t cgroup_limit() {
   return 0;
 }
 
+// The kind of a command or request this executor does not know, for its
+// error: the field number a newer client set, or none at all.
+std::string kind_text(const google::protobuf::Message& message) {
+  const auto& unknown = message.GetReflection()->GetUnknownFields(message);
+  if (unknown.field_count() == 0) return "no kind (kind 0)";
+  return "kind " + std::to_string(unknown.field(0).number());
+}
+
 // Returned tensors in order, lists flattened (as the client numbers outputs).
 std::vector<at::Tensor> flatten_tensors(const torch::jit::Stack& results) {
   std::vector<at::Tensor> tensors;
@@ -146,7 +154,11 @@ void Executor::run_command(const wire::Command& command, PayloadSource& payloads
         adopt_call_storages(command.adopt_call_storages());
         break;
       default:
-        break;
+        // Skipping a command would leave its outputs unwritten with no error
+        // at all; the client learns of it at its next sync point instead.
+        TORCH_CHECK(false, "the executor received a command of ", kind_text(command),
+                    ", which it does not know (a client newer than this server, or a "
+                    "malformed batch)");
     }
   } catch (const std::exception& e) {
     // Ops report their own errors; this catches uploads, resizes and the like.
@@ -394,6 +406,12 @@ void Executor::report_dynamic_outputs(const KnownOp& op, const wire::OpRecord& r
       info->mutable_value()->set_int_value(result.toInt());
     } else if (result.isDouble()) {
       info->mutable_value()->set_double_value(result.toDouble());
+    } else {
+      // The client reads an empty OutputInfo as None; anything else left
+      // empty would reach it as a None it never returned.
+      TORCH_CHECK(result.isNone(), op.name, " returned a ", result.tagKind(),
+                  ", which a machine cannot send back (only tensors, tensor lists, bools, ints, "
+                  "floats and None)");
     }
   }
   storages_.reserve(result_bytes, results.size());
@@ -484,6 +502,8 @@ std::string Executor::handle_request(const std::string& encoded, Payload* payloa
         case wire::Request::kExecute:
           run_dynamic_op(request.execute().op(), &response);
           break;
+        case wire::Request::kSync:
+          break;  // answered by the pending error alone
         case wire::Request::kRngState:
           rng_state(request.rng_state().generator(), payload, &response);
           break;
@@ -500,7 +520,10 @@ std::string Executor::handle_request(const std::string& encoded, Payload* payloa
           session_stats(response.mutable_stats());
           break;
         default:
-          break;
+          // An empty answer would pass for a sync the client never asked for.
+          TORCH_CHECK(false, "the executor received a request of ", kind_text(request),
+                      ", which it does not know (a client newer than this server, or a "
+                      "malformed request)");
       }
     } catch (const std::exception& e) {
       response.mutable_error()->set_message(error_text(e));

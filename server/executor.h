@@ -99,13 +99,15 @@ class Executor {
 
   const ExecutorOptions& options() const { return options_; }
 
-  // Runs an encoded Batch. Never throws: failures become the pending error.
+  // Runs an encoded Batch. Never throws: failures, commands of a kind the
+  // executor does not know included, become the pending error.
   void run_batch(const std::string& encoded, PayloadSource& payloads);
   // The same, with the payloads in memory (mock, tests).
   void run_batch(const std::string& encoded, const std::vector<std::string>& payloads);
 
   // Answers an encoded Request with an encoded Response; a download's bytes
-  // (or a generator's state) go to *payload.
+  // (or a generator's state) go to *payload. A failed request, or one of a
+  // kind the executor does not know, is the response's error.
   std::string handle_request(const std::string& encoded, Payload* payload);
   // The same, with the payload copied into a string.
   std::string handle_request(const std::string& encoded, std::string* payload);

@@ -795,6 +795,59 @@ TEST_F(ExecutorTest, UndecodableRequestIsAnError) {
   EXPECT_TRUE(Contains(response.error().message(), "could not decode"));
 }
 
+// A field number no Command or Request kind uses, as a newer client would
+// send one: it travels as an unknown field.
+constexpr int kUnknownKind = 99;
+
+TEST_F(ExecutorTest, UnknownCommandKindIsAPendingErrorNamingIt) {
+  auto run_one = [&](const wire::Command& command) {
+    wire::Batch batch;
+    *batch.add_commands() = command;
+    std::string encoded;
+    ASSERT_TRUE(batch.SerializeToString(&encoded));
+    executor_.run_batch(encoded, std::vector<std::string>{});
+  };
+  wire::Command newer;
+  newer.GetReflection()->MutableUnknownFields(&newer)->AddLengthDelimited(kUnknownKind, "");
+  run_one(newer);
+  wire::Response response = sync();
+  ASSERT_TRUE(response.has_pending_error());
+  EXPECT_TRUE(Contains(response.pending_error().message(), "command of kind 99"));
+  run_one(wire::Command());
+  response = sync();
+  ASSERT_TRUE(response.has_pending_error());
+  EXPECT_TRUE(Contains(response.pending_error().message(), "command of no kind"));
+  EXPECT_EQ(executor_.commands_run(), 2u);  // counted, as the client counts them
+}
+
+TEST_F(ExecutorTest, UnknownRequestKindIsAnErrorNamingIt) {
+  wire::Request unknown;
+  unknown.GetReflection()->MutableUnknownFields(&unknown)->AddLengthDelimited(kUnknownKind, "");
+  wire::Response response = request(unknown);
+  ASSERT_TRUE(response.has_error());
+  EXPECT_TRUE(Contains(response.error().message(), "request of kind 99"))
+      << response.error().message();
+  response = request(wire::Request());
+  ASSERT_TRUE(response.has_error());
+  EXPECT_TRUE(Contains(response.error().message(), "request of no kind"))
+      << response.error().message();
+  // A sync is a known request that asks for nothing.
+  EXPECT_FALSE(sync().has_error());
+}
+
+TEST_F(ExecutorTest, AReturnOfAnUnknownTypeIsAnError) {
+  // aten::_local_scalar_dense of a complex tensor returns a complex Scalar,
+  // which OutputInfo cannot carry.
+  upload(1, at::ones({}, at::kComplexFloat));
+  wire::Response response =
+      execute(op_record(1, "aten::_local_scalar_dense",
+                        {tensor_value(ref_for(1, at::ones({}, at::kComplexFloat)))}, {}));
+  ASSERT_TRUE(response.has_error());
+  EXPECT_TRUE(Contains(response.error().message(), "cannot send back"))
+      << response.error().message();
+  EXPECT_EQ(response.error().op_name(), "aten::_local_scalar_dense");
+}
+
 TEST_F(ExecutorTest, UnknownDeviceSlotIsAnError) {
   std::string payload;
   wire::Response response =

@@ -61,6 +61,13 @@ class RemoteCallsTest : public ::testing::Test {
     return response;
   }
 
+  // A request whose answer is the pending error alone.
+  wire::Response sync() {
+    wire::Request request_message;
+    request_message.mutable_sync();
+    return request(request_message);
+  }
+
   static wire::Command call(uint64_t id, const std::vector<wire::TensorRef>& tensors) {
     wire::Command command;
     command.mutable_call()->set_call_id(id);
@@ -159,7 +166,7 @@ TEST_F(RemoteCallsTest, CallIdsMustRiseAndResultsAreTakenOnce) {
   runner_->body = [](std::vector<at::Tensor>) { return CallOutcome{}; };
   run({call(5, {})});
   run({call(5, {})});
-  EXPECT_TRUE(Contains(request(wire::Request()).pending_error().message(), "not numbered after"));
+  EXPECT_TRUE(Contains(sync().pending_error().message(), "not numbered after"));
   EXPECT_EQ(runner_->calls, 1);
   EXPECT_FALSE(take(5).has_error());
   EXPECT_TRUE(Contains(take(5).error().message(), "no result of call 5"));
@@ -174,15 +181,15 @@ TEST_F(RemoteCallsTest, AdoptionRefusesUsedDuplicateOrMissingIds) {
   for (uint64_t id : {1, 2, 3, 4}) run({call(id, {x})});
   for (uint64_t id : {1, 2, 3, 4}) ASSERT_EQ(take(id).call_result().new_storages(), 2u);
   run({adopt(1, {1, 20})});  // 1 is x's
-  EXPECT_TRUE(Contains(request(wire::Request()).pending_error().message(), "already in use"));
+  EXPECT_TRUE(Contains(sync().pending_error().message(), "already in use"));
   run({adopt(2, {21, 21})});
-  EXPECT_TRUE(Contains(request(wire::Request()).pending_error().message(), "already in use"));
+  EXPECT_TRUE(Contains(sync().pending_error().message(), "already in use"));
   run({adopt(3, {22})});
-  EXPECT_TRUE(Contains(request(wire::Request()).pending_error().message(), "not 1"));
+  EXPECT_TRUE(Contains(sync().pending_error().message(), "not 1"));
   run({adopt(3, {22, 23})});  // refused already: nothing waits any more
-  EXPECT_TRUE(Contains(request(wire::Request()).pending_error().message(), "no new storages"));
+  EXPECT_TRUE(Contains(sync().pending_error().message(), "no new storages"));
   run({adopt(4, {24, 25})});
-  EXPECT_FALSE(request(wire::Request()).has_pending_error());
+  EXPECT_FALSE(sync().has_pending_error());
   EXPECT_EQ(executor_.storage_count(), 3u);
 }
 
