@@ -481,6 +481,10 @@ std::string Executor::handle_request(const std::string& encoded, std::string* pa
   return response;
 }
 
+bool carries_payload(const wire::Request& request) {
+  return request.has_download() || request.has_rng_state();
+}
+
 void Executor::session_stats(wire::SessionStats* stats) const {
   stats->set_storages(storages_.size());
   stats->set_bytes_in_use(storages_.bytes_in_use());
@@ -494,6 +498,7 @@ std::string Executor::handle_request(const std::string& encoded, Payload* payloa
   if (!request.ParseFromString(encoded)) {
     response.mutable_error()->set_message("the executor received a request it could not decode");
   } else {
+    payload->follows = carries_payload(request);
     try {
       switch (request.kind_case()) {
         case wire::Request::kDownload:

@@ -67,13 +67,21 @@ struct ExecutorOptions {
 // A response's bulk bytes (a download), kept as the contiguous CPU tensor they
 // live in, so a transport can send them without copying them first.
 struct Payload {
-  at::Tensor bytes;  // undefined: no payload
+  at::Tensor bytes;  // undefined: no bytes
+  // Whether the response comes with a payload at all (carries_payload), even
+  // an empty one: a failed download still sends one, so the stream stays in step.
+  bool follows = false;
 
   const char* data() const {
     return bytes.defined() ? static_cast<const char*>(bytes.const_data_ptr()) : nullptr;
   }
   size_t size() const { return bytes.defined() ? bytes.nbytes() : 0; }
 };
+
+// Whether the response to `request` comes with a payload (a download's
+// bytes, a generator's state). The one place that decides it: the executor
+// sets Payload::follows from it, and a transport sends what that says.
+bool carries_payload(const wire::Request& request);
 
 // Where a batch's upload bytes come from. Each payload is read at most once,
 // in index order, straight into its destination (a network transport reads it

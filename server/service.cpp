@@ -192,11 +192,6 @@ grpc::Status serve(Executor& executor, EarlyReads& early_reads, Stream* stream,
         if (message.payload_count() != 0) {
           return violation("payload_count is only valid with a batch");
         }
-        // The executor decodes the request too; this copy only tells whether a
-        // payload follows, which a failed download must also send (empty).
-        wire::Request request;
-        const bool download = request.ParseFromString(message.request()) &&
-                              (request.has_download() || request.has_rng_state());
         Payload payload;
         wire::ServerMessage reply;
         {
@@ -204,13 +199,14 @@ grpc::Status serve(Executor& executor, EarlyReads& early_reads, Stream* stream,
           reply.set_response(executor.handle_request(message.request(), &payload));
         }
         note_activity();
-        reply.set_has_payload(download);
+        // A failed download still sends its (empty) payload: the executor says.
+        reply.set_has_payload(payload.follows);
         // The client is blocked on this answer: send it now, not when gRPC
         // would find it convenient to.
         if (!stream->Write(reply, grpc::WriteOptions().clear_buffer_hint())) {
           return stream_broken();
         }
-        if (download && !write_payload(stream, payload)) return stream_broken();
+        if (payload.follows && !write_payload(stream, payload)) return stream_broken();
         break;
       }
       case wire::ClientMessage::kChunk:
