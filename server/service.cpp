@@ -181,8 +181,9 @@ grpc::Status serve(Executor& executor, EarlyReads& early_reads, Stream* stream,
         note_activity();  // the idle time counts from the end of the work
         grpc::Status status = payloads.finish();
         if (!status.ok()) return status;
-        // The client keeps at most two batches unacknowledged, so ops queued
-        // meanwhile travel together (see GrpcSession::submit).
+        // The client bounds its unacknowledged batches by these (two, or up to
+        // 256 on a slow link; see kMaxBatchesInFlight), so it must come now:
+        // a batch_done held back stalls the client's sender.
         wire::ServerMessage done;
         done.set_batch_done(true);
         if (!stream->Write(done, grpc::WriteOptions().clear_buffer_hint())) return stream_broken();
@@ -288,89 +289,117 @@ grpc::Status MycelyaService::authenticate(const grpc::ServerContext& context) co
   return grpc::Status::OK;
 }
 
+grpc::Status MycelyaService::check_client(const grpc::ServerContext& context,
+                                          std::string* state_key) const {
+  grpc::Status status = authenticate(context);
+  if (status.ok()) status = check_versions(context);
+  if (!status.ok()) return status;
+  // The state key becomes part of a path: exactly 64 hex digits, or refused.
+  *state_key = metadata_value(context, kStateKeyMetadataKey);
+  if (!state_key->empty() && !valid_state_key(*state_key)) {
+    return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                        std::string("the \"") + kStateKeyMetadataKey +
+                            "\" metadata must be 64 lowercase hex digits");
+  }
+  return grpc::Status::OK;
+}
+
+grpc::Status MycelyaService::refuse(const grpc::ServerContext& context, grpc::Status refusal) {
+  // Every refusal is logged the same way, and ends the call with its status.
+  log("refused a session from ", context.peer(), " (", refusal.error_message(), ")");
+  return refusal;
+}
+
+bool MycelyaService::claim_state_key(const std::string& state_key) {
+  if (state_key.empty()) return true;
+  std::lock_guard<std::mutex> lock(sessions_mu_);
+  return state_keys_.insert(state_key).second;
+}
+
+void MycelyaService::release_state_key(const std::string& state_key) {
+  if (state_key.empty()) return;
+  std::lock_guard<std::mutex> lock(sessions_mu_);
+  state_keys_.erase(state_key);
+}
+
+ExecutorOptions MycelyaService::executor_options(const std::string& state_key) const {
+  ExecutorOptions executor_options = options_.executor;
+  if (!state_key.empty() && !options_.state_dir.empty()) {
+    executor_options.state_dir = options_.state_dir + "/" + state_key;
+  }
+  return executor_options;
+}
+
+bool MycelyaService::send_hello(Stream* stream, const std::string& session_key) const {
+  wire::ServerMessage hello;
+  hello.mutable_hello()->set_version(wire::PROTOCOL_VERSION_CURRENT);
+  for (const std::string& name : options_.executor.device_names) {
+    hello.mutable_hello()->add_devices(name);
+  }
+  hello.mutable_hello()->set_session_key(session_key);
+  hello.mutable_hello()->set_torch_version(torch_version());
+  return stream->Write(hello, grpc::WriteOptions().clear_buffer_hint());
+}
+
+grpc::Status MycelyaService::serve_session(uint64_t id, grpc::ServerContext* context,
+                                           Executor& executor, Stream* stream) {
+  auto early_reads = std::make_shared<EarlyReads>(executor);
+  const std::string key = new_session_key();
+  {
+    std::lock_guard<std::mutex> lock(sessions_mu_);
+    sessions_[key] = early_reads;
+  }
+  std::string failure;  // why the session failed, if it did
+  // However the session ends (an exception included), reads stop reaching
+  // the executor before it goes.
+  const auto unregister = c10::make_scope_exit([&] {
+    {
+      std::lock_guard<std::mutex> lock(sessions_mu_);
+      sessions_.erase(key);
+    }
+    early_reads->end("session " + std::to_string(id) + " ended" +
+                     (failure.empty() ? "" : ": " + failure));
+  });
+  log("session ", id, " from ", context->peer(), " opened (", open_sessions_.load(), " open)");
+  const grpc::Status status = send_hello(stream, key) ? serve(executor, *early_reads, stream,
+                                                              working_, [this] { note_activity(); })
+                                                      : stream_broken();
+  if (!status.ok()) failure = status.error_message();
+  // A client that vanished (or a server stopping, --idle-timeout included)
+  // cancels the session: its storages are saved for a resume, where the
+  // server keeps state. A client that closed the session meant to end it.
+  if (context->IsCancelled()) save_for_resume(id, executor, *early_reads);
+  return status;
+}
+
 grpc::Status MycelyaService::Session(grpc::ServerContext* context, Stream* stream) {
   note_activity();
-  grpc::Status status = authenticate(*context);
-  if (status.ok()) status = check_versions(*context);
-  // The state key becomes part of a path: exactly 64 hex digits, or refused.
-  const std::string state_key = metadata_value(*context, kStateKeyMetadataKey);
-  if (status.ok() && !state_key.empty() && !valid_state_key(state_key)) {
-    status = grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
-                          std::string("the \"") + kStateKeyMetadataKey +
-                              "\" metadata must be 64 lowercase hex digits");
-  }
-  // Every refusal is logged the same way, and ends the call with its status.
-  const auto refuse = [context](grpc::Status refusal) {
-    log("refused a session from ", context->peer(), " (", refusal.error_message(), ")");
-    return refusal;
-  };
-  if (!status.ok()) return refuse(status);
+  std::string state_key;
+  grpc::Status status = check_client(*context, &state_key);
+  if (!status.ok()) return refuse(*context, status);
   const uint64_t id = next_session_id_++;
   {
     // Declared before the executor, so the count drops only once the
     // executor and its storages are gone.
     OpenSession counted(&open_sessions_, options_.max_sessions);
     if (!counted.admitted()) {
-      return refuse(grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
-                                 "this mycelya-server already serves " +
-                                     std::to_string(options_.max_sessions) +
-                                     " sessions, its limit (--max-sessions); stop a machine that "
-                                     "uses it, or start another server"));
+      return refuse(*context, grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
+                                           "this mycelya-server already serves " +
+                                               std::to_string(options_.max_sessions) +
+                                               " sessions, its limit (--max-sessions); stop a "
+                                               "machine that uses it, or start another server"));
     }
     // One session per state key at a time: a resumed session must not
     // restore while the one before it still saves.
-    if (!state_key.empty()) {
-      std::lock_guard<std::mutex> lock(sessions_mu_);
-      if (!state_keys_.insert(state_key).second) {
-        return refuse(grpc::Status(grpc::StatusCode::FAILED_PRECONDITION,
-                                   "another session of this machine (the same state key) is "
-                                   "still open on this server; try again once it has ended"));
-      }
+    if (!claim_state_key(state_key)) {
+      return refuse(*context, grpc::Status(grpc::StatusCode::FAILED_PRECONDITION,
+                                           "another session of this machine (the same state key) "
+                                           "is still open on this server; try again once it has "
+                                           "ended"));
     }
-    const auto release_state_key = c10::make_scope_exit([&] {
-      if (state_key.empty()) return;
-      std::lock_guard<std::mutex> lock(sessions_mu_);
-      state_keys_.erase(state_key);
-    });
-    ExecutorOptions executor_options = options_.executor;
-    if (!state_key.empty() && !options_.state_dir.empty()) {
-      executor_options.state_dir = options_.state_dir + "/" + state_key;
-    }
-    Executor executor(executor_options);
-    auto early_reads = std::make_shared<EarlyReads>(executor);
-    const std::string key = new_session_key();
-    {
-      std::lock_guard<std::mutex> lock(sessions_mu_);
-      sessions_[key] = early_reads;
-    }
-    std::string failure;  // why the session failed, if it did
-    // However the session ends (an exception included), reads stop reaching
-    // the executor before it goes.
-    const auto unregister = c10::make_scope_exit([&] {
-      {
-        std::lock_guard<std::mutex> lock(sessions_mu_);
-        sessions_.erase(key);
-      }
-      early_reads->end("session " + std::to_string(id) + " ended" +
-                       (failure.empty() ? "" : ": " + failure));
-    });
-    log("session ", id, " from ", context->peer(), " opened (", open_sessions_.load(), " open)");
-
-    wire::ServerMessage hello;
-    hello.mutable_hello()->set_version(wire::PROTOCOL_VERSION_CURRENT);
-    for (const std::string& name : options_.executor.device_names) {
-      hello.mutable_hello()->add_devices(name);
-    }
-    hello.mutable_hello()->set_session_key(key);
-    hello.mutable_hello()->set_torch_version(torch_version());
-    status = stream->Write(hello, grpc::WriteOptions().clear_buffer_hint())
-                 ? serve(executor, *early_reads, stream, working_, [this] { note_activity(); })
-                 : stream_broken();
-    if (!status.ok()) failure = status.error_message();
-    // A client that vanished (or a server stopping, --idle-timeout included)
-    // cancels the session: its storages are saved for a resume, where the
-    // server keeps state. A client that closed the session meant to end it.
-    if (context->IsCancelled()) save_for_resume(id, executor, *early_reads);
+    const auto release = c10::make_scope_exit([&] { release_state_key(state_key); });
+    Executor executor(executor_options(state_key));
+    status = serve_session(id, context, executor, stream);
   }
   // Read fails alike for a client that closed and one that vanished or was
   // cancelled (by a shutdown, say); the log tells them apart.

@@ -83,7 +83,26 @@ class MycelyaService final : public wire::Mycelya::Service {
   }
 
  private:
+  using Stream = grpc::ServerReaderWriter<wire::ServerMessage, wire::ClientMessage>;
+
+  // The steps of Session, in order.
+  // Authentication, the client's versions, and its state key (checked, or
+  // empty): whether the client may open a session at all.
+  grpc::Status check_client(const grpc::ServerContext& context, std::string* state_key) const;
   grpc::Status authenticate(const grpc::ServerContext& context) const;
+  // Logs a refused session; returns `refusal`.
+  static grpc::Status refuse(const grpc::ServerContext& context, grpc::Status refusal);
+  // One open session per state key; false when another holds it. An empty
+  // key is always free.
+  bool claim_state_key(const std::string& state_key);
+  void release_state_key(const std::string& state_key);
+  // The server's executor options, with the session's state folder.
+  ExecutorOptions executor_options(const std::string& state_key) const;
+  // Registers the session's key for Read, says hello, serves the stream to
+  // its end, and saves a cancelled session for a resume.
+  grpc::Status serve_session(uint64_t id, grpc::ServerContext* context, Executor& executor,
+                             Stream* stream);
+  bool send_hello(Stream* stream, const std::string& session_key) const;
   // Saves a session that ended without its client closing it, where the
   // server keeps state (--state-dir).
   static void save_for_resume(uint64_t id, Executor& executor, EarlyReads& early_reads);
