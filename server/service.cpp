@@ -7,12 +7,12 @@
 #include <cstring>
 #include <functional>
 #include <mutex>
-#include <random>
 #include <stdexcept>
 #include <utility>
 #include <vector>
 
 #include "proto/handshake.h"
+#include "proto/random_key.h"
 #include "server/log.h"
 #include "server/state_folder.h"
 
@@ -129,19 +129,6 @@ bool write_payload(Stream* stream, const Payload& payload) {
   return write_payload_chunks<wire::ServerMessage>(
       payload.data(), payload.size(),
       [stream](const wire::ServerMessage& message) { return stream->Write(message); });
-}
-
-// Unguessable: a session's key is all a Read needs besides the server's
-// token, which every client of the server shares.
-std::string new_session_key() {
-  std::random_device random;  // /dev/urandom
-  static const char kHex[] = "0123456789abcdef";
-  std::string key;
-  for (int i = 0; i < 8; ++i) {
-    const uint32_t word = random();
-    for (int nibble = 0; nibble < 8; ++nibble) key += kHex[(word >> (4 * nibble)) & 0xf];
-  }
-  return key;
 }
 
 // Marks the session thread's use of the executor, for EarlyReads and for
@@ -344,7 +331,9 @@ bool MycelyaService::send_hello(Stream* stream, const std::string& session_key) 
 grpc::Status MycelyaService::serve_session(uint64_t id, grpc::ServerContext* context,
                                            Executor& executor, Stream* stream) {
   auto early_reads = std::make_shared<EarlyReads>(executor);
-  const std::string key = new_session_key();
+  // Unguessable: a session's key is all a Read needs besides the server's
+  // token, which every client of the server shares.
+  const std::string key = random_hex(32, "a session key");
   {
     std::lock_guard<std::mutex> lock(sessions_mu_);
     sessions_[key] = early_reads;
