@@ -74,7 +74,7 @@ at::Tensor download(const at::Tensor& source) {
     }
   } else {
     wire::TensorRef ref;
-    describe_tensor(source, storage_id(source.storage()), device->slot, &ref);
+    write_tensor_ref(source, storage_id(source.storage()), device->slot, &ref);
     download_into(device, ref, bytes.get());
   }
   TORCH_CHECK(bytes->size() == expected, "mycelya: download of ", source.sizes(), " returned ",
@@ -99,7 +99,7 @@ void upload(const at::Tensor& host, const at::Tensor& target) {
       target.is_contiguous() ? progress_reporter_for(nbytes) : ProgressReporter();
   if (!report) {
     wire::Upload upload;
-    describe_tensor(target, storage_id(target.storage()), device->slot, upload.mutable_target());
+    write_tensor_ref(target, storage_id(target.storage()), device->slot, upload.mutable_target());
     std::string payload = payload_pool().acquire(nbytes);
     if (nbytes > 0) std::memcpy(payload.data(), image_bytes, nbytes);
     device->machine->enqueue_upload(std::move(upload), std::move(payload), device.get());

@@ -71,7 +71,7 @@ struct OutputMaker {
     has_new_output = true;
     at::Tensor tensor = empty_remote(planned.sizes, planned.strides, planned.storage_offset,
                                      planned.dtype, placement.entry, planned.storage_nbytes);
-    describe_tensor(tensor, storage_id(tensor.storage()), placement.entry->slot, ref);
+    write_tensor_ref(tensor, storage_id(tensor.storage()), placement.entry->slot, ref);
     return tensor;
   }
 

@@ -24,7 +24,7 @@ std::string device_name(const DeviceEntry& entry) {
 }
 
 // "mycelya:1 (machine mock-12-3's cuda:0)"
-std::string describe_device(const DeviceEntry& entry) {
+std::string device_and_machine(const DeviceEntry& entry) {
   return device_name(entry) + " (machine " + entry.machine->id() + "'s " + entry.remote_name + ")";
 }
 
@@ -46,7 +46,7 @@ void check_same_machine(const DeviceEntry& a, const DeviceEntry& b) {
   TORCH_CHECK(a.machine == b.machine,
               "Cannot perform operations between tensors on different remote devices: an op "
               "mixes ",
-              describe_device(a), " and ", describe_device(b),
+              device_and_machine(a), " and ", device_and_machine(b),
               ". Cross-machine remote transfers are not supported: copy through the CPU with "
               ".cpu() first.");
 }
@@ -102,8 +102,8 @@ void encode_value(const c10::IValue& value, const c10::TypePtr& type, const OpPl
     if (!tensor.defined()) {
       out->set_none(true);
     } else if (tensor.is_privateuseone()) {
-      describe_tensor(tensor, storage_id(tensor.storage()), device_entry(tensor)->slot,
-                      out->mutable_tensor());
+      write_tensor_ref(tensor, storage_id(tensor.storage()), device_entry(tensor)->slot,
+                       out->mutable_tensor());
     } else {
       auto contiguous = tensor.contiguous();
       auto* scalar = out->mutable_cpu_scalar();

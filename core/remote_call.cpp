@@ -47,7 +47,7 @@ QueuedCall queue_call(std::string function, std::vector<at::Tensor> tensors,
           "the tensors of one remote call must all be on one machine; these are on different "
           "machines");
     }
-    describe_tensor(tensor, storage_id(tensor.storage()), entry->slot, wire_call->add_tensors());
+    write_tensor_ref(tensor, storage_id(tensor.storage()), entry->slot, wire_call->add_tensors());
   }
   call.tensors = std::move(tensors);
   call.device->machine->enqueue(&command, call.device.get());

@@ -2,7 +2,7 @@
 //
 // Building mycelya tensors: the one place that knows how a local TensorImpl
 // maps to a remote storage. Describing one for the wire is
-// proto/tensor_geometry.h's describe_tensor.
+// proto/tensor_geometry.h's write_tensor_ref.
 #pragma once
 
 #include <ATen/Tensor.h>

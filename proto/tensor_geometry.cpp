@@ -62,8 +62,8 @@ uint64_t required_storage_bytes(const wire::TensorRef& ref) {
                                 ref.storage_offset(), c10::elementSize(ref_dtype(ref.dtype())));
 }
 
-void describe_tensor(const at::Tensor& tensor, uint64_t storage_id, int slot,
-                     wire::TensorRef* ref) {
+void write_tensor_ref(const at::Tensor& tensor, uint64_t storage_id, int slot,
+                      wire::TensorRef* ref) {
   ref->set_storage_id(storage_id);
   ref->set_storage_nbytes(tensor.storage().nbytes());
   ref->mutable_sizes()->Add(tensor.sizes().begin(), tensor.sizes().end());

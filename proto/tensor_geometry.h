@@ -1,8 +1,8 @@
 // SPDX-License-Identifier: AGPL-3.0-or-later
 //
 // Tensor geometry on both sides of the wire: the bytes a view needs, a
-// tensor described as a TensorRef, and the dtype a TensorRef names. The
-// client plans and describes its tensors with these and the executor checks
+// tensor written as a TensorRef, and the dtype a TensorRef names. The
+// client plans and writes its tensor refs with these and the executor checks
 // every TensorRef it receives with them, so the two never disagree on how
 // big a view is. Strides of a contiguous tensor are c10::contiguous_strides.
 #pragma once
@@ -35,7 +35,8 @@ c10::ScalarType ref_dtype(int32_t dtype);
 
 // Describes `tensor` as a view of storage `storage_id` on the machine's
 // device slot `slot`, lazy conjugate and negative bits included.
-void describe_tensor(const at::Tensor& tensor, uint64_t storage_id, int slot, wire::TensorRef* ref);
+void write_tensor_ref(const at::Tensor& tensor, uint64_t storage_id, int slot,
+                      wire::TensorRef* ref);
 
 // A contiguous tensor that fills its whole storage (tests and benchmarks
 // speak the wire protocol with these).

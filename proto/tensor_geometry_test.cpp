@@ -77,7 +77,7 @@ TEST(DescribeTensor, CarriesTheWholeView) {
   at::Tensor base = at::zeros({4, 6}, at::kDouble);
   at::Tensor view = base.t().narrow(0, 1, 3);
   wire::TensorRef ref;
-  describe_tensor(view, 42, 3, &ref);
+  write_tensor_ref(view, 42, 3, &ref);
   EXPECT_EQ(ref.storage_id(), 42u);
   EXPECT_EQ(ref.storage_nbytes(), base.nbytes());
   EXPECT_EQ(std::vector<int64_t>(ref.sizes().begin(), ref.sizes().end()), view.sizes().vec());
@@ -89,7 +89,7 @@ TEST(DescribeTensor, CarriesTheWholeView) {
   EXPECT_LE(required_storage_bytes(ref), ref.storage_nbytes());
 
   wire::TensorRef conj;
-  describe_tensor(at::zeros({2}, at::kComplexFloat).conj(), 1, 0, &conj);
+  write_tensor_ref(at::zeros({2}, at::kComplexFloat).conj(), 1, 0, &conj);
   EXPECT_TRUE(conj.conj());
 }
 

@@ -377,7 +377,7 @@ void Executor::report_dynamic_outputs(const KnownOp& op, const wire::OpRecord& r
     const int input = returned.defined() ? arguments.input_of(returned) : -1;
     if (input >= 0) {
       info->set_input_index(input);
-      describe_tensor(returned, 0, 0, info->mutable_view());
+      write_tensor_ref(returned, 0, 0, info->mutable_view());
       return;
     }
     // The client's tensors carry no lazy conjugate/negative bits: new outputs hold values.
@@ -388,7 +388,7 @@ void Executor::report_dynamic_outputs(const KnownOp& op, const wire::OpRecord& r
     if (!t.defined()) return;
     TORCH_CHECK(id != 0 && !storages_.contains(id), "output storage ID ", id,
                 " is already in use; reserve fresh IDs for an op's results");
-    describe_tensor(t, id, device_slot(t.device()), info->mutable_tensor());
+    write_tensor_ref(t, id, device_slot(t.device()), info->mutable_tensor());
     result_bytes += t.storage().nbytes();
     results.emplace_back(id, t.storage());
   };

@@ -96,7 +96,7 @@ void Executor::take_finished_call(uint64_t call_id, wire::CallResult* result) {
     wire::CallTensor* out = result->add_tensors();
     auto argument = argument_storages.find(impl);
     if (argument != argument_storages.end()) {
-      describe_tensor(tensor, argument->second, slot, out->mutable_ref());
+      write_tensor_ref(tensor, argument->second, slot, out->mutable_ref());
       continue;
     }
     if (!scanned) {
@@ -109,7 +109,7 @@ void Executor::take_finished_call(uint64_t call_id, wire::CallResult* result) {
     }
     auto inserted = new_storages.emplace(impl, static_cast<uint32_t>(new_storages.size() + 1));
     if (inserted.second) adopted.push_back(tensor.storage());
-    describe_tensor(tensor, 0, slot, out->mutable_ref());
+    write_tensor_ref(tensor, 0, slot, out->mutable_ref());
     out->mutable_ref()->set_storage_nbytes(tensor.storage().nbytes());
     out->set_new_storage(inserted.first->second);
   }

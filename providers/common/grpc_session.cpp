@@ -15,7 +15,7 @@ void authorize(grpc::ClientContext* context, const std::string& token) {
   if (!token.empty()) context->AddMetadata("authorization", "Bearer " + token);
 }
 
-std::string describe(const grpc::Status& status) {
+std::string status_text(const grpc::Status& status) {
   switch (status.error_code()) {
     case grpc::StatusCode::UNAUTHENTICATED:
       return "the server refused the session (wrong or missing token): " + status.error_message();
@@ -78,7 +78,7 @@ GrpcSession::GrpcSession(const GrpcTarget& target, std::chrono::milliseconds con
   stream_ = stub_->Session(context_.get());
   wire::ServerMessage hello;
   if (!stream_->Read(&hello) || !hello.has_hello()) {
-    throw std::runtime_error(describe(stream_->Finish()));
+    throw std::runtime_error(status_text(stream_->Finish()));
   }
   // The hello came back one round trip (and a session's set-up) after the
   // stream opened on a connected channel.
@@ -129,7 +129,7 @@ void GrpcSession::reader_loop() {
     response_payload_ = std::move(payload);
     cv_.notify_all();
   }
-  if (error.empty()) error = describe(stream_->Finish());
+  if (error.empty()) error = status_text(stream_->Finish());
   std::lock_guard<std::mutex> lock(state_mu_);
   lost_ = error;
   reader_done_ = true;

@@ -135,7 +135,7 @@ bool terminate_sandbox(const std::string& sandbox_id, std::chrono::seconds wait)
   return finished == answer.end() || !finished->is_boolean() || finished->get<bool>();
 }
 
-std::string describe_failure(const DriverError& e, const MachineSpec& spec) {
+std::string failure_message(const DriverError& e, const MachineSpec& spec) {
   if (e.kind() == "capacity") {
     return "modal: no " + (spec.gpu_type.empty() ? std::string("sandbox") : spec.gpu_type) +
            " is available on Modal now: " + e.what() + " Try again later or another gpu_type.";
@@ -222,7 +222,7 @@ class ModalProvider final : public Provider {
       sandbox = run_driver(
           "start", input, [&](const std::string& stage) { progress.stage(stage); }, timeout);
     } catch (const DriverError& e) {
-      throw std::runtime_error(describe_failure(e, spec));
+      throw std::runtime_error(failure_message(e, spec));
     }
     const std::string sandbox_id = sandbox.value("sandbox_id", "");
     GrpcTarget target;
