@@ -14,14 +14,17 @@ QUIET_SANDBOX_AWK="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/quiet_sandbox.a
 # stdout and stderr (tools/quiet_sandbox.awk); returns the command's status
 # once both filters have written everything (a bare `wait` would not wait
 # for the first of two process substitutions, and lose its last lines).
+# The command gets the filters' pipes as its stdout and stderr only: a Bazel
+# server it starts would otherwise inherit the pipes' own descriptors, keep
+# them open for hours, and the filters would never see their end.
 bazel_quiet() {
   local status=0 out err out_filter err_filter
   exec {out}> >(awk -f "$QUIET_SANDBOX_AWK")
   out_filter=$!
   exec {err}> >(awk -f "$QUIET_SANDBOX_AWK" >&2)
   err_filter=$!
-  "$@" >&"$out" 2>&"$err" || status=$?
+  "$@" >&"$out" 2>&"$err" {out}>&- {err}>&- || status=$?
   exec {out}>&- {err}>&-
-  wait "$out_filter" "$err_filter"
+  wait "$out_filter" "$err_filter" || true
   return "$status"
 }
