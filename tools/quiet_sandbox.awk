@@ -7,8 +7,9 @@
 # nothing else. The sandbox itself is left as it is.
 /^[0-9]+\.[0-9]+: src\/main\/tools\/(linux-sandbox|process-wrapper)/ { next }
 /^INFO: From / { held = $0; next }
-# A progress line: the held action's output was only the log.
-/^\[[0-9,]+ \/ [0-9,]+\] / { held = "" }
+# Bazel's own lines (progress, messages, targets): the held action's output
+# was only the log.
+/^(\[[0-9,]+ \/ [0-9,]+\] |(INFO|WARNING|ERROR|DEBUG): |Target |Loading|Analyzing)/ { held = "" }
 {
   if (held != "") { print held; held = "" }
   print
