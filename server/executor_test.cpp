@@ -28,12 +28,6 @@ namespace {
 
 constexpr uint64_t kMiB = 1ull << 20;
 
-int64_t numel(const std::vector<int64_t>& sizes) {
-  int64_t n = 1;
-  for (int64_t s : sizes) n *= s;
-  return n;
-}
-
 wire::TensorRef make_ref(uint64_t storage_id, uint64_t storage_nbytes,
                          const std::vector<int64_t>& sizes, const std::vector<int64_t>& strides,
                          int64_t storage_offset, at::ScalarType dtype, int device = 0) {
