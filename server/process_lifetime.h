@@ -43,19 +43,20 @@ class StopSignals {
 };
 
 // A thread that watches for a reason to stop this process, until stop().
-// Each subclass's destructor stops it (its check reads the subclass's
-// members), so a return from anywhere in main never leaves a running
-// std::thread to std::terminate.
+// Each subclass's destructor stops it, before the subclass's members that
+// its check reads are gone, so a return from anywhere in main never leaves a
+// running std::thread to std::terminate.
 class Watch {
  public:
   Watch() = default;
-  virtual ~Watch() { stop(); }
   Watch(const Watch&) = delete;
   Watch& operator=(const Watch&) = delete;
 
   void stop();
 
  protected:
+  ~Watch() = default;  // not deleted through a Watch*
+
   // Runs `check` on the watch thread, holding the lock, until it returns true
   // (it has stopped the process) or stop() is called; `check` waits on the
   // condition variable it is given between looks, so stop() wakes it.
@@ -77,7 +78,7 @@ class Watch {
 class ParentWatch : public Watch {
  public:
   explicit ParentWatch(pid_t parent) : parent_(parent) {}
-  ~ParentWatch() override { stop(); }
+  ~ParentWatch() { stop(); }
 
   void start();
 
@@ -93,7 +94,7 @@ class IdleWatch : public Watch {
   IdleWatch(std::chrono::seconds timeout,
             std::function<std::chrono::steady_clock::time_point()> last_activity)
       : timeout_(timeout), last_activity_(std::move(last_activity)) {}
-  ~IdleWatch() override { stop(); }
+  ~IdleWatch() { stop(); }
 
   void start();
 

@@ -23,17 +23,13 @@ import sysconfig
 import tempfile
 
 _prefix = None
-
-
-def _site_folders(prefix):
-    """Where pip --prefix puts pure and platform packages under `prefix`."""
-    paths = sysconfig.get_paths("posix_prefix", vars={"base": prefix, "platbase": prefix})
-    return list(dict.fromkeys([paths["purelib"], paths["platlib"]]))
+# Its site folders, once made: first on sys.path, and on pip's PYTHONPATH.
+_folders = []
 
 
 def folders():
     """The site folders installs went to so far (none before the first)."""
-    return _site_folders(_prefix) if _prefix else []
+    return list(_folders)
 
 
 def _prefix_made():
@@ -41,12 +37,15 @@ def _prefix_made():
     if _prefix is None:
         prefix = tempfile.mkdtemp(prefix="mycelya-packages-")
         atexit.register(shutil.rmtree, prefix, True)
-        for folder in _site_folders(prefix):
+        # Where pip --prefix puts pure and platform packages under it.
+        paths = sysconfig.get_paths("posix_prefix", vars={"base": prefix, "platbase": prefix})
+        for folder in dict.fromkeys([paths["purelib"], paths["platlib"]]):
             os.makedirs(folder, exist_ok=True)
             # addsitedir also runs the folder's .pth files; first on the path.
             site.addsitedir(folder)
             sys.path.remove(folder)
             sys.path.insert(0, folder)
+            _folders.append(folder)
         _prefix = prefix
     return _prefix
 
@@ -61,7 +60,9 @@ def install(packages):
     ]  # fmt: skip
     # pip resolves against what is installed: the environment, and (through
     # PYTHONPATH) what earlier installs put in the folder.
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(folders() + [os.environ.get("PYTHONPATH", "")]))
+    # No empty entry: one would put the current folder on pip's path.
+    search = [*_folders, *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(search))
     done = subprocess.run(command, capture_output=True, text=True, env=env)
     if done.returncode != 0:
         output = (done.stderr.strip() or done.stdout.strip())[-4000:]
