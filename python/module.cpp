@@ -9,6 +9,7 @@
 #include <torch/csrc/utils/pybind.h>
 
 #include <map>
+#include <memory>
 
 #include "core/allocator.h"
 #include "core/device_table.h"
@@ -231,9 +232,19 @@ void bind_tensors(py::module_& m) {
       "set_progress_reporter",
       [](py::object report) {
         if (report.is_none()) return set_progress_reporter({});
-        // Kept for the process's life: copies of the reporter must not touch
-        // Python reference counts without the GIL.
-        auto* held = new py::object(std::move(report));
+        // Shared, not copied: copies of the reporter live in copying threads,
+        // which must not touch Python reference counts without the GIL. The
+        // last one to go drops the reference under the GIL, or, after the
+        // interpreter has finalized (the reporter is a static), lets it go.
+        std::shared_ptr<py::object> held(new py::object(std::move(report)), [](py::object* object) {
+          if (Py_IsInitialized()) {
+            py::gil_scoped_acquire gil;
+            delete object;
+          } else {
+            object->release();
+            delete object;
+          }
+        });
         set_progress_reporter([held](const std::string& label, uint64_t done, uint64_t total) {
           py::gil_scoped_acquire gil;
           try {
