@@ -72,7 +72,7 @@ UNINITIALIZED_OPS = {
 DEVICE_POLICY_OPS = {"nn.functional.linear_cross_entropy"}
 
 # Random ops on a cuda device: each test of same_distribution rejects at this
-# significance. A sweep makes a few hundred such tests (three per output of
+# significance. A sweep makes a few hundred such tests (four per output of
 # each random sample), so the chance that one fails by bad luck stays below
 # 1e-3. The critical values follow: the two-sided normal quantile, and the
 # first term of the Kolmogorov distribution's tail, P(D > c) ~ 2 exp(-2 c^2).
