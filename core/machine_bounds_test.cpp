@@ -141,13 +141,16 @@ TEST_F(GatedMachineTest, RecordingWaitsWithKMaxQueuedBytesOfUploadsQueued) {
   // 64 pieces of 1 MiB reach the bound (their commands' bytes count too);
   // 63 stay below it.
   constexpr size_t kPiece = kMaxQueuedBytes / 64;
+  // Made beforehand, so that recording one is as quick as recording an op:
+  // were the bound missing, the recorder would outrun the opening gate.
+  std::vector<std::string> pieces;
+  for (size_t i = 0; i < 80; ++i) pieces.emplace_back(kPiece, static_cast<char>(i));
   uint64_t batches_at_next = 0;
   const uint64_t batches_before = machine->batches_sent();
   const size_t first = first_batch_with_gate_open_at(
-      *machine, 80, 64,
+      *machine, pieces.size(), 64,
       [&](size_t i) {
-        machine->enqueue_upload(upload_of(byte_ref(i + 1, kPiece)),
-                                std::string(kPiece, static_cast<char>(i)));
+        machine->enqueue_upload(upload_of(byte_ref(i + 1, kPiece)), std::move(pieces[i]));
       },
       &batches_at_next);
   EXPECT_EQ(first, 64u);
