@@ -48,11 +48,13 @@ void CommandQueue::intern(wire::OpRecord* record) {
 }
 
 void CommandQueue::append(wire::Command* command) {
+  append_pending_frees();
   if (command->has_op()) intern(command->mutable_op());
   append_encoded(*command);
 }
 
 void CommandQueue::append_with_payload(wire::Command* command, std::string payload) {
+  append_pending_frees();
   const auto index = static_cast<uint32_t>(payloads_.size());
   if (command->has_upload()) {
     command->mutable_upload()->set_payload_index(index);
@@ -80,18 +82,24 @@ void CommandQueue::free_generator(uint64_t generator_id) {
   generator_frees_.push_back(generator_id);
 }
 
+void CommandQueue::append_pending_frees() {
+  if (storage_frees_.empty() && generator_frees_.empty()) return;
+  wire::Command free;
+  free.mutable_free()->mutable_storage_ids()->Add(storage_frees_.begin(), storage_frees_.end());
+  free.mutable_free()->mutable_generator_ids()->Add(generator_frees_.begin(),
+                                                    generator_frees_.end());
+  encoded_storage_frees_.insert(encoded_storage_frees_.end(), storage_frees_.begin(),
+                                storage_frees_.end());
+  storage_frees_.clear();
+  generator_frees_.clear();
+  append_encoded(free);
+}
+
 EncodedBatch CommandQueue::take_batch() {
   EncodedBatch batch;
   if (commands_.empty() && storage_frees_.empty() && generator_frees_.empty()) return batch;
-  if (!storage_frees_.empty() || !generator_frees_.empty()) {
-    wire::Command free;
-    free.mutable_free()->mutable_storage_ids()->Add(storage_frees_.begin(), storage_frees_.end());
-    free.mutable_free()->mutable_generator_ids()->Add(generator_frees_.begin(),
-                                                      generator_frees_.end());
-    storage_frees_.clear();
-    generator_frees_.clear();
-    append_encoded(free);
-  }
+  append_pending_frees();
+  encoded_storage_frees_.clear();
   batch.batch = std::move(commands_);
   commands_.clear();
   batch.payloads = std::move(payloads_);
@@ -104,6 +112,14 @@ EncodedBatch CommandQueue::take_batch() {
 uint64_t CommandQueue::last_mention(uint64_t storage_id) const {
   const auto it = last_mention_.find(storage_id);
   return std::max(last_call_, it == last_mention_.end() ? 0 : it->second);
+}
+
+std::vector<uint64_t> CommandQueue::take_storage_frees() {
+  std::vector<uint64_t> frees = std::move(encoded_storage_frees_);
+  frees.insert(frees.end(), storage_frees_.begin(), storage_frees_.end());
+  encoded_storage_frees_.clear();
+  storage_frees_.clear();
+  return frees;
 }
 
 void CommandQueue::reset() { *this = CommandQueue(); }

@@ -30,6 +30,9 @@ class CommandQueue {
   // command at the payload's index in the batch.
   void append_with_payload(wire::Command* command, std::string payload);
   // Frees ride along with the next batch and never make one on their own.
+  // They keep their place among the commands: the frees recorded between two
+  // commands travel as one Free between them, so the memory of a storage
+  // freed before an op is free when the op runs, as on CUDA.
   void free_storage(uint64_t storage_id);
   void free_generator(uint64_t generator_id);
   // Replaces a record's op name by its number, keeping the name on first use
@@ -42,8 +45,8 @@ class CommandQueue {
   size_t queued_commands() const { return appended_ - sent_; }
   size_t queued_bytes() const { return commands_.size() + payload_bytes_; }
 
-  // Everything queued as one batch, frees last; empty when there is nothing,
-  // not even a free, to send.
+  // Everything queued as one batch, the frees recorded after its last
+  // command last; empty when there is nothing, not even a free, to send.
   EncodedBatch take_batch();
 
   // Commands appended and taken so far this session, counted from 1 as the
@@ -62,17 +65,22 @@ class CommandQueue {
 
   // Forgets everything: a new session knows no op names and counts from 1.
   void reset();
-  // The storage frees not sent yet, taken out of the queue.
-  std::vector<uint64_t> take_storage_frees() { return std::move(storage_frees_); }
+  // The storage frees not sent yet, taken out of the queue: those waiting
+  // for the next command and those already among the commands not sent.
+  std::vector<uint64_t> take_storage_frees();
 
  private:
   void append_encoded(const wire::Command& command);
+  // The frees recorded since the last command, as one Free command.
+  void append_pending_frees();
 
   std::string commands_;  // framed Batch.commands entries
   uint64_t last_call_ = 0;
   std::vector<std::string> payloads_;
   size_t payload_bytes_ = 0;
   std::vector<uint64_t> storage_frees_;
+  // Storage frees already among commands_, until the batch is taken.
+  std::vector<uint64_t> encoded_storage_frees_;
   std::vector<uint64_t> generator_frees_;
   uint64_t appended_ = 0;
   uint64_t sent_ = 0;

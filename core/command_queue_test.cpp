@@ -35,7 +35,7 @@ wire::Batch parse(const EncodedBatch& encoded) {
   return batch;
 }
 
-TEST(CommandQueue, ABatchIsTheQueuedCommandsInOrderWithFreesLast) {
+TEST(CommandQueue, ABatchIsTheQueuedCommandsInOrderWithFreesWhereTheyWereRecorded) {
   CommandQueue queue;
   EXPECT_TRUE(queue.take_batch().batch.empty());
   wire::Command first = op("aten::neg", 1, 2);
@@ -44,24 +44,44 @@ TEST(CommandQueue, ABatchIsTheQueuedCommandsInOrderWithFreesLast) {
   queue.free_generator(3);
   wire::Command second = upload(5);
   queue.append_with_payload(&second, "abcd");
-  EXPECT_EQ(queue.queued_commands(), 2u);
+  queue.free_storage(8);
+  // The free between the two is a command the machine counts too.
+  EXPECT_EQ(queue.queued_commands(), 3u);
   EXPECT_GT(queue.queued_bytes(), 4u);  // the commands' bytes and the payload's 4
 
   const EncodedBatch encoded = queue.take_batch();
   const wire::Batch batch = parse(encoded);
-  ASSERT_EQ(batch.commands_size(), 3);
+  ASSERT_EQ(batch.commands_size(), 4);
   EXPECT_EQ(batch.commands(0).op().op_name(), "aten::neg");
-  EXPECT_EQ(batch.commands(1).upload().payload_index(), 0u);
-  EXPECT_EQ(batch.commands(2).free().storage_ids(0), 7u);
-  EXPECT_EQ(batch.commands(2).free().generator_ids(0), 3u);
+  // Freed before the upload, so freed before it runs: a session at its memory
+  // limit has the freed bytes for the commands recorded after the free.
+  ASSERT_TRUE(batch.commands(1).has_free());
+  EXPECT_EQ(batch.commands(1).free().storage_ids(0), 7u);
+  EXPECT_EQ(batch.commands(1).free().generator_ids(0), 3u);
+  EXPECT_EQ(batch.commands(2).upload().payload_index(), 0u);
+  EXPECT_EQ(batch.commands(3).free().storage_ids(0), 8u);
   EXPECT_EQ(encoded.payloads, std::vector<std::string>{"abcd"});
   EXPECT_FALSE(queue.has_commands());
   EXPECT_EQ(queue.queued_commands(), 0u);
   EXPECT_EQ(queue.queued_bytes(), 0u);
-  // The free is a command the machine counts too.
-  EXPECT_EQ(queue.appended(), 3u);
-  EXPECT_EQ(queue.sent(), 3u);
+  EXPECT_EQ(queue.appended(), 4u);
+  EXPECT_EQ(queue.sent(), 4u);
   EXPECT_TRUE(queue.take_batch().batch.empty());
+}
+
+TEST(CommandQueue, TakingStorageFreesTakesThoseAmongTheCommandsNotSent) {
+  // A pause keeps the frees not sent for the resume, wherever they wait.
+  CommandQueue queue;
+  queue.free_storage(1);
+  wire::Command command = op("aten::neg", 2, 3);
+  queue.append(&command);  // the free of 1 now travels before it
+  queue.free_storage(4);
+  EXPECT_EQ(queue.take_storage_frees(), (std::vector<uint64_t>{1, 4}));
+  EXPECT_TRUE(queue.take_storage_frees().empty());
+  queue.free_storage(5);
+  queue.append(&command);
+  queue.take_batch();  // sent: nothing left to take
+  EXPECT_TRUE(queue.take_storage_frees().empty());
 }
 
 TEST(CommandQueue, FreesAloneMakeABatchButAreNotCommandsWaiting) {

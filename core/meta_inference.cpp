@@ -203,11 +203,17 @@ bool shape_depends_on_float_scalars(const c10::OperatorHandle& op) {
   return name.find("range") != std::string::npos || name.find("space") != std::string::npos;
 }
 
-constexpr size_t kMaxCachedPlans = 1 << 16;
-
 using PlanCache = std::unordered_map<std::string, std::shared_ptr<const OutputPlan>>;
 
+// Per thread: no lock on the hot path (autograd runs backward on its own thread).
+PlanCache& thread_cache() {
+  thread_local PlanCache cache;
+  return cache;
+}
+
 }  // namespace
+
+size_t cached_plans() { return thread_cache().size(); }
 
 std::vector<at::Tensor> mycelya_inputs(c10::ArrayRef<c10::IValue> args) {
   std::vector<at::Tensor> inputs;
@@ -220,8 +226,7 @@ std::vector<at::Tensor> mycelya_inputs(c10::ArrayRef<c10::IValue> args) {
 std::shared_ptr<const OutputPlan> plan_outputs(const c10::OperatorHandle& op,
                                                c10::ArrayRef<c10::IValue> args,
                                                const std::vector<at::Tensor>& inputs) {
-  // Per thread: no lock on the hot path (autograd runs backward on its own thread).
-  thread_local PlanCache cache;
+  PlanCache& cache = thread_cache();
   KeyWriter writer(inputs, shape_depends_on_float_scalars(op));
   const void* schema = &op.schema();
   writer.key().append(reinterpret_cast<const char*>(&schema), sizeof(schema));

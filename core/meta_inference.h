@@ -11,6 +11,7 @@
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <ATen/core/ivalue.h>
 
+#include <cstddef>
 #include <memory>
 #include <vector>
 
@@ -37,6 +38,14 @@ struct PlannedReturn {
 struct OutputPlan {
   std::vector<PlannedReturn> returns;
 };
+
+// Plans are cached per recording thread, at most this many per thread: a
+// thread that reaches the bound starts its cache afresh, so a program that
+// keeps making new shapes cannot grow it without end.
+constexpr size_t kMaxCachedPlans = 1 << 16;
+
+// Plans this thread has cached: for tests of the bound.
+size_t cached_plans();
 
 // The mycelya tensors among `args`, in the order plans number them.
 std::vector<at::Tensor> mycelya_inputs(c10::ArrayRef<c10::IValue> args);

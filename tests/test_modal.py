@@ -5,6 +5,8 @@ TLS terminator that advertises h2."""
 
 import logging
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -169,3 +171,54 @@ def test_start_shows_what_it_waits_for(fake, wheel, capfd):
     err = capfd.readouterr().err
     for stage in ["building the image", "scheduling the sandbox", "waiting for mycelya-server"]:
         assert stage in err
+
+
+def test_app_volume_and_registry_image_reach_modal(fake, wheel):
+    image = "ghcr.io/you/mycelya-server:0.1.0"
+    # image= replaces the built image, so no wheel is needed (nor added).
+    with mycelya_torch.RemoteMachine(
+        "modal", "H100", image=image, app="my-app", volume="my-state", tls_ca=fake.ca_pem_path
+    ) as machine:
+        _matmul_matches_cpu(machine)
+        (sandbox,) = fake.running_sandboxes()
+        assert sandbox["app_id"] == fake.apps()["my-app"]
+        assert sandbox["volumes"] == {"/mycelya-state": "my-state"}
+        assert sandbox["image_commands"][0] == f"FROM {image}"
+        assert sandbox["image_files"] == []
+        assert not any("torch==" in command for command in sandbox["image_commands"])
+        machine.pause()
+        # Paused: the tensors went to the named volume, not the default one.
+        assert len(os.listdir(fake.volume_path("my-state"))) == 1
+        assert fake.volume_path("mycelya-state") is None or not os.listdir(fake.volume_path("mycelya-state"))
+        machine.resume()
+        _matmul_matches_cpu(machine)
+
+
+_SYSTEM_ROOTS_CLIENT = """
+import sys, torch, mycelya_torch
+with mycelya_torch.RemoteMachine("modal", "H100", wheel=sys.argv[1]) as machine:
+    a = torch.arange(6.0)
+    torch.testing.assert_close((a.to(machine.device()) * 2).cpu(), a * 2)
+print("ran on the sandbox")
+"""
+
+
+def test_the_tunnel_is_verified_against_the_systems_roots(fake, wheel):
+    """Without tls_ca= the client verifies the tunnel's certificate with gRPC's default roots:
+    the system's, which GRPC_DEFAULT_SSL_ROOTS_FILE_PATH replaces. The fake's certificate,
+    signed by a CA of its own, is refused with the system's roots and accepted once that CA
+    is the default roots. gRPC reads the default roots once per process, so the accepting
+    client is a process of its own."""
+    with pytest.raises(RuntimeError, match="never became healthy.*over TLS"):
+        mycelya_torch.RemoteMachine("modal", "H100", wheel=wheel, start_timeout=10)
+    assert not fake.running_sandboxes()
+    env = dict(os.environ, GRPC_DEFAULT_SSL_ROOTS_FILE_PATH=fake.ca_pem_path)
+    child = subprocess.run(
+        [sys.executable, "-c", _SYSTEM_ROOTS_CLIENT, wheel],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert child.returncode == 0, child.stderr
+    assert "ran on the sandbox" in child.stdout

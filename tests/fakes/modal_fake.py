@@ -204,6 +204,11 @@ class FakeModal:
         with self._lock:
             return [dict(record) for record in self._images.values()]
 
+    def apps(self):
+        """The apps looked up or created so far: name -> app id (a sandbox's "app_id")."""
+        with self._lock:
+            return dict(self._apps)
+
     def volume_path(self, name):
         """The local folder holding volume `name` (None before it exists)."""
         with self._lock:
