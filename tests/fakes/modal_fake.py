@@ -429,7 +429,7 @@ class FakeModal:
                     self._build_into(record, root)
                     open(done, "w").close()
             state, exception = "built", ""
-        except _BuildFailed as failure:
+        except (_BuildFailed, OSError) as failure:  # an OSError: the fake's own step failed
             state, exception = "failed", str(failure)
         with self._lock:
             record.update(state=state, exception=exception, built=state == "built")
