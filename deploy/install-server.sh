@@ -8,8 +8,12 @@
 #   install-server.sh VENV WHEEL
 #
 # TORCH_SPEC picks torch and, split into words, any pip options with it
-# (default torch==2.13.0: on PyPI, the CUDA 13.0 build for Linux x86_64, whose
-# nvidia-* wheels bring the CUDA runtime); PIP_* variables configure pip as usual.
+# (default torch==2.13.0). pip takes it from its configured index and
+# find-links (PIP_* variables and pip's config files, as usual): in the image,
+# PyPI, whose torch 2.13.0 for Linux x86_64 is the CUDA 13.0 build, with
+# nvidia-* wheels that bring the CUDA runtime; in tests/test_wheel.py, what
+# the test machine's pip is configured with (where tests run offline, a local
+# mirror that holds the CPU build).
 set -eu
 venv="$1"
 wheel="$2"

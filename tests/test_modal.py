@@ -1,7 +1,8 @@
 # SPDX-License-Identifier: AGPL-3.0-or-later
 """The modal provider: Modal's pinned SDK (driven by _modal_driver.py) against the loopback
-fake of Modal's API (tests/fakes/modal_fake.py), each sandbox a real mycelya-server behind a
-TLS terminator that advertises h2."""
+fake of Modal's API (tests/fakes/modal_fake.py), whose image builds install the wheel
+(//python:wheel) for real; each sandbox runs the mycelya-server its image installed, behind
+a TLS terminator that advertises h2."""
 
 import logging
 import os
@@ -10,16 +11,16 @@ import sys
 
 import pytest
 import torch
+from fakes import WHEEL
 from fakes.modal_fake import FakeModal
 from runpod_fixtures import wait_until
-from server_process import server_binary
 
 import mycelya_torch
 
 
 @pytest.fixture(scope="module")
 def fake(tmp_path_factory):
-    fake = FakeModal(server_binary=server_binary())
+    fake = FakeModal()  # no server_binary: no registry image here, only images built from the wheel
     saved = {name: os.environ.get(name) for name in fake.env()}
     os.environ.update(fake.env())
     yield fake
@@ -32,11 +33,12 @@ def fake(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def wheel(tmp_path_factory):
-    """The fake records the wheel the image adds; it does not install it."""
-    path = tmp_path_factory.mktemp("dist") / "mycelya_torch-0.1.0-cp311-cp311-manylinux_2_35_x86_64.whl"
-    path.write_bytes(b"not a real wheel")
-    return str(path)
+def wheel(fake):
+    """The wheel the machines' images install. Its image is built here, up front (torch's
+    layer: about 50 s on this machine under load), so that the tests' start_timeouts time a
+    start, not the build."""
+    _machine(fake, WHEEL, "H100").stop()
+    return WHEEL
 
 
 @pytest.fixture(autouse=True)
@@ -71,6 +73,18 @@ def test_a_gpu_sandbox_runs_ops_and_stop_terminates_it(fake, wheel):
             any(os.path.basename(wheel) in str(f) for f in sandbox["image_files"])
             or os.path.basename(wheel) in commands
         )
+        # Its server is the one the image's build installed from the wheel.
+        server = os.path.realpath(f"/proc/{sandbox['pid']}/exe")
+        assert server.startswith(sandbox["image_root"] + "/"), server
+        assert server.endswith("/site-packages/mycelya_torch/mycelya-server"), server
+    assert not fake.running_sandboxes()
+
+
+def test_a_wheel_that_does_not_install_fails_the_start_with_the_build_log(fake, wheel, tmp_path):
+    garbage = tmp_path / os.path.basename(wheel)
+    garbage.write_bytes(b"not a real wheel")
+    with pytest.raises(RuntimeError, match=r"(?s)Image build for im-\w+ failed.*pip install.*is invalid"):
+        _machine(fake, str(garbage), "H100")
     assert not fake.running_sandboxes()
 
 

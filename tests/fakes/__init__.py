@@ -1,6 +1,7 @@
 # SPDX-License-Identifier: AGPL-3.0-or-later
 """Loopback fakes of cloud control planes, for tests."""
 
+import glob
 import os
 import signal
 import socket
@@ -23,6 +24,19 @@ SERVER = next(
 # Whether the fakes' own tests can run; under Bazel the server is always
 # there, so a missing one fails rather than skips.
 SERVER_BUILT = os.access(SERVER, os.X_OK) or "TEST_SRCDIR" in os.environ
+
+
+def _built_wheel():
+    for folder in ("python/wheel", "bazel-bin/python/wheel"):
+        found = sorted(glob.glob(os.path.join(ROOT, folder, "mycelya_torch-*.whl")))
+        if found:
+            return found[-1]
+    return None
+
+
+# The wheel //python:wheel builds, which the Modal fake's images install: a
+# runfile under Bazel (the target's data); from a checkout, the built one.
+WHEEL = _built_wheel()
 
 
 def free_port(avoid=()):

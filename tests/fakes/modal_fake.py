@@ -7,11 +7,29 @@ own generated interface in modal_proto) on 127.0.0.1, so the real, pinned SDK ru
 it unchanged. It answers the calls that the provider's driver (python/mycelya_torch/
 _modal_driver.py) makes; every other call answers UNIMPLEMENTED and is recorded.
 
-Each sandbox's "container" is a local process group running the sandbox's command, and
-each of its h2 ports gets a TLS terminator on loopback (certificate from a test CA, ALPN
-"h2"), standing in for Modal's tunnel edge.
+Images are built for real, each layer once (Modal caches images by definition), in a folder
+that stands for the image's filesystem:
+- a layer without a base image is the base image itself: `FROM python:X.Y...` (what
+  debian_slim starts from) becomes a fresh venv of this host's Python, which must be X.Y;
+  any other registry image is opaque here, so it becomes a fresh venv with `server_binary`
+  as its mycelya-server. The rest of such a layer (Modal's own debian_slim recipe:
+  apt-get, debconf, pip's upgrade) is not run: it would change this host, not an image.
+- every layer on a base starts as a hard-linked copy of its base's filesystem and runs its
+  Dockerfile commands: `COPY . /` copies the layer's files in, and `RUN` runs its shell
+  command with the image's venv first on PATH and the image's absolute paths mapped into
+  its folder. So the driver's `RUN python -m pip install torch==...` and
+  `RUN python -m pip install /opt/mycelya/<wheel>` run pip for real, against pip's
+  configured index (PIP_* variables and pip's config files; on this machine a local
+  mirror). A command that fails fails the build, as on Modal, with its build log.
+Builds go to `image_cache` (default: this fake's own folder); fakes given the same folder
+share its images, as Modal's workspace keeps them between apps.
 
-    with FakeModal(server_binary="bazel-bin/server/mycelya-server") as fake:
+Each sandbox's "container" is a local process group running the sandbox's command with its
+image's venv first on PATH (so `mycelya-server` is the one its image installed), and each
+of its h2 ports gets a TLS terminator on loopback (certificate from a test CA, ALPN "h2"),
+standing in for Modal's tunnel edge.
+
+    with FakeModal(image_cache=folder) as fake:
         subprocess.run([python, driver, "start"], env={**base_env, **fake.env()}, ...)
 
 Knobs (plain attributes, settable at any time): refuse_tokens, no_capacity, never_healthy.
@@ -20,17 +38,20 @@ Knobs (plain attributes, settable at any time): refuse_tokens, no_capacity, neve
 import asyncio
 import base64
 import collections
+import fcntl
 import hashlib
 import http.server
 import os
 import re
 import secrets
+import shlex
 import shutil
 import signal
 import socket
 import ssl
 import string
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -63,6 +84,11 @@ _GPU_TYPES = {
 _STOP_GRACE_S = 10.0
 _POLL_S = 0.05
 _LIST_PAGE = 50
+# The PATH of a container and of a build, after the image's venv: the host's system folders.
+_SYSTEM_PATH = "/usr/local/bin:/usr/bin:/bin"
+_BUILD_LOG_TAIL = 30  # lines of a failed build's log in its error
+# Where an image's Python environment lies in its folder: where python:X images keep Python.
+_VENV = ("usr", "local")
 _REFUSED = "Invalid token: the token ID or secret is not recognised. Run `modal token new` to create one."
 
 
@@ -111,7 +137,14 @@ class FakeModal:
     """Modal's client API on 127.0.0.1, sandboxes run as local processes."""
 
     def __init__(
-        self, *, server_binary, token_id="ak-test", token_secret="as-test", workdir=None, schedule_s=0.2
+        self,
+        *,
+        server_binary=None,
+        image_cache=None,
+        token_id="ak-test",
+        token_secret="as-test",
+        workdir=None,
+        schedule_s=0.2,
     ):
         self.token_id = token_id
         self.token_secret = token_secret
@@ -122,10 +155,11 @@ class FakeModal:
         self._own_workdir = workdir is None
         self.workdir = tempfile.mkdtemp(prefix="fake-modal-") if workdir is None else workdir
         os.makedirs(self.workdir, exist_ok=True)
-        # The image's PATH: a folder whose mycelya-server is the binary under test.
-        self._bin = os.path.join(self.workdir, "bin")
-        os.makedirs(self._bin, exist_ok=True)
-        os.symlink(os.path.abspath(server_binary), os.path.join(self._bin, "mycelya-server"))
+        # What an opaque registry image (image=) holds: the fake cannot pull it.
+        self._server_binary = os.path.abspath(server_binary) if server_binary else None
+        self._image_cache = image_cache or os.path.join(self.workdir, "images")
+        os.makedirs(self._image_cache, exist_ok=True)
+        self._builds = []  # processes of image builds, killed by close()
         self._store = os.path.join(self.workdir, "store")  # uploaded files, by sha256
         self._volumes_dir = os.path.join(self.workdir, "volumes")
         os.makedirs(self._store, exist_ok=True)
@@ -200,7 +234,8 @@ class FakeModal:
             ]
 
     def images(self):
-        """Every image definition the SDK asked for, in order: id, base images, commands, files."""
+        """Every image definition the SDK asked for, in order: id, base images, commands, files,
+        and its build: state (None, building, built, failed), log lines and root (its folder)."""
         with self._lock:
             return [dict(record) for record in self._images.values()]
 
@@ -246,7 +281,7 @@ class FakeModal:
             if self._closed:
                 return
             self._closed = True
-            procs = list(self._procs)
+            procs = list(self._procs) + list(self._builds)
             containers = list(self._containers.values())
         for proc in procs:
             kill_group(proc, grace=0)
@@ -328,6 +363,7 @@ class FakeModal:
             "status": container.status,
             "result": _describe_result(container.result),
             "image_id": container.image_id,
+            "image_root": self._images[container.image_id]["root"],
             "image": layers,
             "image_commands": [command for layer in layers for command in layer["commands"]],
             "image_files": [file for layer in layers for file in layer["files"]],
@@ -371,6 +407,125 @@ class FakeModal:
         if container is None:
             raise GRPCError(Status.NOT_FOUND, f"Sandbox {sandbox_id} not found")
         return container
+
+    # ---- image builds -----------------------------------------------------------------------
+
+    def _start_build(self, record):
+        """Builds the image in a thread, unless it is built or building; called under the lock."""
+        if record["state"] in ("built", "building"):
+            return
+        record.update(state="building", log=[], exception="")
+        threading.Thread(target=self._build, args=(record,), name="fake-modal-build", daemon=True).start()
+
+    def _build(self, record):
+        """Builds one layer on its (built) base into image_cache/<image id>/root, once."""
+        folder = os.path.join(self._image_cache, record["id"])
+        root = os.path.join(folder, "root")
+        done = os.path.join(folder, "built")
+        try:
+            os.makedirs(folder, exist_ok=True)
+            # Fakes sharing a cache build each image once, one at a time.
+            with open(os.path.join(folder, "lock"), "w") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX)
+                if os.path.exists(done):
+                    self._log(record, "=> cached")
+                else:
+                    shutil.rmtree(root, ignore_errors=True)  # what a failed build left
+                    self._build_into(record, root)
+                    open(done, "w").close()
+            state, exception = "built", ""
+        except (_BuildFailed, OSError) as failure:  # an OSError: the fake's own step failed
+            state, exception = "failed", str(failure)
+        with self._lock:
+            record.update(state=state, exception=exception, built=state == "built")
+
+    def _build_into(self, record, root):
+        bases = record["base_images"]
+        commands = record["commands"]
+        if not bases:
+            # A base image: its FROM, stood in for by a venv; the rest is its own recipe.
+            self._log(record, f"=> Step 0: {commands[0] if commands else 'FROM scratch'}")
+            self._make_base(record, root, commands[0] if commands else "")
+            return
+        with self._lock:
+            base_root = self._images[bases[0]["image_id"]]["root"]
+        # A layer starts as its base's filesystem: hard links, so torch is not copied again.
+        self._run(record, ["cp", "-al", base_root, root], cwd="/")
+        _retarget_scripts(os.path.join(base_root, *_VENV, "bin"), os.path.join(root, *_VENV, "bin"))
+        for step, command in enumerate(commands):
+            self._log(record, f"=> Step {step}: {command}")
+            instruction, _, rest = command.partition(" ")
+            if instruction == "FROM":
+                continue  # the base, copied above
+            if instruction == "COPY" and rest.split() == [".", "/"]:
+                for file in record["files"]:
+                    target = os.path.join(root, file["filename"].lstrip("/"))
+                    os.makedirs(os.path.dirname(target), exist_ok=True)
+                    shutil.copyfile(file["path"], target)
+            elif instruction == "RUN":
+                self._run(record, ["sh", "-c", _in_image(rest, root)], cwd=root, root=root, what=command)
+            else:
+                raise _BuildFailed(
+                    f"the fake Modal builds only FROM, COPY . / and RUN in a layer on a base, not: {command}"
+                )
+
+    def _make_base(self, record, root, command):
+        """A fresh venv of this host's Python for `FROM python:X.Y...` (which must be this
+        Python's X.Y) or, with server_binary as its mycelya-server, for any other registry image."""
+        found = re.fullmatch(r"FROM python:(\d+)\.(\d+)\S*", command)
+        if found and tuple(map(int, found.groups())) != sys.version_info[:2]:
+            raise _BuildFailed(
+                f"the fake Modal builds {command!r} with this host's Python "
+                f"{sys.version_info[0]}.{sys.version_info[1]}: ask for that python_version"
+            )
+        venv = os.path.join(root, *_VENV)
+        self._run(record, [sys.executable, "-m", "venv", venv], cwd="/")
+        if not found and self._server_binary:
+            os.symlink(self._server_binary, os.path.join(venv, "bin", "mycelya-server"))
+
+    def _run(self, record, command, cwd, root=None, what=None):
+        """Runs one build command (in the image `root`, if given), its output into the build
+        log; a failure fails the build, naming the command as `what` (default: `command`)."""
+        env = {key: value for key, value in os.environ.items() if key.startswith("PIP_")}
+        if os.environ.get("TMPDIR"):
+            env["TMPDIR"] = os.environ["TMPDIR"]
+        if root is not None:
+            env.update(
+                PATH=os.path.join(root, *_VENV, "bin") + os.pathsep + _SYSTEM_PATH,
+                HOME=os.path.join(root, "root"),
+                LANG="C.UTF-8",
+            )
+            os.makedirs(env["HOME"], exist_ok=True)
+        else:
+            env["PATH"] = _SYSTEM_PATH
+        with self._lock:
+            if self._closed:
+                raise _BuildFailed("the fake Modal closed during the build")
+            proc = subprocess.Popen(
+                command,
+                cwd=cwd,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+            self._builds.append(proc)
+        for raw in iter(proc.stdout.readline, b""):
+            self._log(record, raw.decode("utf-8", "replace").rstrip("\n"))
+        proc.stdout.close()
+        code = proc.wait()
+        if code != 0:
+            with self._lock:
+                tail = record["log"][-_BUILD_LOG_TAIL:]
+            raise _BuildFailed(
+                f"`{what or shlex.join(command)}` exited with status {code}. The build log's last lines:\n"
+                + "\n".join(tail)
+            )
+
+    def _log(self, record, line):
+        with self._lock:
+            record["log"].append(line)
 
     # ---- the container lifecycle ----------------------------------------------------------
 
@@ -425,8 +580,10 @@ class FakeModal:
         # container its own ports, so a container listens on MYCELYA_PORT, a free
         # loopback port, and the tunnel of its first h2 port forwards there (others
         # get MYCELYA_PORT_<container port>). The command must listen on ${MYCELYA_PORT}.
+        # The image's venv comes first: its mycelya-server is the one the image's build installed.
+        image_bin = os.path.join(self._images[container.image_id]["root"], *_VENV, "bin")
         env = {
-            "PATH": self._bin + os.pathsep + os.environ.get("PATH", "/usr/bin:/bin"),
+            "PATH": image_bin + os.pathsep + _SYSTEM_PATH,
             "HOME": home,
             "LANG": "C.UTF-8",
         }
@@ -583,6 +740,35 @@ def _describe_result(result):
     return {"status": name.removeprefix("GENERIC_STATUS_").lower(), "exitcode": result.exitcode}
 
 
+class _BuildFailed(Exception):
+    """An image build failed; the message is what Modal's result reports."""
+
+
+def _in_image(command, root):
+    """`command` with each absolute path that exists in the image's folder `root` pointing there."""
+
+    def local(found):
+        path = found.group(0)
+        return root + path if os.path.lexists(root + path) else path
+
+    return re.sub(r"(?<![\w./-])/[\w./+-]+", local, command)
+
+
+def _retarget_scripts(old_bin, new_bin):
+    """A copied venv's scripts name the old venv's python in their #! line: new files (not
+    edits, which would change the base's hard-linked ones) name the copy's."""
+    old = f"#!{old_bin}/".encode()
+    for name in os.listdir(new_bin):
+        path = os.path.join(new_bin, name)
+        if os.path.islink(path) or not os.path.isfile(path):
+            continue
+        with open(path, "rb") as script:
+            data = script.read()
+        if data.startswith(old):
+            _write_atomically(path, f"#!{new_bin}/".encode() + data[len(old) :])
+            os.chmod(path, 0o755)
+
+
 # ---- the gRPC service ------------------------------------------------------------------------
 
 
@@ -691,7 +877,15 @@ class _Servicer(api_grpc.ModalClientBase):
                     "files": files,
                     "gpu": image.gpu_config.gpu_type or None,
                     "built": False,
+                    "state": None,
+                    "log": [],
+                    "exception": "",
+                    "root": os.path.join(fake._image_cache, image_id, "root"),
                 }
+                if os.path.exists(os.path.join(fake._image_cache, image_id, "built")):
+                    record.update(state="built", built=True)  # built by an earlier fake
+            # Like Modal, asking for an image starts its build (again, after a failed one).
+            fake._start_build(record)
             built = record["built"]
         response = api_pb2.ImageGetOrCreateResponse(image_id=image_id)
         if built:
@@ -711,19 +905,40 @@ class _Servicer(api_grpc.ModalClientBase):
         )
 
     async def ImageJoinStreaming(self, stream):
+        """Streams the build's log from last_entry_id until the build ends (its result, eof) or
+        the request's timeout passes (no result: the SDK joins again)."""
         request = await stream.recv_message()
         fake = self.fake
-        with fake._lock:
-            record = fake._images.get(request.image_id)
-            if record is None:
-                raise GRPCError(Status.NOT_FOUND, f"Image {request.image_id} not found")
-            record["built"] = True  # the fake "builds" instantly and successfully
-            metadata = self._image_metadata(request.image_id)
-        await stream.send_message(
-            api_pb2.ImageJoinStreamingResponse(
-                result=_result(api_pb2.GenericResult.GENERIC_STATUS_SUCCESS), metadata=metadata, eof=True
-            )
-        )
+        sent = int(request.last_entry_id or 0)
+        deadline = time.monotonic() + (request.timeout or 55)
+        while True:
+            with fake._lock:
+                record = fake._images.get(request.image_id)
+                if record is None:
+                    raise GRPCError(Status.NOT_FOUND, f"Image {request.image_id} not found")
+                lines = record["log"][sent:]
+                state, exception = record["state"], record["exception"]
+                metadata = self._image_metadata(request.image_id)
+            if lines:
+                response = api_pb2.ImageJoinStreamingResponse(entry_id=str(sent + len(lines)))
+                for line in lines:
+                    response.task_logs.append(
+                        api_pb2.TaskLogs(data=line + "\n", file_descriptor=api_pb2.FILE_DESCRIPTOR_STDOUT)
+                    )
+                sent += len(lines)
+                await stream.send_message(response)
+            if state in ("built", "failed"):
+                break
+            if time.monotonic() >= deadline:
+                return
+            await asyncio.sleep(_POLL_S)
+        response = api_pb2.ImageJoinStreamingResponse(eof=True)
+        if state == "built":
+            response.result.CopyFrom(_result(api_pb2.GenericResult.GENERIC_STATUS_SUCCESS))
+            response.metadata.CopyFrom(metadata)
+        else:
+            response.result.CopyFrom(_result(api_pb2.GenericResult.GENERIC_STATUS_FAILURE, exception))
+        await stream.send_message(response)
 
     async def MountBatchedCheckExistence(self, stream):
         request = await stream.recv_message()

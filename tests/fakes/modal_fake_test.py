@@ -2,23 +2,21 @@
 """Tests of the Modal fake and of the provider's Modal driver together: the driver runs the
 real, pinned Modal SDK against the fake, and mycelya-server runs as the sandbox."""
 
-import atexit
 import importlib.util
 import json
 import os
-import shutil
+import re
 import signal
 import socket
 import ssl
 import subprocess
 import sys
-import tempfile
 import time
 
 import pytest
 from listening_line import LISTENING_PREFIX
 
-from fakes import ROOT, SERVER, SERVER_BUILT
+from fakes import ROOT, SERVER, SERVER_BUILT, WHEEL
 from fakes.modal_fake import FakeModal
 
 DRIVER = os.path.join(ROOT, "python", "mycelya_torch", "_modal_driver.py")
@@ -27,21 +25,35 @@ SERVE = 'exec mycelya-server --listen "0.0.0.0:${MYCELYA_PORT}" --insecure --dev
 H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 H2_EMPTY_SETTINGS = b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
 
-pytestmark = pytest.mark.skipif(not SERVER_BUILT, reason="mycelya-server is not built")
+pytestmark = pytest.mark.skipif(
+    not SERVER_BUILT or (WHEEL is None and "TEST_SRCDIR" not in os.environ),
+    reason="mycelya-server or the wheel (bazel build //python:wheel) is not built",
+)
+
+
+@pytest.fixture(scope="module")
+def image_cache(tmp_path_factory):
+    """One image cache for the module's fakes, as Modal's workspace keeps images between apps:
+    torch's layer is installed once, not once a test. The default image is built here, up
+    front, so that the tests' short waits time a start, not a build."""
+    folder = str(tmp_path_factory.mktemp("modal-images"))
+    with FakeModal(server_binary=SERVER, image_cache=folder, schedule_s=0.1) as fake:
+        start(fake)
+    return folder
 
 
 @pytest.fixture
-def fake():
-    with FakeModal(server_binary=SERVER, schedule_s=0.1) as fake:
+def fake(image_cache):
+    with FakeModal(server_binary=SERVER, image_cache=image_cache, schedule_s=0.1) as fake:
         yield fake
 
 
 @pytest.fixture
-def wheel(tmp_path):
-    # Over the SDK's 4 MiB limit for inline uploads, so it goes through a blob upload.
-    path = tmp_path / "mycelya_torch-0.1.0-cp311-cp311-linux_x86_64.whl"
-    path.write_bytes(os.urandom(5 * 1024 * 1024))
-    return str(path)
+def wheel():
+    # The real wheel: the image's build installs it. At 13 MB it is over the SDK's 4 MiB
+    # limit for inline uploads, so it goes through a blob upload.
+    assert os.path.getsize(WHEEL) > 4 * 1024 * 1024
+    return WHEEL
 
 
 def base_env():
@@ -49,7 +61,8 @@ def base_env():
     return {key: value for key, value in os.environ.items() if not key.startswith("MODAL_")}
 
 
-def driver(command, request, env, timeout=60):
+# A start that builds torch's layer took 52 s on this machine under load; 6x that.
+def driver(command, request, env, timeout=300):
     """Runs the driver: (exit status, its JSON lines, stderr)."""
     proc = subprocess.run(
         [sys.executable, DRIVER, command],
@@ -63,22 +76,7 @@ def driver(command, request, env, timeout=60):
     return proc.returncode, lines, proc.stderr
 
 
-def _small_wheel():
-    """A file named like a wheel: the fake records what the image adds and installs
-    nothing. Without one the driver would pack the installed mycelya_torch, which a
-    source tree has not got."""
-    folder = tempfile.mkdtemp(prefix="modal-fake-test-")
-    atexit.register(shutil.rmtree, folder, True)
-    path = os.path.join(folder, "mycelya_torch-0.1.0-cp311-cp311-manylinux_2_35_x86_64.whl")
-    with open(path, "wb") as file:
-        file.write(b"not a real wheel")
-    return path
-
-
-DEFAULT_WHEEL = _small_wheel()
-
-
-def start_request(wheel=DEFAULT_WHEEL, command=SERVE, **extra):
+def start_request(wheel=WHEEL, command=SERVE, **extra):
     return {
         "app": "mycelya-torch",
         "gpu": "H100:2",
@@ -169,6 +167,10 @@ def test_start_serves_through_tls_tunnel_then_terminate(fake, wheel):
     assert added["filename"] == inside
     with open(wheel, "rb") as original, open(added["path"], "rb") as copied:
         assert original.read() == copied.read()
+    # The sandbox runs the server its image's build installed from the wheel, not SERVER.
+    server = os.path.realpath(f"/proc/{sandbox['pid']}/exe")
+    assert server.startswith(sandbox["image_root"] + "/"), server
+    assert server.endswith("/site-packages/mycelya_torch/mycelya-server"), server
     assert "BlobCreate" in fake.calls()
     assert fake.unimplemented_calls() == []
 
@@ -206,15 +208,35 @@ def test_a_second_start_reuses_the_built_image(fake, wheel):
 
 def test_ready_image_skips_torch_and_cpu_sandbox(fake):
     _, ok = start(
-        fake, image="ghcr.io/example/mycelya-server:1.0", gpu=None, packages=["numpy==2.0.0"], wheel=None
+        fake, image="ghcr.io/example/mycelya-server:1.0", gpu=None, packages=["six==1.17.0"], wheel=None
     )
     [sandbox] = fake.sandboxes()
     assert sandbox["gpu"] is None
     assert sandbox["image_commands"][0] == "FROM ghcr.io/example/mycelya-server:1.0"
     assert not any("torch" in command for command in sandbox["image_commands"])
-    assert "RUN python -m pip install numpy==2.0.0" in sandbox["image_commands"]
+    assert "RUN python -m pip install six==1.17.0" in sandbox["image_commands"]
     assert sandbox["image_files"] == []
+    # The package was installed for real; the registry image itself is opaque to the fake,
+    # which gives it SERVER as its mycelya-server.
+    site = os.path.join(sandbox["image_root"], "usr", "local", "lib", "python3.11", "site-packages")
+    assert os.path.isdir(os.path.join(site, "six-1.17.0.dist-info"))
     wait_for(lambda: h2_settings(ok["host"], ok["port"], fake.ca_pem_path) == 4, what="the server's SETTINGS")
+    assert os.path.realpath(f"/proc/{sandbox['pid']}/exe") == os.path.realpath(SERVER)
+
+
+def test_a_wheel_of_garbage_bytes_fails_the_build_with_its_log(fake, tmp_path):
+    garbage = tmp_path / os.path.basename(WHEEL)
+    garbage.write_bytes(b"not a real wheel")
+    status, lines, _ = driver("start", start_request(wheel=str(garbage)), {**base_env(), **fake.env()})
+    assert status == 1
+    error = lines[-1]
+    assert error["kind"] == "other"
+    assert re.search(r"Image build for im-\w+ failed", error["error"]), error
+    assert f"`RUN python -m pip install /opt/mycelya/{garbage.name}` exited with status 1" in error["error"]
+    assert "is invalid" in error["error"]  # pip's own words, from the build log
+    [failed] = [image for image in fake.images() if image["state"] == "failed"]
+    assert any("is invalid" in line for line in failed["log"])
+    assert fake.sandboxes() == []
 
 
 def test_volume_paths_persist_and_discard_removes_the_folder(fake):
@@ -331,8 +353,8 @@ def test_killed_sandbox_is_a_lost_machine(fake):
     assert driver("terminate", {"sandbox_id": ok["sandbox_id"]}, env)[:2] == (0, [{"ok": {"finished": True}}])
 
 
-def test_close_leaves_no_process():
-    fake = FakeModal(server_binary=SERVER, schedule_s=0.05)
+def test_close_leaves_no_process(image_cache):
+    fake = FakeModal(server_binary=SERVER, image_cache=image_cache, schedule_s=0.05)
     workdir = fake.workdir
     try:
         start(fake)

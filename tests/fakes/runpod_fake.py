@@ -7,6 +7,13 @@ service's OpenAPI contract, and runs each pod's "container" as a local process g
 `sh <entrypoint> <args>` with the environment RunPod gives a pod. Stdlib only.
 
     with FakeRunPod(server_binary=..., entrypoint="deploy/entrypoint.sh") as fake:
+
+What a pod's image holds: RunPod's imageName is an opaque registry name, which the fake
+cannot pull, so by default its pods run `server_binary`, the binary under test, as the
+package's console command would (the image's recipe, deploy/install-server.sh, is run and
+checked by tests/test_wheel.py). Given `image_bin` instead, the bin folder of such an install
+(the Dockerfile's PATH=/opt/mycelya/bin:...), pods run that install's mycelya-server and
+python3, with nothing of the test's environment: test_wheel's pods run what the image would.
         requests.post(fake.base_url + "/pods", headers={"Authorization": "Bearer " + fake.api_key}, ...)
 
 Knobs (plain attributes, settable at any time) inject the failures RunPod can produce.
@@ -267,8 +274,9 @@ class FakeRunPod:
     def __init__(
         self,
         *,
-        server_binary,
         entrypoint,
+        server_binary=None,
+        image_bin=None,
         api_key="rp_test_key",
         provisioning_s=0.2,
         starting_s=0.2,
@@ -289,10 +297,18 @@ class FakeRunPod:
         self._own_workdir = workdir is None
         self.workdir = tempfile.mkdtemp(prefix="fake-runpod-") if workdir is None else workdir
         os.makedirs(self.workdir, exist_ok=True)
-        # The image's PATH: a folder whose mycelya-server is the binary under test.
-        self._bin = os.path.join(self.workdir, "bin")
-        os.makedirs(self._bin, exist_ok=True)
-        _install_server_command(os.path.abspath(server_binary), os.path.join(self._bin, "mycelya-server"))
+        if (server_binary is None) == (image_bin is None):
+            raise ValueError("FakeRunPod needs one of server_binary= and image_bin=")
+        if image_bin is not None:
+            # The image's PATH: its install's bin folder, then the system's.
+            self._image_path = os.path.abspath(image_bin) + os.pathsep + "/usr/local/bin:/usr/bin:/bin"
+        else:
+            # The image's PATH: a folder whose mycelya-server is the binary under test, then this
+            # process's PATH (the entry point's shell tools and python3).
+            bin_dir = os.path.join(self.workdir, "bin")
+            os.makedirs(bin_dir, exist_ok=True)
+            _install_server_command(os.path.abspath(server_binary), os.path.join(bin_dir, "mycelya-server"))
+            self._image_path = bin_dir + os.pathsep + os.environ.get("PATH", "/usr/bin:/bin")
         self._lock = threading.Condition()
         self._pods = {}  # id -> _Pod, terminated ones excluded
         self._dying = []  # terminated pods whose container is still being killed
@@ -478,7 +494,7 @@ class FakeRunPod:
         pod.old_ports = set(pod.public.values())
         pod.listening = set()
         env = {
-            "PATH": self._bin + os.pathsep + os.environ.get("PATH", "/usr/bin:/bin"),
+            "PATH": self._image_path,
             "HOME": os.path.join(pod.disk_dir, "root"),
             "LANG": "C.UTF-8",
         }
