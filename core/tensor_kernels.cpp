@@ -93,6 +93,9 @@ void set_geometry(const at::Tensor& self, c10::IntArrayRef size, c10::IntArrayRe
 
 const at::Tensor& resize_(const at::Tensor& self, c10::IntArrayRef size,
                           std::optional<c10::MemoryFormat> memory_format) {
+  // As PyTorch's own: the same sizes and no format asked for keep the
+  // strides (an out= argument of the right shape keeps its layout).
+  if (!memory_format && self.sizes() == size) return self;
   const auto format = memory_format.value_or(c10::MemoryFormat::Contiguous);
   TORCH_CHECK(format != c10::MemoryFormat::Preserve, "resize_: Preserve is not a valid format");
   std::vector<int64_t> strides;

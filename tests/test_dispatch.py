@@ -83,3 +83,24 @@ def test_float_scalars_that_do_not_set_shapes_still_reach_the_kernel(device):
         y = torch.ones(3, device=device)
         y.addcdiv_(x, x * 2, value=value)
         torch.testing.assert_close(y.cpu(), torch.full((3,), 1 + value / 2))
+
+
+
+def test_resize_to_the_same_sizes_keeps_the_strides_as_on_cpu(device):
+    # PyTorch's resize_ keeps the layout of a tensor that already has the sizes asked
+    # for, unless a memory format is asked for too; out= arguments rely on it.
+    for memory_format in (None, torch.contiguous_format):
+        kwargs = {} if memory_format is None else {"memory_format": memory_format}
+        cpu = torch.empty(5, 3).t().resize_(3, 5, **kwargs)
+        remote = torch.empty(5, 3, device=device).t().resize_(3, 5, **kwargs)
+        assert remote.stride() == cpu.stride(), memory_format
+    # torch.linalg.lu_factor(out=) with a column-major output keeps it column-major.
+    a = torch.randn(4, 4)
+    lu, pivots = torch.empty(4, 4).t(), torch.empty(4, dtype=torch.int32)
+    remote_lu = torch.empty(4, 4, device=device).t()
+    remote_pivots = torch.empty(4, dtype=torch.int32, device=device)
+    torch.linalg.lu_factor(a, out=(lu, pivots))
+    torch.linalg.lu_factor(a.to(device), out=(remote_lu, remote_pivots))
+    assert remote_lu.stride() == lu.stride() == (1, 4)
+    torch.testing.assert_close(remote_lu.cpu(), lu)
+    torch.testing.assert_close(remote_pivots.cpu(), pivots)
