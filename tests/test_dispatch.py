@@ -85,7 +85,6 @@ def test_float_scalars_that_do_not_set_shapes_still_reach_the_kernel(device):
         torch.testing.assert_close(y.cpu(), torch.full((3,), 1 + value / 2))
 
 
-
 def test_resize_to_the_same_sizes_keeps_the_strides_as_on_cpu(device):
     # PyTorch's resize_ keeps the layout of a tensor that already has the sizes asked
     # for, unless a memory format is asked for too; out= arguments rely on it.
