@@ -44,10 +44,11 @@ def _hold(x, busy, release):
 def _queue_hold(x, busy, release):
     """Queues _hold on x's machine, with nothing waiting for its result: a
     waiter would hold the machine's queue (Machine::request) and keep the
-    reads under test from going out. Queue only it and the op a read waits
-    for after a sync: two batches at most, which the session takes without
-    waiting for the held one to run (kMaxBatchesInFlight), so the read goes
-    out beside the stream rather than wait to send its op."""
+    reads under test from going out. A read after it waits for it, even of
+    a tensor computed before (CommandQueue::last_mention). Queued alone
+    after a sync, it is one batch, which the session takes at once (it has
+    room for kMaxBatchesInFlight), so the read goes out beside the stream
+    rather than wait for room to send more."""
     data, tensors, index, _ = _remote._pack(_hold, (x, str(busy), str(release)), {})
     return _C.queue_call(data, tensors, index)
 
@@ -128,9 +129,10 @@ def test_server_death_while_a_read_waits_is_a_clear_error_not_a_hang(tmp_path):
     machine = mycelya_torch.RemoteMachine("local-cuda")
     busy, release = tmp_path / "busy", tmp_path / "release"
     x = torch.ones(1024, device=machine.device())
+    total = x.sum()
     machine.synchronize()
     _queue_hold(x, busy, release)  # the server is busy until the test ends
-    total = x.sum()  # its read waits, beside the stream, for the call before it
+    # total's read waits, beside the stream, for the call before it.
     (server,) = children_named("mycelya-server")
 
     def kill_once_busy():
@@ -162,9 +164,9 @@ def test_stopping_while_a_read_waits_neither_hangs_nor_loses_the_answer(tmp_path
     x = torch.randn(256, 256)
     remote = x.to(machine.device())
     probe = torch.zeros(1, device=machine.device())
+    total = remote.sum()
     machine.synchronize()
-    _queue_hold(remote, busy, release)
-    total = remote.sum()  # its read waits for the held call
+    _queue_hold(remote, busy, release)  # total's read waits for it
     outcome = {}
 
     def takes_ops():
