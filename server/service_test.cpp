@@ -930,7 +930,11 @@ TEST_F(BinaryTest, InvalidUtf8InAMessageIsRefusedWithoutALogLineForEach) {
 }
 
 TEST_F(BinaryTest, ASessionThatKeepsTalkingKeepsTheServerThenItsSilenceStopsIt) {
-  ServerProcess server({"--listen", "127.0.0.1:0", "--devices=cpu", "--idle-timeout=1"},
+  // A message every 100 ms and a sync's round trip: at most 0.11 s apart
+  // here under load, over 5x less than the timeout.
+  constexpr int kIdleSeconds = 2;
+  ServerProcess server({"--listen", "127.0.0.1:0", "--devices=cpu",
+                        "--idle-timeout=" + std::to_string(kIdleSeconds)},
                        {"MYCELYA_TOKEN=idle"});
   const std::string address = address_of(server.read_line());
   ASSERT_FALSE(address.empty());
@@ -938,10 +942,12 @@ TEST_F(BinaryTest, ASessionThatKeepsTalkingKeepsTheServerThenItsSilenceStopsIt) 
       wire::Mycelya::NewStub(grpc::CreateChannel(address, grpc::InsecureChannelCredentials()));
   SessionClient client(stub.get(), bearer("idle"));
   client.hello();
-  // Three seconds of a message every 300 ms: three idle timeouts, no stop.
-  for (int i = 0; i < 10; ++i) {
+  // Talking for two and a half idle timeouts, the session keeps the server.
+  const auto talk_until =
+      std::chrono::steady_clock::now() + std::chrono::milliseconds(2500 * kIdleSeconds);
+  while (std::chrono::steady_clock::now() < talk_until) {
     EXPECT_FALSE(client.sync().has_error());
-    std::this_thread::sleep_for(std::chrono::milliseconds(300));
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
   }
   EXPECT_EQ(server.wait(std::chrono::seconds(0)), std::nullopt);
   // An open session that says nothing does not keep it.

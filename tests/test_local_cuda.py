@@ -14,6 +14,7 @@ import torch
 from processes import alive, children_named
 
 import mycelya_torch
+from mycelya_torch import _C, _remote
 
 
 def _wait_until(condition, timeout):
@@ -23,6 +24,33 @@ def _wait_until(condition, timeout):
             return True
         time.sleep(0.05)
     return condition()
+
+
+# A read goes out microseconds after the batch it waits for (a flush, then
+# the Read call); a thread descheduled in between, on a loaded host, resumes
+# within a scheduler period (tens of ms). Waiting this long after the server
+# is seen busy leaves the read time to be in flight, over 5x.
+READ_IN_FLIGHT_S = 0.2
+
+
+def _hold(x, busy, release):
+    """Runs on the machine: marks it busy, then keeps it busy until `release` exists."""
+    open(busy, "w").close()
+    deadline = time.monotonic() + 60  # never past the test's own limits
+    while not os.path.exists(release) and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
+def _queue_hold(x, busy, release):
+    """Queues _hold on x's machine, with nothing waiting for its result: a
+    waiter would hold the machine's queue (Machine::request) and keep the
+    reads under test from going out. A read after it waits for it, even of
+    a tensor computed before (CommandQueue::last_mention). Queued alone
+    after a sync, it is one batch, which the session takes at once (it has
+    room for kMaxBatchesInFlight), so the read goes out beside the stream
+    rather than wait for room to send more."""
+    data, tensors, index, _ = _remote._pack(_hold, (x, str(busy), str(release)), {})
+    return _C.queue_call(data, tensors, index)
 
 
 def test_runs_ops_in_a_child_server_and_stops_it():
@@ -74,49 +102,80 @@ def test_server_death_is_a_clear_error_not_a_hang(sig):
 
 
 def test_idle_timeout_reaches_the_server_which_stops_itself_when_unused():
-    machine = mycelya_torch.RemoteMachine("local-cuda", idle_timeout=1)
+    # The first reduction of a process imports for seconds before it sends
+    # anything (test_start_and_stop_are_quick): not on the machine under test.
+    with mycelya_torch.RemoteMachine("local-cuda") as warm:
+        assert torch.ones(8, device=warm.device()).sum().item() == 8.0
+    idle_s = 2
+    machine = mycelya_torch.RemoteMachine("local-cuda", idle_timeout=idle_s)
     x = torch.ones(8, device=machine.device())
     (server,) = children_named("mycelya-server")
-    # Used more often than the timeout, the server stays.
-    for _ in range(6):
+    # Used more often than the timeout, for two and a half timeouts, the
+    # server stays. A message goes every 0.1 s and a round trip: at most
+    # 0.15 s apart here under load, over 5x less than the timeout.
+    used_until = time.monotonic() + 2.5 * idle_s
+    while time.monotonic() < used_until:
         assert x.sum().item() == 8.0
-        time.sleep(0.3)
+        time.sleep(0.1)
     assert alive(server)
     # Left alone, it stops (billing would end), and using it says so at once.
-    assert _wait_until(lambda: not alive(server), 10)
+    assert _wait_until(lambda: not alive(server), 10 * idle_s)
     with pytest.raises(RuntimeError, match="was lost"):
         (x * 2).cpu()
     machine.stop()
 
 
-def test_server_death_while_a_read_waits_is_a_clear_error_not_a_hang():
+def test_server_death_while_a_read_waits_is_a_clear_error_not_a_hang(tmp_path):
     machine = mycelya_torch.RemoteMachine("local-cuda")
-    x = torch.randn(1024, 1024, device=machine.device())
-    for _ in range(100):  # seconds of queued work on the server
-        x = torch.tanh(x @ x / 1024)
-    total = x.sum()  # its read waits, beside the stream, for all of it
+    busy, release = tmp_path / "busy", tmp_path / "release"
+    x = torch.ones(1024, device=machine.device())
+    total = x.sum()
+    machine.synchronize()
+    _queue_hold(x, busy, release)  # the server is busy until the test ends
+    # total's read waits, beside the stream, for the call before it.
     (server,) = children_named("mycelya-server")
-    killer = threading.Timer(0.5, os.kill, (server, signal.SIGKILL))
+
+    def kill_once_busy():
+        if _wait_until(busy.exists, 30):
+            time.sleep(READ_IN_FLIGHT_S)
+            os.kill(server, signal.SIGKILL)
+
+    killer = threading.Thread(target=kill_once_busy)
     killer.start()
     start = time.monotonic()
     try:
+        # Held until released, the call cannot let the read be answered: only
+        # the kill ends it.
         with pytest.raises(RuntimeError, match="was lost"):
             total.item()
         assert time.monotonic() - start < 30
     finally:
+        release.touch()
         killer.join()
         machine.stop()
 
 
-def test_stopping_while_a_read_waits_neither_hangs_nor_loses_the_answer():
+def test_stopping_while_a_read_waits_neither_hangs_nor_loses_the_answer(tmp_path):
+    # stop() lets the server finish what was sent before it ends the session
+    # (Machine::stop, GrpcSession::stop), so a read sent before the stop gets
+    # its answer.
     machine = mycelya_torch.RemoteMachine("local-cuda")
+    busy, release = tmp_path / "busy", tmp_path / "release"
     x = torch.randn(256, 256)
     remote = x.to(machine.device())
-    for _ in range(30):
-        x = torch.tanh(x @ x / 256)
-        remote = torch.tanh(remote @ remote / 256)
+    probe = torch.zeros(1, device=machine.device())
     total = remote.sum()
+    machine.synchronize()
+    _queue_hold(remote, busy, release)  # total's read waits for it
     outcome = {}
+
+    def takes_ops():
+        try:
+            probe.add_(0)
+            return True
+        except RuntimeError as error:
+            assert "not running" in str(error)
+            return False
 
     def read():
         try:
@@ -125,15 +184,22 @@ def test_stopping_while_a_read_waits_neither_hangs_nor_loses_the_answer():
             outcome["error"] = str(error)
 
     reader = threading.Thread(target=read)
+    stopper = threading.Thread(target=machine.stop)
     reader.start()
-    time.sleep(0.05)
-    machine.stop()  # lets the server finish what was sent, then ends the session
+    try:
+        assert _wait_until(busy.exists, 30), "the held call never ran"
+        time.sleep(READ_IN_FLIGHT_S)
+        stopper.start()
+        # The stop has begun once the machine takes no more ops; only then
+        # may the server finish the work the read waits for. (The stop
+        # itself waits for the server to take the batches in flight.)
+        assert _wait_until(lambda: not takes_ops(), 30)
+    finally:
+        release.touch()
+    stopper.join(timeout=30)
     reader.join(timeout=30)
-    assert not reader.is_alive()
-    if "value" in outcome:
-        assert outcome["value"] == pytest.approx(x.sum().item(), rel=1e-3, abs=1e-3)
-    else:
-        assert "stopped" in outcome["error"] or "not running" in outcome["error"], outcome
+    assert not stopper.is_alive() and not reader.is_alive()
+    assert outcome == {"value": pytest.approx(x.sum().item(), rel=1e-3, abs=1e-3)}, outcome
 
 
 def test_no_orphan_server_when_the_client_process_dies_abruptly():

@@ -270,13 +270,21 @@ def test_a_thousand_calls_leak_nothing(machine, device):
 
 
 @pytest.mark.skipif(PROVIDER == "mock", reason="the mock has no server to stop itself")
-def test_a_long_call_is_not_idle_time():
-    machine = mycelya_torch.RemoteMachine(PROVIDER, *MACHINE_ARGS, idle_timeout=1)
+def test_a_long_call_is_not_idle_time(device):
+    # The first remote call and op of a process import for seconds before
+    # they send anything: done here, they are not idle time of the machine
+    # under test.
+    scale(torch.ones(1, device=device), 1)
+    assert (torch.ones(1, device=device) + 1).item() == 2
+    # After that the next op followed the call's end within 8 ms here under
+    # load (local-cuda): the timeout is over 5x that, and the call lasts two.
+    idle_s = 2
+    machine = mycelya_torch.RemoteMachine(PROVIDER, *MACHINE_ARGS, idle_timeout=idle_s)
     try:
 
         @remote
         def slow(device):
-            time.sleep(3)
+            time.sleep(2 * idle_s)
             return "done"
 
         assert slow(machine.device()) == "done"
@@ -332,6 +340,9 @@ def probe_file(device, module):
 
 def test_pip_install_installs_on_the_machine(machine, device, probe):
     path, module = probe
+    # Nothing answers for the probe's name before the install.
+    with pytest.raises(ModuleNotFoundError, match=module):
+        probe_value(device, module)
     machine.pip_install(str(path))
     assert probe_value(device, module) == 42
 

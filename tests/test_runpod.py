@@ -288,14 +288,14 @@ def test_a_crashed_server_stops_its_pod_instead_of_a_restart_loop(fake):
 
 
 def test_start_shows_what_it_waits_for(fake, capfd):
-    # Slow enough that the plugin's polls see each status.
-    fake.provisioning_s = fake.starting_s = 1.2
+    # Each status lasts until the plugin's poll has seen it, however late that poll comes.
+    fake.hold_until_polled = True
     mycelya_torch.set_logging_level(logging.INFO)
     try:
         mycelya_torch.RemoteMachine("runpod", "H100").stop()
     finally:
         mycelya_torch.set_logging_level(logging.WARNING)
-        fake.provisioning_s = fake.starting_s = 0.2
+        fake.hold_until_polled = False
     err = capfd.readouterr().err
     for stage in [
         "creating a pod with 1x NVIDIA H100",

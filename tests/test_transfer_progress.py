@@ -5,7 +5,6 @@ tqdm bars where progress shows; the bytes arrive as in one piece."""
 import pytest
 import torch
 
-import mycelya_torch
 from mycelya_torch import _C, _progress
 
 MIB = 1 << 20
@@ -68,9 +67,16 @@ def test_bars_show_on_stderr_when_asked(device, monkeypatch, capsys):
     assert "upload of 64.0 MiB" in capsys.readouterr().err
 
 
-def test_no_bars_without_a_terminal_or_with_progress_off(monkeypatch):
-    monkeypatch.setenv("MYCELYA_PROGRESS", "0")
-    assert _progress._tqdm() is None
-    monkeypatch.delenv("MYCELYA_PROGRESS")
-    assert _progress._tqdm() is None  # pytest's stderr is not a terminal
-    assert mycelya_torch  # the package installed its reporter at import
+def test_no_bars_without_a_terminal_or_with_progress_off(device, monkeypatch, capsys):
+    # pytest's stderr is not a terminal: with MYCELYA_PROGRESS unset, as with
+    # it 0, a copy large enough for a bar shows none.
+    for setting in ("0", None):
+        if setting is None:
+            monkeypatch.delenv("MYCELYA_PROGRESS", raising=False)
+        else:
+            monkeypatch.setenv("MYCELYA_PROGRESS", setting)
+        assert _progress._tqdm() is None
+        _progress.install()
+        torch.ones(16 * MIB + 1, dtype=torch.float32).to(device)
+        assert "upload of" not in capsys.readouterr().err, setting
+    _progress.install()  # as the package installed it at import, for later tests

@@ -1053,7 +1053,12 @@ class _Servicer(api_grpc.ModalClientBase):
         fake = self.fake
         definition = request.definition
         gpu = definition.resources.gpu_config
-        if gpu.gpu_type and (gpu.gpu_type not in _GPU_TYPES or not 0 <= gpu.count <= 8):
+        if gpu.gpu_type and gpu.gpu_type not in _GPU_TYPES:
+            # Modal's own words: the SDK sends the type as given, upper-cased
+            # (modal._utils.function_utils.parse_gpu_config), and the service
+            # refuses it, e.g. "A100-70GB is not a valid GPU type".
+            raise GRPCError(Status.INVALID_ARGUMENT, f"{gpu.gpu_type} is not a valid GPU type")
+        if gpu.gpu_type and not 0 <= gpu.count <= 8:
             raise GRPCError(Status.INVALID_ARGUMENT, f"Invalid GPU: {gpu.gpu_type}:{gpu.count}")
         with fake._lock:
             if request.app_id not in fake._app_ids:

@@ -227,6 +227,7 @@ class _Pod:
         self.status = "PROVISIONING"
         self.since = time.monotonic()
         self.stuck = False
+        self.polled = set()  # statuses a GET of this pod has answered
         self.error_on_start = False
         self.api_key = "rpa_" + secrets.token_hex(20)
         self.proxy_user = f"{pod_id}-{secrets.token_hex(4)}"
@@ -292,6 +293,9 @@ class FakeRunPod:
         self.rate_limit_next = 0
         self.fail_after_create_next = 0
         self.stuck_provisioning = False
+        # Each starting status lasts until a GET of the pod has shown it, for
+        # tests of what the plugin reports of each (its polls are 500 ms apart).
+        self.hold_until_polled = False
         self.error_on_start = False
         self.no_gpu_on_resume = False
         self._own_workdir = workdir is None
@@ -431,6 +435,9 @@ class FakeRunPod:
         if pod.stopping or pod.terminated:
             return
         now = time.monotonic()
+        held = pod.status in ("PROVISIONING", "STARTING") and pod.status not in pod.polled
+        if self.hold_until_polled and held:
+            return
         if pod.status == "PROVISIONING":
             if not pod.stuck and now - pod.since >= self.provisioning_s:
                 pod.status, pod.since = "STARTING", now
@@ -757,6 +764,7 @@ class FakeRunPod:
             with self._lock:
                 pod = self._find(pod_id)
                 if method == "GET":
+                    pod.polled.add(pod.status)
                     return 200, self._pod_json(pod)
                 self._terminate(pod)
                 return 204, None
