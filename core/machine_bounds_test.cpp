@@ -27,14 +27,6 @@
 namespace mycelya {
 namespace {
 
-// The runfiles folder of a package of this workspace.
-std::string runfiles_dir(const std::string& package) {
-  const char* srcdir = std::getenv("TEST_SRCDIR");
-  const char* workspace = std::getenv("TEST_WORKSPACE");
-  if (srcdir == nullptr || workspace == nullptr) return package;
-  return std::string(srcdir) + "/" + workspace + "/" + package;
-}
-
 // The gate's controls, looked up in the plugin that load_provider loaded.
 struct GateControls {
   void (*set_open)(bool) = nullptr;

@@ -26,14 +26,6 @@
 namespace mycelya {
 namespace {
 
-// The runfiles folder of a package of this workspace.
-std::string runfiles_dir(const std::string& package) {
-  const char* srcdir = std::getenv("TEST_SRCDIR");
-  const char* workspace = std::getenv("TEST_WORKSPACE");
-  if (srcdir == nullptr || workspace == nullptr) return package;
-  return std::string(srcdir) + "/" + workspace + "/" + package;
-}
-
 MachineSpec spec_with_gpu(const std::string& gpu_type, int gpu_count = 1) {
   MachineSpec spec;
   spec.gpu_type = gpu_type;

@@ -5,6 +5,7 @@
 
 #include <gtest/gtest.h>
 
+#include <cstdlib>
 #include <fstream>
 #include <sstream>
 #include <string>
@@ -17,6 +18,15 @@ inline std::string read_whole(const std::string& path) {
   std::stringstream contents;
   contents << file.rdbuf();
   return contents.str();
+}
+
+// The runfiles folder of a package of this workspace (the package's own path
+// outside Bazel).
+inline std::string runfiles_dir(const std::string& package) {
+  const char* srcdir = std::getenv("TEST_SRCDIR");
+  const char* workspace = std::getenv("TEST_WORKSPACE");
+  if (srcdir == nullptr || workspace == nullptr) return package;
+  return std::string(srcdir) + "/" + workspace + "/" + package;
 }
 
 // EXPECT_TRUE(Contains(message, "aten::mm")) prints both strings on failure.
