@@ -14,13 +14,16 @@ import torch
 from fakes import WHEEL
 from fakes.modal_fake import FakeModal
 from runpod_fixtures import wait_until
+from server_process import server_binary
 
 import mycelya_torch
 
 
 @pytest.fixture(scope="module")
 def fake(tmp_path_factory):
-    fake = FakeModal()  # no server_binary: no registry image here, only images built from the wheel
+    # Images built from the wheel run the server they installed; a registry image (image=),
+    # which the fake cannot pull, runs this build's server.
+    fake = FakeModal(server_binary=server_binary())
     saved = {name: os.environ.get(name) for name in fake.env()}
     os.environ.update(fake.env())
     yield fake

@@ -113,7 +113,8 @@ def test_a_low_balance_says_so(fake):
 def test_an_interactive_terminal_shows_a_progress_line(fake):
     # stderr on a pseudo-terminal: the start's line is rewritten in place
     # ("\r" and erase-line) with the stage and the seconds, then cleared.
-    fake.provisioning_s = 2.5
+    # Each stage lasts until the plugin's poll has seen it, however late.
+    fake.hold_until_polled = True
     script = "import mycelya_torch; mycelya_torch.RemoteMachine('runpod', 'H100').stop()"
     main, child = pty.openpty()
     try:
@@ -131,7 +132,7 @@ def test_an_interactive_terminal_shows_a_progress_line(fake):
         assert process.wait(60) == 0, output
     finally:
         os.close(main)
-        fake.provisioning_s = 0.2
+        fake.hold_until_polled = False
     text = output.decode(errors="replace")
     assert "\r\x1b[Kstarting machine runpod-" in text and "provisioning (RunPod is placing pod" in text, text
     assert text.endswith("\r\x1b[K"), text[-200:]
@@ -172,16 +173,24 @@ def test_the_api_over_https_is_verified(tmp_path):
 
 def test_ctrl_c_during_a_start_stops_the_machine(fake):
     # The C++ start cannot be interrupted; the KeyboardInterrupt arrives when
-    # it returns, with the machine running: it must not be left billing.
-    fake.provisioning_s = 1.5
-    timer = threading.Timer(0.5, signal.raise_signal, args=(signal.SIGINT,))
-    timer.start()
+    # it returns, with the machine running: it must not be left billing. The
+    # Ctrl-C comes once the pod exists, while each of its starting stages lasts
+    # until a poll (500 ms apart) has seen it: the start is still running.
+    fake.hold_until_polled = True
+    before = [pod["id"] for pod in fake.pods()]
+
+    def interrupt_once_the_pod_exists():
+        if wait_until(lambda: [pod["id"] for pod in fake.pods()] != before, 60):
+            signal.raise_signal(signal.SIGINT)
+
+    interrupter = threading.Thread(target=interrupt_once_the_pod_exists)
+    interrupter.start()
     try:
         with pytest.raises(KeyboardInterrupt):
             mycelya_torch.RemoteMachine("runpod", "H100")
     finally:
-        timer.join()
-        fake.provisioning_s = 0.2
+        interrupter.join()
+        fake.hold_until_polled = False
     assert mycelya_torch.get_all_machines() == []
     assert fake.pods() == []
 
