@@ -142,9 +142,27 @@ at::Tensor& set_empty(at::Tensor& self) {
   return set_storage_offset(self, std::move(empty), 0, {0}, {});
 }
 
+// Whether `from`'s data may replace `self`'s (`self.data = from`). PyTorch
+// allows it between dense tensors of the backends it lists, which leave out
+// PrivateUse1; a CPU tensor and a mycelya one are both plain TensorImpls that
+// differ only in keys and storage, so allow it between them as between CPU
+// and CUDA. Module.to() relies on it to keep each parameter object as it
+// moves it: weights tied across modules stay tied, a lazy module's
+// UninitializedParameter stays uninitialized, and an optimizer made before
+// .to() still holds the module's parameters.
+bool has_compatible_shallow_copy_type(const at::Tensor& self, const at::Tensor& from) {
+  const auto plain = [](const at::Tensor& t) {
+    return t.layout() == c10::kStrided && (t.is_cpu() || t.is_privateuseone()) &&
+           t.key_set().has(c10::DispatchKey::Dense);
+  };
+  if (plain(self) && plain(from)) return true;
+  return self.unsafeGetTensorImpl()->has_compatible_shallow_copy_type(from.key_set());
+}
+
 }  // namespace
 
 void register_tensor_kernels(torch::Library& m) {
+  m.impl("_has_compatible_shallow_copy_type", TORCH_FN(has_compatible_shallow_copy_type));
   m.impl("empty.memory_format", TORCH_FN(empty_memory_format));
   m.impl("empty_strided", TORCH_FN(empty_strided));
   m.impl("_efficientzerotensor", TORCH_FN(efficient_zero_tensor));
