@@ -32,6 +32,7 @@ TORCH_LIBRARY_IMPL(aten, PrivateUse1, m) {
   mycelya::register_tensor_kernels(m);
   mycelya::register_copy_kernels(m);
 }
+TORCH_LIBRARY_IMPL(aten, Meta, m) { mycelya::register_rnn_cell_meta_kernels(m); }
 TORCH_LIBRARY_IMPL(aten, Conjugate, m) { mycelya::register_lazy_bit_copies(m); }
 TORCH_LIBRARY_IMPL(aten, Negative, m) { mycelya::register_lazy_bit_copies(m); }
 

@@ -34,6 +34,9 @@ void remote_fallback(const c10::OperatorHandle& op, torch::jit::Stack* stack);
 // sent to the fallback instead (the reasons are at its definition).
 bool routes_to_fallback(const c10::OperatorName& name);
 
+// core/rnn_cell_meta.cpp: meta kernels for the fused GRU cell, where torch has none.
+void register_rnn_cell_meta_kernels(torch::Library& m);
+
 // core/attention_kernels.cpp: scaled_dot_product_attention's kernel choice.
 int64_t fused_sdp_choice(const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
                          const std::optional<at::Tensor>& attn_mask, double dropout_p,

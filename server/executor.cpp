@@ -34,6 +34,15 @@ uint64_t cgroup_limit() {
   return 0;
 }
 
+// Whether the first tensor among an op's arguments lives on the CPU: where
+// an op's CPU stand-in runs instead of its (CUDA) kernels.
+bool first_tensor_on_cpu(const torch::jit::Stack& stack) {
+  for (const c10::IValue& value : stack) {
+    if (value.isTensor() && value.toTensor().defined()) return value.toTensor().is_cpu();
+  }
+  return false;
+}
+
 // The kind of a command or request this executor does not know, for its
 // error: the field number a newer client set, or none at all.
 std::string kind_text(const google::protobuf::Message& message) {
@@ -186,7 +195,10 @@ const Executor::KnownOp& Executor::op_for(const wire::OpRecord& record) {
     const auto& arguments = handle.schema().arguments();
     const bool in_place = !arguments.empty() && arguments[0].name() == "self" &&
                           arguments[0].alias_info() && arguments[0].alias_info()->isWrite();
-    ops_[id] = KnownOp{std::move(handle), name, in_place, name == "aten::native_dropout"};
+    const CpuStandIn stand_in =
+        handle.hasKernelForDispatchKey(c10::DispatchKey::CPU) ? nullptr : cpu_stand_in(name);
+    ops_[id] =
+        KnownOp{std::move(handle), name, in_place, name == "aten::native_dropout", stand_in};
   }
   return *ops_[id];
 }
@@ -287,6 +299,8 @@ torch::jit::Stack Executor::decode_and_call(const KnownOp& op, const wire::OpRec
     at::AutoDispatchBelowADInplaceOrView below_autograd;
     if (op.native_dropout) {
       run_native_dropout(&stack);
+    } else if (op.cpu_stand_in && first_tensor_on_cpu(stack)) {
+      op.cpu_stand_in(&stack);
     } else {
       op.handle.callBoxed(&stack);
     }

@@ -38,6 +38,7 @@
 
 #include "proto/mycelya.pb.h"
 #include "server/call_runner.h"
+#include "server/cpu_rnn_cells.h"
 #include "server/memory_budget.h"
 #include "server/session_generators.h"
 #include "server/storage_table.h"
@@ -153,6 +154,9 @@ class Executor {
     // from the process's generator, so the executor runs it with the
     // session's (run_native_dropout).
     bool native_dropout = false;
+    // Ops PyTorch implements only for CUDA that the executor runs itself on
+    // a tensor on the CPU (server/cpu_rnn_cells.h); nullptr for the rest.
+    CpuStandIn cpu_stand_in = nullptr;
   };
   // The storage IDs one op record reads and writes.
   struct StorageUse {
