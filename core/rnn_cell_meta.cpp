@@ -37,8 +37,7 @@ std::tuple<at::Tensor, at::Tensor> gru_cell_meta(const at::Tensor& input_gates,
 //       grad_input_bias?, grad_hidden_bias? [3 * hidden])
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> gru_cell_backward_meta(
     const at::Tensor& grad_hy, const at::Tensor& workspace, bool has_bias) {
-  TORCH_CHECK(grad_hy.dim() == 2 && workspace.dim() == 2 &&
-                  workspace.size(0) == grad_hy.size(0) &&
+  TORCH_CHECK(grad_hy.dim() == 2 && workspace.dim() == 2 && workspace.size(0) == grad_hy.size(0) &&
                   workspace.size(1) == 5 * grad_hy.size(1),
               "_thnn_fused_gru_cell_backward: workspace ", workspace.sizes(),
               " does not fit the gradient ", grad_hy.sizes());

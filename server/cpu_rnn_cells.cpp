@@ -24,15 +24,13 @@ at::Tensor optional_tensor(const c10::IValue& value) {
 void check_cell(const char* op, const at::Tensor& input_gates, const at::Tensor& hidden_gates,
                 const at::Tensor& state, const at::Tensor& input_bias,
                 const at::Tensor& hidden_bias, int64_t factor) {
-  TORCH_CHECK(input_gates.dim() == 2 && state.dim() == 2, op,
-              " expects 2-D gates and state, got ", input_gates.sizes(), " and ", state.sizes());
+  TORCH_CHECK(input_gates.dim() == 2 && state.dim() == 2, op, " expects 2-D gates and state, got ",
+              input_gates.sizes(), " and ", state.sizes());
   TORCH_CHECK(hidden_gates.sizes() == input_gates.sizes(), op, ": hidden gates ",
               hidden_gates.sizes(), " differ from input gates ", input_gates.sizes());
-  TORCH_CHECK(input_gates.size(0) == state.size(0) &&
-                  input_gates.size(1) == factor * state.size(1),
+  TORCH_CHECK(input_gates.size(0) == state.size(0) && input_gates.size(1) == factor * state.size(1),
               op, ": gates ", input_gates.sizes(), " do not fit the state ", state.sizes());
-  TORCH_CHECK(input_bias.defined() == hidden_bias.defined(), op,
-              " takes both biases or neither");
+  TORCH_CHECK(input_bias.defined() == hidden_bias.defined(), op, " takes both biases or neither");
   for (const at::Tensor& bias : {input_bias, hidden_bias}) {
     TORCH_CHECK(!bias.defined() || (bias.dim() == 1 && bias.size(0) == input_gates.size(1)), op,
                 ": a bias must have ", input_gates.size(1), " elements, got ", bias.sizes());
@@ -42,7 +40,6 @@ void check_cell(const char* op, const at::Tensor& input_gates, const at::Tensor&
                 " expects one dtype for all its arguments");
   }
 }
-
 
 void push(torch::jit::Stack* stack, std::initializer_list<at::Tensor> results) {
   stack->clear();
@@ -66,8 +63,8 @@ void lstm_cell(torch::jit::Stack* stack) {
                    og = chunks[3].sigmoid();
   const at::Tensor cy = fg * cx.to(type) + ig * cg;
   const at::Tensor hy = og * cy.tanh();
-  push(stack, {hy.to(out).contiguous(), cy.to(out).contiguous(),
-               at::cat({ig, fg, cg, og}, 1).to(out)});
+  push(stack,
+       {hy.to(out).contiguous(), cy.to(out).contiguous(), at::cat({ig, fg, cg, og}, 1).to(out)});
 }
 
 // _thnn_fused_lstm_cell_backward_impl(grad_hy?, grad_cy?, cx, cy, workspace, has_bias)
@@ -87,8 +84,8 @@ void lstm_cell_backward(torch::jit::Stack* stack) {
   TORCH_CHECK(cx.dim() == 2 && cy.sizes() == cx.sizes(), op, ": cx ", cx.sizes(), " and cy ",
               cy.sizes(), " must be one [batch, hidden] shape");
   for (const at::Tensor& grad : {grad_hy, grad_cy}) {
-    TORCH_CHECK(!grad.defined() || grad.sizes() == cx.sizes(), op, ": a gradient of ",
-                grad.sizes(), " does not fit the state ", cx.sizes());
+    TORCH_CHECK(!grad.defined() || grad.sizes() == cx.sizes(), op, ": a gradient of ", grad.sizes(),
+                " does not fit the state ", cx.sizes());
   }
   TORCH_CHECK(workspace.dim() == 2 && workspace.size(0) == cx.size(0) &&
                   workspace.size(1) == 4 * cx.size(1),
@@ -140,8 +137,7 @@ void gru_cell_backward(torch::jit::Stack* stack) {
   const at::Tensor grad_hy = (*stack)[0].toTensor(), workspace = (*stack)[1].toTensor();
   const bool has_bias = (*stack)[2].toBool();
   const char* op = "_thnn_fused_gru_cell_backward";
-  TORCH_CHECK(grad_hy.dim() == 2 && workspace.dim() == 2 &&
-                  workspace.size(0) == grad_hy.size(0) &&
+  TORCH_CHECK(grad_hy.dim() == 2 && workspace.dim() == 2 && workspace.size(0) == grad_hy.size(0) &&
                   workspace.size(1) == 5 * grad_hy.size(1),
               op, ": workspace ", workspace.sizes(), " does not fit the gradient ",
               grad_hy.sizes());

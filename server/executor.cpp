@@ -197,8 +197,7 @@ const Executor::KnownOp& Executor::op_for(const wire::OpRecord& record) {
                           arguments[0].alias_info() && arguments[0].alias_info()->isWrite();
     const CpuStandIn stand_in =
         handle.hasKernelForDispatchKey(c10::DispatchKey::CPU) ? nullptr : cpu_stand_in(name);
-    ops_[id] =
-        KnownOp{std::move(handle), name, in_place, name == "aten::native_dropout", stand_in};
+    ops_[id] = KnownOp{std::move(handle), name, in_place, name == "aten::native_dropout", stand_in};
   }
   return *ops_[id];
 }

@@ -76,7 +76,9 @@ def test_rnn_modules_match_cpu(target, kind, config, training):
     options = RNN_CONFIGS[config]
     module = kind(3, 5, **options).train(training)
     batch, steps = 2, 4
-    x = torch.randn((batch, steps, 3) if options.get("batch_first") else (steps, batch, 3), requires_grad=True)
+    x = torch.randn(
+        (batch, steps, 3) if options.get("batch_first") else (steps, batch, 3), requires_grad=True
+    )
     layers = options.get("num_layers", 1) * (2 if options.get("bidirectional") else 1)
     h0 = torch.randn(layers, batch, 5, requires_grad=True)
     state = (h0, torch.randn(layers, batch, 5, requires_grad=True)) if kind is nn.LSTM else h0
