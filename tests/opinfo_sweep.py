@@ -569,7 +569,7 @@ def _samples(op, device, dtype=SWEEP_DTYPE, requires_grad=None, limit=None):
         return [_clone_to(sample, device, move_cpu_tensors=True) for sample in samples]
 
 
-def _record(result, check, sample, prefix=""):
+def record(result, check, sample, prefix=""):
     """Runs `check` and counts its outcome in `result` (`sample`: its sample_id)."""
     try:
         with warnings.catch_warnings():
@@ -659,7 +659,7 @@ def sweep_op(op, target, rotation=None):
     chosen = rotation.positions(len(checks)) if rotation else range(len(checks))
     for position in sorted(chosen):
         sample, prefix, check = checks[position]
-        _record(result, check, sample, prefix)
+        record(result, check, sample, prefix)
     return result
 
 
@@ -719,25 +719,40 @@ def totals(results):
 
 
 def format_table(results, provider):
+    return format_results(
+        results,
+        "OpInfo sweep",
+        [
+            "Every OpInfo in PyTorch's `op_db` that supports float32 on CPU, run on a mycelya",
+            f"device (`{provider}` provider) and on CPU; see `tests/opinfo_sweep.py` for what a",
+            "sample checks (forward, in-place, `out=`, gradients: values, strides and storage",
+            "offsets). Rewritten by `bazel run //tests:opinfo_sweep_update`; `//tests:opinfo_sweep`",
+            "(mock, every sample) and `//tests:opinfo_sweep_local_cuda` (a rotation of the samples)",
+            "fail when a sample raises, is wrong or has other strides where this table does not",
+            "say so (*failing samples*: float32 sample indices, `dtype:index` for other dtypes).",
+        ],
+        "ops",
+    )
+
+
+def format_results(results, title, description, rows_are, first_column="op"):
+    """A results table: `title`, the `description` lines, the totals (`rows_are`
+    names the rows in them), then one row per key of `results`."""
     total = totals(results)
     samples = sum(r.total for r in results.values())
+    columns = (first_column, *_COLUMNS[1:])
     lines = [
-        "# OpInfo sweep",
+        f"# {title}",
         "",
-        "Every OpInfo in PyTorch's `op_db` that supports float32 on CPU, run on a mycelya",
-        f"device (`{provider}` provider) and on CPU; see `tests/opinfo_sweep.py` for what a",
-        "sample checks (forward, in-place, `out=`, gradients: values, strides and storage",
-        "offsets). Rewritten by `bazel run //tests:opinfo_sweep_update`; `//tests:opinfo_sweep`",
-        "(mock, every sample) and `//tests:opinfo_sweep_local_cuda` (a rotation of the samples)",
-        "fail when a sample raises, is wrong or has other strides where this table does not",
-        "say so (*failing samples*: float32 sample indices, `dtype:index` for other dtypes).",
+        *description,
         "",
-        f"**{len(results)} ops, {samples} samples: {total['passed']} passed, {total['raised']} raised, "
-        f"{total['wrong']} wrong, {total['strides']} with other strides, {total['skipped']} skipped. "
+        f"**{len(results)} {rows_are}, {samples} samples: {total['passed']} passed, "
+        f"{total['raised']} raised, {total['wrong']} wrong, {total['strides']} with other strides, "
+        f"{total['skipped']} skipped. "
         f"Pass rate of the samples that run on CPU: {100 * total['rate']:.2f}%.**",
         "",
-        "| " + " | ".join(_COLUMNS) + " |",
-        "|" + "---|" * len(_COLUMNS),
+        "| " + " | ".join(columns) + " |",
+        "|" + "---|" * len(columns),
     ]
     for key in sorted(results):
         r = results[key]

@@ -30,7 +30,7 @@ asan_bazel=(bazel --output_base="$home/bazel-asan")
 # Packages are named, not //...: from another output base, the clone's
 # bazel-* links lead into the main one's.
 targets="$("${asan_bazel[@]}" query \
-  'kind(cc_test, //core/... + //proto/... + //providers/... + //server/...) + (kind(py_test, //tests:all) - attr(name, "_runpod$", //tests:all) - //tests:test_soak - //tests:test_soak_local_cuda - //tests:opinfo_sweep_local_cuda - //tests:test_wheel)')"
+  'kind(cc_test, //core/... + //proto/... + //providers/... + //server/...) + (kind(py_test, //tests:all) - attr(name, "_runpod$", //tests:all) - //tests:test_soak - //tests:test_soak_local_cuda - //tests:opinfo_sweep_local_cuda - //tests:module_sweep_local_cuda - //tests:test_wheel)')"
 bazel_quiet "${asan_bazel[@]}" test "${BAZEL_CACHE_FLAGS[@]}" --config=asan --nocache_test_results \
   --run_under=//tools:asan_run \
   --test_env=ASAN_PRELOAD="$(gcc -print-file-name=libasan.so):$(gcc -print-file-name=libstdc++.so)" \
