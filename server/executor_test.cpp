@@ -957,6 +957,56 @@ TEST_F(ExecutorTest, OpsThatReachFilesOrHandOutUnwrittenMemoryAreRefused) {
   EXPECT_TRUE(at::equal(download(contiguous_ref(1, {4})), at::arange(4, at::kFloat)));
 }
 
+// The fused LSTM cell, which torch has only for CUDA: on the CPU the executor
+// runs its stand-in (server/cpu_rnn_cells.cpp), whose checks come first.
+TEST_F(ExecutorTest, FusedLstmCellRunsOnTheCpuAndRefusesAStateThatDoesNotFit) {
+  const at::Tensor input_gates = at::randn({2, 12}), hidden_gates = at::randn({2, 12});
+  const at::Tensor cx = at::randn({2, 3}), small = at::randn({2, 2});
+  upload(1, input_gates);
+  upload(2, hidden_gates);
+  upload(3, cx);
+  upload(4, small);
+  const auto cell = [&](uint64_t state, int64_t hidden, uint64_t first_output) {
+    return op_record(
+        1, "aten::_thnn_fused_lstm_cell",
+        {tensor_value(ref_for(1, input_gates)), tensor_value(ref_for(2, hidden_gates)),
+         tensor_value(contiguous_ref(state, {2, hidden})), none_value(), none_value()},
+        {contiguous_ref(first_output, {2, hidden}), contiguous_ref(first_output + 1, {2, hidden}),
+         contiguous_ref(first_output + 2, {2, 12})});
+  };
+  BatchBuilder().op(cell(3, 3, 10)).run(executor_);
+  ASSERT_FALSE(sync().has_pending_error());
+  // CPU's LSTM cell: gates i, f, g, o.
+  const std::vector<at::Tensor> gates = (input_gates + hidden_gates).chunk(4, 1);
+  const at::Tensor cy = gates[1].sigmoid() * cx + gates[0].sigmoid() * gates[2].tanh();
+  EXPECT_TRUE(at::allclose(download(contiguous_ref(11, {2, 3})), cy));
+  EXPECT_TRUE(at::allclose(download(contiguous_ref(10, {2, 3})), gates[3].sigmoid() * cy.tanh()));
+
+  // Gates of 12 need a state of 3: one of 2 is refused, and the session goes on.
+  BatchBuilder().op(cell(4, 2, 20)).run(executor_);
+  const wire::Response refused = sync();
+  ASSERT_TRUE(refused.has_pending_error());
+  EXPECT_TRUE(Contains(refused.pending_error().message(), "do not fit the state"));
+  EXPECT_TRUE(at::equal(download(ref_for(4, small)), small));
+}
+
+TEST_F(ExecutorTest, FusedGruCellBackwardRefusesAWorkspaceThatDoesNotFit) {
+  upload(1, at::randn({2, 3}));
+  upload(2, at::randn({2, 14}));  // 5 * 3 = 15 columns expected
+  wire::Value has_bias;
+  has_bias.set_bool_value(false);
+  BatchBuilder()
+      .op(op_record(1, "aten::_thnn_fused_gru_cell_backward",
+                    {tensor_value(contiguous_ref(1, {2, 3})),
+                     tensor_value(contiguous_ref(2, {2, 14})), has_bias},
+                    {contiguous_ref(3, {2, 9}), contiguous_ref(4, {2, 9}),
+                     contiguous_ref(5, {2, 3}), wire::TensorRef(), wire::TensorRef()}))
+      .run(executor_);
+  const wire::Response refused = sync();
+  ASSERT_TRUE(refused.has_pending_error());
+  EXPECT_TRUE(Contains(refused.pending_error().message(), "does not fit the gradient"));
+}
+
 TEST_F(SmallExecutorTest, AnOutArgumentAKernelGrowsPastTheLimitIsDroppedAndPoisoned) {
   at::Tensor small = at::arange(4, at::kFloat);
   upload(1, small);
