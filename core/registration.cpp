@@ -32,6 +32,9 @@ TORCH_LIBRARY_IMPL(aten, PrivateUse1, m) {
   mycelya::register_tensor_kernels(m);
   mycelya::register_copy_kernels(m);
 }
+// Autocast: ops neither policy names pass through untouched.
+TORCH_LIBRARY_IMPL(_, AutocastPrivateUse1, m) { m.fallback(torch::CppFunction::makeFallthrough()); }
+TORCH_LIBRARY_IMPL(aten, AutocastPrivateUse1, m) { mycelya::register_autocast_kernels(m); }
 TORCH_LIBRARY_IMPL(aten, Meta, m) { mycelya::register_rnn_cell_meta_kernels(m); }
 TORCH_LIBRARY_IMPL(aten, Conjugate, m) { mycelya::register_lazy_bit_copies(m); }
 TORCH_LIBRARY_IMPL(aten, Negative, m) { mycelya::register_lazy_bit_copies(m); }

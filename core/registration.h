@@ -34,6 +34,9 @@ void remote_fallback(const c10::OperatorHandle& op, torch::jit::Stack* stack);
 // sent to the fallback instead (the reasons are at its definition).
 bool routes_to_fallback(const c10::OperatorName& name);
 
+// core/autocast_kernels.cpp: autocast's casts, by the policy of the remote device's type.
+void register_autocast_kernels(torch::Library& m);
+
 // core/rnn_cell_meta.cpp: meta kernels for the fused GRU cell, where torch has none.
 void register_rnn_cell_meta_kernels(torch::Library& m);
 
