@@ -128,7 +128,10 @@ def lay_out(tree, files, tag):
         "WHEEL": (
             f"Wheel-Version: 1.0\nGenerator: mycelya build_wheel.py\nRoot-Is-Purelib: false\nTag: {tag}\n"
         ),
-        "entry_points.txt": ("[console_scripts]\nmycelya-server = mycelya_torch._server_command:main\n"),
+        "entry_points.txt": (
+            "[console_scripts]\nmycelya-server = mycelya_torch._server_command:main\n"
+            "mycelya-run = mycelya_torch.run:main\n"
+        ),
         "top_level.txt": f"{PACKAGE}\n",
         "RECORD": "",
     }

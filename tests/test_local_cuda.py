@@ -29,8 +29,9 @@ def _wait_until(condition, timeout):
 # A read goes out microseconds after the batch it waits for (a flush, then
 # the Read call); a thread descheduled in between, on a loaded host, resumes
 # within a scheduler period (tens of ms). Waiting this long after the server
-# is seen busy leaves the read time to be in flight, over 5x.
-READ_IN_FLIGHT_S = 0.2
+# is seen busy leaves the read time to be in flight. 0.2 s was not enough
+# on 2 cores with three test processes beside this one.
+READ_IN_FLIGHT_S = 1.0
 
 
 def _hold(x, busy, release):

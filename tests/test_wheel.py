@@ -7,6 +7,7 @@ wheel and nothing else, through the server image's own install script
 find-links, as on the image: there, PyPI and its CUDA build; on this machine,
 a local mirror holding the CPU build (torch-2.13.0+cpu). Then:
 - the quick start runs from it on mock and on local-cuda;
+- its `mycelya-run` command runs a script on a mock machine;
 - its `mycelya-server` command serves a matmul that matches the CPU's, over
   TCP and in a pod of the RunPod fake started by the image's entry point
   (deploy/entrypoint.sh) from this venv, and the entry point serves with its
@@ -183,6 +184,23 @@ def test_mycelya_server_command_serves(installed):
         assert re.fullmatch(r"127\.0\.0\.1:\d+", listening_address(line) or ""), line
     finally:
         stop(process)
+
+
+def test_mycelya_run_command_runs_a_script_on_a_machine(installed, tmp_path):
+    python, _, env, root = installed
+    script = tmp_path / "where.py"
+    script.write_text(
+        "import sys, torch\n"
+        "device = torch.accelerator.current_accelerator()\n"
+        "print(torch.ones(2, device=device).sum().item(), sys.argv[1:])\n"
+    )
+    launcher = os.path.join(os.path.dirname(python), "mycelya-run")
+    result = subprocess.run(
+        [launcher, str(script), "--flag"], env=env, cwd=root, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "2.0 ['--flag']", result.stdout
+    assert "runs on RemoteMachine(provider='mock'" in result.stderr, result.stderr
 
 
 def test_image_entry_point_serves_tls_with_settings_from_the_environment(installed, tmp_path):
