@@ -12,6 +12,7 @@
 #include <c10/core/impl/DeviceGuardImplInterface.h>
 
 #include "core/device_table.h"
+#include "core/machine.h"
 #include "core/registration.h"
 
 namespace mycelya {
@@ -51,6 +52,16 @@ struct RemoteGuardImpl final : public c10::impl::DeviceGuardImplInterface {
   }
 
   c10::DeviceIndex deviceCount() const noexcept override { return kMaxDevices; }
+
+  // torch.accelerator.synchronize(): waits for every op queued for the
+  // device's machine, as machine.synchronize() does (errors of earlier ops
+  // raise here). The one stream is the device's queue.
+  void synchronizeDevice(const c10::DeviceIndex index) const override {
+    lookup_device(index)->machine->synchronize();
+  }
+  void synchronizeStream(const c10::Stream& stream) const override {
+    synchronizeDevice(stream.device_index());
+  }
 };
 
 }  // namespace

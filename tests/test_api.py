@@ -166,7 +166,7 @@ def _mark_after_a_while(x, path):
     return x.sum()
 
 
-@pytest.mark.parametrize("synchronize", ["machine", "torch.mycelya"])
+@pytest.mark.parametrize("synchronize", ["machine", "torch.mycelya", "torch.accelerator", "stream"])
 def test_synchronize_waits_for_queued_work_and_counts_batches(machine, device, tmp_path, synchronize):
     sent = machine.batches_sent
     x = torch.ones(8, device=device)
@@ -179,6 +179,11 @@ def test_synchronize_waits_for_queued_work_and_counts_batches(machine, device, t
     future = _mark_after_a_while(x, str(marker))
     if synchronize == "machine":
         machine.synchronize()
+    elif synchronize == "torch.accelerator":
+        with torch.mycelya.device(device):
+            torch.accelerator.synchronize()
+    elif synchronize == "stream":
+        torch.accelerator.current_stream(device).synchronize()
     else:
         torch.mycelya.synchronize(device)
     assert marker.read_text() == "ran"
