@@ -47,7 +47,8 @@ const PolicyTable& cuda_policies() {
     PolicyTable t;
 #define MYCELYA_LOWER(...) t.emplace(MYCELYA_OP_NAME(__VA_ARGS__), CastPolicy::kLowerPrecision);
 #define MYCELYA_FLOAT32(...) t.emplace(MYCELYA_OP_NAME(__VA_ARGS__), CastPolicy::kFloat32);
-#define MYCELYA_FLOAT32_DTYPE(...) t.emplace(MYCELYA_OP_NAME(__VA_ARGS__), CastPolicy::kFloat32Dtype);
+#define MYCELYA_FLOAT32_DTYPE(...) \
+  t.emplace(MYCELYA_OP_NAME(__VA_ARGS__), CastPolicy::kFloat32Dtype);
 #define MYCELYA_PROMOTE(...) t.emplace(MYCELYA_OP_NAME(__VA_ARGS__), CastPolicy::kPromote);
     AT_FORALL_LOWER_PRECISION_FP(MYCELYA_LOWER)
     AT_FORALL_FP32(MYCELYA_FLOAT32)
@@ -82,12 +83,30 @@ const PolicyTable& cpu_policies() {
       t.emplace(name.overload_name.empty() ? bare : bare + "." + name.overload_name,
                 CastPolicy::kFloat32);
     }
-    for (const char* lower :
-         {"conv1d", "conv1d.padding", "conv2d", "conv2d.padding", "conv3d", "conv3d.padding",
-          "bmm", "mm", "linalg_vecdot", "baddbmm", "addmm", "_addmm_activation", "addbmm",
-          "linear", "_convolution.deprecated", "matmul", "conv_tbc", "mkldnn_rnn_layer",
-          "conv_transpose1d", "conv_transpose2d.input", "conv_transpose3d.input", "prelu",
-          "scaled_dot_product_attention", "_native_multi_head_attention"}) {
+    for (const char* lower : {"conv1d",
+                              "conv1d.padding",
+                              "conv2d",
+                              "conv2d.padding",
+                              "conv3d",
+                              "conv3d.padding",
+                              "bmm",
+                              "mm",
+                              "linalg_vecdot",
+                              "baddbmm",
+                              "addmm",
+                              "_addmm_activation",
+                              "addbmm",
+                              "linear",
+                              "_convolution.deprecated",
+                              "matmul",
+                              "conv_tbc",
+                              "mkldnn_rnn_layer",
+                              "conv_transpose1d",
+                              "conv_transpose2d.input",
+                              "conv_transpose3d.input",
+                              "prelu",
+                              "scaled_dot_product_attention",
+                              "_native_multi_head_attention"}) {
       t[lower] = CastPolicy::kLowerPrecision;
     }
     for (const char* promote : {"stack", "cat", "index_copy", "index_copy.dimname"}) {
@@ -154,8 +173,8 @@ void apply_policy(CastPolicy policy, const c10::OperatorHandle& op, torch::jit::
   const at::ScalarType lower = at::autocast::get_autocast_dtype(device);
   switch (policy) {
     case CastPolicy::kLowerPrecision:
-      cast_tensors(stack,
-                   [&](const at::Tensor& t) { return at::autocast::cached_cast(lower, t, device); });
+      cast_tensors(
+          stack, [&](const at::Tensor& t) { return at::autocast::cached_cast(lower, t, device); });
       return;
     case CastPolicy::kFloat32:
       cast_tensors(stack, [&](const at::Tensor& t) {
@@ -187,8 +206,8 @@ void apply_policy(CastPolicy policy, const c10::OperatorHandle& op, torch::jit::
         if (eligible(t)) widest = at::promote_types(widest, t.scalar_type());
         return t;
       });
-      cast_tensors(stack,
-                   [&](const at::Tensor& t) { return at::autocast::cached_cast(widest, t, device); });
+      cast_tensors(
+          stack, [&](const at::Tensor& t) { return at::autocast::cached_cast(widest, t, device); });
       return;
     }
     case CastPolicy::kBanned:

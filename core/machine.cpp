@@ -493,9 +493,9 @@ void Machine::synchronize() {
   request(std::move(sync));
 }
 
-Machine::MemoryStats Machine::memory_stats() {
+Machine::MemoryStats Machine::memory_stats(bool reset_peaks) {
   wire::Request request;
-  request.mutable_stats();
+  request.mutable_stats()->set_reset_peaks(reset_peaks);
   const wire::SessionStats stats = this->request(std::move(request)).stats();
   MemoryStats result;
   result.storages = stats.storages();
@@ -504,7 +504,14 @@ Machine::MemoryStats Machine::memory_stats() {
   result.memory_limit = stats.memory_limit();
   result.tracked_storages = tracked_storages();
   result.interned_ops = interned_ops();
+  result.devices.assign(stats.devices().begin(), stats.devices().end());
   return result;
+}
+
+void Machine::empty_cache() {
+  wire::Request request;
+  request.mutable_stats()->set_empty_cache(true);
+  this->request(std::move(request));
 }
 
 uint64_t Machine::batches_sent() const {

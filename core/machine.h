@@ -146,10 +146,15 @@ class Machine : public std::enable_shared_from_this<Machine> {
     uint64_t bytes_in_use = 0;  // counted against memory_limit
     uint64_t generators = 0;    // the client's own, besides each device's default
     uint64_t memory_limit = 0;
-    size_t tracked_storages = 0;  // as tracked_storages()
-    size_t interned_ops = 0;      // as interned_ops()
+    size_t tracked_storages = 0;              // as tracked_storages()
+    size_t interned_ops = 0;                  // as interned_ops()
+    std::vector<wire::DeviceMemory> devices;  // by slot
   };
-  MemoryStats memory_stats();
+  // One round trip, in stream order: after every free queued before it.
+  // `reset_peaks`: each device's peak then starts again from what it holds.
+  MemoryStats memory_stats(bool reset_peaks = false);
+  // Asks each GPU's caching allocator to give back its unused blocks (one round trip).
+  void empty_cache();
 
   // Batches handed to the session so far, blocking requests (round trips)
   // made, those of them answered ahead of the queue (Session::read_after),

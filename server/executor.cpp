@@ -2,6 +2,7 @@
 #include "server/executor.h"
 
 #include <ATen/ATen.h>
+#include <c10/core/CachingDeviceAllocator.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -498,11 +499,58 @@ bool carries_payload(const wire::Request& request) {
   return request.has_download() || request.has_rng_state();
 }
 
-void Executor::session_stats(wire::SessionStats* stats) const {
+void Executor::session_stats(const wire::StatsRequest& request, wire::SessionStats* stats) {
   stats->set_storages(storages_.size());
   stats->set_bytes_in_use(storages_.bytes_in_use());
   stats->set_generators(generators_.client_generators());
   stats->set_memory_limit(options_.memory_limit_bytes);
+  for (size_t slot = 0; slot < options_.devices.size(); ++slot) {
+    if (request.empty_cache() && options_.devices[slot].is_cuda()) {
+      c10::getDeviceAllocator(c10::kCUDA)->emptyCache();
+    }
+    device_memory(options_.devices[slot], request.reset_peaks(), stats->add_devices());
+    stats->mutable_devices()->rbegin()->set_slot(static_cast<uint32_t>(slot));
+  }
+  // After every device was read: on mock several slots share the CPU's counts.
+  if (request.reset_peaks()) storages_.reset_peaks();
+}
+
+void Executor::device_memory(c10::Device device, bool reset_peaks, wire::DeviceMemory* memory) {
+  if (device.is_cuda()) {
+    // The CUDA caching allocator's own numbers, as torch.cuda reports them.
+    c10::DeviceAllocator* allocator = c10::getDeviceAllocator(c10::kCUDA);
+    const auto stats = allocator->getDeviceStats(device.index());
+    const auto& allocated = stats.allocated_bytes[0];  // the aggregate pool
+    const auto& reserved = stats.reserved_bytes[0];
+    memory->set_allocated(allocated.current);
+    memory->set_peak_allocated(allocated.peak);
+    memory->set_allocated_total(allocated.allocated);
+    memory->set_freed_total(allocated.freed);
+    memory->set_reserved(reserved.current);
+    memory->set_peak_reserved(reserved.peak);
+    try {
+      const auto [free_bytes, total_bytes] = allocator->getMemoryInfo(device.index());
+      memory->set_free_memory(free_bytes);
+      memory->set_total_memory(total_bytes);
+    } catch (const c10::Error&) {
+      // An allocator without it leaves both 0: unknown.
+    }
+    if (reset_peaks) allocator->resetPeakStats(device.index());
+    return;
+  }
+  // The session's own storages there (session_stats resets their peaks):
+  // nothing is cached, so reserved is allocated, and what more fits is the
+  // session's limit less what it holds.
+  const StorageTable::DeviceBytes bytes = storages_.device_bytes(device);
+  memory->set_allocated(bytes.in_use);
+  memory->set_peak_allocated(bytes.peak);
+  memory->set_allocated_total(bytes.allocated);
+  memory->set_freed_total(bytes.freed);
+  memory->set_reserved(bytes.in_use);
+  memory->set_peak_reserved(bytes.peak);
+  const uint64_t limit = storages_.memory_limit();
+  memory->set_free_memory(limit - std::min(limit, storages_.bytes_charged()));
+  memory->set_total_memory(limit);
 }
 
 std::string Executor::handle_request(const std::string& encoded, Payload* payload) {
@@ -535,7 +583,7 @@ std::string Executor::handle_request(const std::string& encoded, Payload* payloa
           take_finished_call(request.call_result().call_id(), response.mutable_call_result());
           break;
         case wire::Request::kStats:
-          session_stats(response.mutable_stats());
+          session_stats(request.stats(), response.mutable_stats());
           break;
         default:
           // An empty answer would pass for a sync the client never asked for.

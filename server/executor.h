@@ -222,7 +222,9 @@ class Executor {
   void set_rng_state(const wire::SetRngState& command, PayloadSource& payloads);
   void rng_state(const wire::GeneratorRef& ref, Payload* payload, wire::Response* response);
   void download(const wire::TensorRef& ref, Payload* payload);
-  void session_stats(wire::SessionStats* stats) const;
+  void session_stats(const wire::StatsRequest& request, wire::SessionStats* stats);
+  // One device's memory (wire::DeviceMemory); a GPU's peaks reset after reading.
+  void device_memory(c10::Device device, bool reset_peaks, wire::DeviceMemory* memory);
 
   const KnownOp& op_for(const wire::OpRecord& record);
   c10::Device device_for(int slot) const;

@@ -5,6 +5,7 @@
 #include <c10/core/DeviceGuard.h>
 #include <c10/util/Exception.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <utility>
 
@@ -114,6 +115,8 @@ void StorageTable::keep(uint64_t id, c10::Storage storage) {
     bytes_charged_ -= old_cost - new_cost;
   }
   bytes_in_use_ = bytes_in_use_ - old_bytes + new_bytes;
+  if (known) count_on_device(it->second.storage.device(), old_bytes, 0);
+  count_on_device(storage.device(), 0, new_bytes);
   KeptStorage& kept = known ? it->second : storages_[id];
   kept.counted_bytes = new_bytes;
   kept.storage = std::move(storage);
@@ -136,7 +139,34 @@ void StorageTable::free(uint64_t id) {
   budget_->release(cost);
   bytes_charged_ -= cost;
   bytes_in_use_ -= it->second.counted_bytes;
+  count_on_device(it->second.storage.device(), it->second.counted_bytes, 0);
   storages_.erase(it);
+}
+
+void StorageTable::count_on_device(c10::Device device, uint64_t removed, uint64_t added) {
+  auto it = std::find_if(devices_.begin(), devices_.end(),
+                         [&](const DeviceBytes& d) { return d.device == device; });
+  if (it == devices_.end()) {
+    devices_.push_back(DeviceBytes{device});
+    it = devices_.end() - 1;
+  }
+  // A storage's bytes were counted on its device when kept: removing never
+  // exceeds what is in use there.
+  it->in_use = it->in_use - removed + added;
+  it->freed += removed;
+  it->allocated += added;
+  it->peak = std::max(it->peak, it->in_use);
+}
+
+StorageTable::DeviceBytes StorageTable::device_bytes(c10::Device device) const {
+  for (const DeviceBytes& d : devices_) {
+    if (d.device == device) return d;
+  }
+  return DeviceBytes{device};
+}
+
+void StorageTable::reset_peaks() {
+  for (DeviceBytes& d : devices_) d.peak = d.in_use;
 }
 
 void StorageTable::poison(uint64_t id, const std::string& error) { poison_.emplace(id, error); }

@@ -97,6 +97,20 @@ class StorageTable {
   uint64_t memory_limit() const { return memory_limit_; }
   const MemoryBudget& budget() const { return *budget_; }
 
+  // The session's bytes on one device, as torch's allocators count theirs
+  // (torch.mycelya.memory_allocated and its peers on a cpu device).
+  struct DeviceBytes {
+    c10::Device device{c10::kCPU};
+    uint64_t in_use = 0;
+    uint64_t peak = 0;       // the most in use since the session began or reset_peaks()
+    uint64_t allocated = 0;  // every byte ever kept
+    uint64_t freed = 0;      // every byte ever dropped
+  };
+  // The counts for `device` (zeros for a device with no storage yet).
+  DeviceBytes device_bytes(c10::Device device) const;
+  // Each device's peak starts again from what it holds now.
+  void reset_peaks();
+
  private:
   // Whether `cost` more fits in the session's own limit.
   bool fits_session_limit(uint64_t cost) const;
@@ -121,6 +135,9 @@ class StorageTable {
   std::unordered_map<uint64_t, std::string> poison_;
   uint64_t bytes_in_use_ = 0;
   uint64_t bytes_charged_ = 0;
+  // Moves the counts of `device` by `removed` and `added` bytes.
+  void count_on_device(c10::Device device, uint64_t removed, uint64_t added);
+  std::vector<DeviceBytes> devices_;  // a few: one per device the session used
 };
 
 }  // namespace mycelya

@@ -31,12 +31,20 @@ __all__ = [
     "default_generator",
     "device",
     "device_count",
+    "empty_cache",
     "get_amp_supported_dtype",
     "get_rng_state",
     "initial_seed",
     "is_available",
     "manual_seed",
     "manual_seed_all",
+    "max_memory_allocated",
+    "max_memory_reserved",
+    "mem_get_info",
+    "memory_allocated",
+    "memory_reserved",
+    "memory_stats",
+    "reset_peak_memory_stats",
     "seed",
     "set_device",
     "set_rng_state",
@@ -185,6 +193,52 @@ def synchronize(device=None):
         if machine.machine_id not in seen:
             seen.add(machine.machine_id)
             machine.synchronize()
+
+
+def memory_stats(device=None):
+    """The memory statistics of the machine's allocator for ``device``, as
+    ``torch.cuda.memory_stats`` names them (``allocated_bytes.all.current``,
+    ...): on a GPU the CUDA caching allocator's, on a cpu device the
+    session's storages there (nothing cached: reserved is allocated). One
+    round trip, after every op queued before it. On mock, emulated cuda
+    devices and the cpu device share one count: all are the CPU."""
+    return torch.accelerator.memory_stats(_device_index(device))
+
+
+def memory_allocated(device=None):
+    """Bytes of tensors on ``device``, as the machine's allocator counts them."""
+    return torch.accelerator.memory_allocated(_device_index(device))
+
+
+def max_memory_allocated(device=None):
+    """The most bytes of tensors on ``device`` since the start or reset_peak_memory_stats()."""
+    return torch.accelerator.max_memory_allocated(_device_index(device))
+
+
+def memory_reserved(device=None):
+    """Bytes the machine's allocator holds for ``device``, its cache included."""
+    return torch.accelerator.memory_reserved(_device_index(device))
+
+
+def max_memory_reserved(device=None):
+    """The most bytes reserved for ``device`` since the start or reset_peak_memory_stats()."""
+    return torch.accelerator.max_memory_reserved(_device_index(device))
+
+
+def reset_peak_memory_stats(device=None):
+    """Peaks of ``device`` start again from what it holds now."""
+    torch.accelerator.reset_peak_memory_stats(_device_index(device))
+
+
+def mem_get_info(device=None):
+    """(free, total) bytes of ``device``: a GPU's own, or on a cpu device the
+    session's memory limit and what of it is not in use."""
+    return torch.accelerator.get_memory_info(_device_index(device))
+
+
+def empty_cache():
+    """Asks the current device's machine to give its GPUs' unused cached memory back."""
+    torch.accelerator.empty_cache()
 
 
 def get_amp_supported_dtype():
