@@ -41,6 +41,19 @@ void check_cell(const char* op, const at::Tensor& input_gates, const at::Tensor&
   }
 }
 
+// A forward cell's arguments (input_gates, hidden_gates, state, input_bias?,
+// hidden_bias?), read from the stack and checked as check_cell does.
+struct CellArguments {
+  at::Tensor input_gates, hidden_gates, state, input_bias, hidden_bias;
+};
+CellArguments cell_arguments(const char* op, const torch::jit::Stack& stack, int64_t factor) {
+  TORCH_CHECK(stack.size() == 5, "malformed ", op, " call");
+  CellArguments a{stack[0].toTensor(), stack[1].toTensor(), stack[2].toTensor(),
+                  optional_tensor(stack[3]), optional_tensor(stack[4])};
+  check_cell(op, a.input_gates, a.hidden_gates, a.state, a.input_bias, a.hidden_bias, factor);
+  return a;
+}
+
 void push(torch::jit::Stack* stack, std::initializer_list<at::Tensor> results) {
   stack->clear();
   for (const at::Tensor& t : results) stack->emplace_back(t);
@@ -49,12 +62,8 @@ void push(torch::jit::Stack* stack, std::initializer_list<at::Tensor> results) {
 // _thnn_fused_lstm_cell(input_gates, hidden_gates, cx, input_bias?, hidden_bias?)
 //   -> (hy, cy, workspace): workspace holds the four activated gates.
 void lstm_cell(torch::jit::Stack* stack) {
-  TORCH_CHECK(stack->size() == 5, "malformed _thnn_fused_lstm_cell call");
-  const at::Tensor input_gates = (*stack)[0].toTensor(), hidden_gates = (*stack)[1].toTensor(),
-                   cx = (*stack)[2].toTensor();
-  const at::Tensor input_bias = optional_tensor((*stack)[3]);
-  const at::Tensor hidden_bias = optional_tensor((*stack)[4]);
-  check_cell("_thnn_fused_lstm_cell", input_gates, hidden_gates, cx, input_bias, hidden_bias, 4);
+  const auto [input_gates, hidden_gates, cx, input_bias, hidden_bias] =
+      cell_arguments("_thnn_fused_lstm_cell", *stack, 4);
   const at::ScalarType type = compute_type(input_gates), out = input_gates.scalar_type();
   at::Tensor gates = input_gates.to(type) + hidden_gates.to(type);
   if (input_bias.defined()) gates = gates + input_bias.to(type) + hidden_bias.to(type);
@@ -110,12 +119,8 @@ void lstm_cell_backward(torch::jit::Stack* stack) {
 // _thnn_fused_gru_cell(input_gates, hidden_gates, hx, input_bias?, hidden_bias?)
 //   -> (hy, workspace): workspace holds r, z, n, hx and the hidden part of n.
 void gru_cell(torch::jit::Stack* stack) {
-  TORCH_CHECK(stack->size() == 5, "malformed _thnn_fused_gru_cell call");
-  const at::Tensor input_gates = (*stack)[0].toTensor(), hidden_gates = (*stack)[1].toTensor(),
-                   hx = (*stack)[2].toTensor();
-  const at::Tensor input_bias = optional_tensor((*stack)[3]);
-  const at::Tensor hidden_bias = optional_tensor((*stack)[4]);
-  check_cell("_thnn_fused_gru_cell", input_gates, hidden_gates, hx, input_bias, hidden_bias, 3);
+  const auto [input_gates, hidden_gates, hx, input_bias, hidden_bias] =
+      cell_arguments("_thnn_fused_gru_cell", *stack, 3);
   const at::ScalarType type = compute_type(input_gates), out = input_gates.scalar_type();
   at::Tensor input = input_gates.to(type), hidden = hidden_gates.to(type);
   if (input_bias.defined()) {

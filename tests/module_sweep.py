@@ -24,16 +24,13 @@ after a change (on the mock provider):
     bazel run //tests:module_sweep_update
 """
 
-import argparse
 import functools
-import os
-import sys
 import time
 
 import opinfo_sweep
 import torch
 from lazy_seeding import skip_seeding_absent_backends
-from opinfo_sweep import SEED, OpResult, compare_with_cpu, record, target_of
+from opinfo_sweep import SEED, OpResult, compare_with_cpu, record
 from torch.testing._internal.common_modules import module_db
 from torch.utils._pytree import tree_flatten, tree_map
 
@@ -169,22 +166,7 @@ def run_sweep(target, progress=None):
 
 
 def main():
-    import mycelya_torch
-
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--provider", default="mock")
-    default_out = os.path.join(os.environ.get("BUILD_WORKSPACE_DIRECTORY", "."), "docs", "module-sweep.md")
-    parser.add_argument("--out", default=default_out)
-    args = parser.parse_args()
-    with mycelya_torch.RemoteMachine(args.provider) as machine:
-        results = run_sweep(target_of(machine), functools.partial(print, file=sys.stderr, flush=True))
-    with open(args.out, "w") as out:
-        out.write(format_table(results, args.provider))
-    total = opinfo_sweep.totals(results)
-    print(
-        f"wrote {args.out}: {total['passed']} passed, {total['raised']} raised, {total['wrong']} wrong, "
-        f"{total['strides']} with other strides"
-    )
+    opinfo_sweep.update_table(__doc__.splitlines()[0], "module-sweep.md", run_sweep, format_table)
 
 
 if __name__ == "__main__":

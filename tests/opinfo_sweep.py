@@ -787,23 +787,49 @@ def run_sweep(target, progress=None):
     return results
 
 
-def main():
+TABLES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "docs")
+
+
+def expected_table(name):
+    """The committed table docs/<name>, parsed ({} when it is missing)."""
+    path = os.path.join(TABLES, name)
+    return parse_table(open(path).read()) if os.path.exists(path) else {}
+
+
+def rotation_from_environment():
+    """The Rotation MYCELYA_SWEEP_STRIDE (and MYCELYA_SWEEP_ROTATION) ask
+    for: today's when no index is given; None (every sample) without a stride."""
+    if not os.environ.get("MYCELYA_SWEEP_STRIDE"):
+        return None
+    stride = int(os.environ["MYCELYA_SWEEP_STRIDE"])
+    if os.environ.get("MYCELYA_SWEEP_ROTATION"):
+        return Rotation(int(os.environ["MYCELYA_SWEEP_ROTATION"]), stride)
+    return Rotation.of_the_day(stride)
+
+
+def update_table(description, table_name, sweep, write):
+    """A sweep's update command: runs sweep(target, progress) on a machine
+    of --provider and writes write(results, provider) to docs/<table_name>."""
     import mycelya_torch
 
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--provider", default="mock")
-    default_out = os.path.join(os.environ.get("BUILD_WORKSPACE_DIRECTORY", "."), "docs", "opinfo-sweep.md")
+    default_out = os.path.join(os.environ.get("BUILD_WORKSPACE_DIRECTORY", "."), "docs", table_name)
     parser.add_argument("--out", default=default_out)
     args = parser.parse_args()
     with mycelya_torch.RemoteMachine(args.provider) as machine:
-        results = run_sweep(target_of(machine), functools.partial(print, file=sys.stderr, flush=True))
+        results = sweep(target_of(machine), functools.partial(print, file=sys.stderr, flush=True))
     with open(args.out, "w") as out:
-        out.write(format_table(results, args.provider))
+        out.write(write(results, args.provider))
     total = totals(results)
     print(
         f"wrote {args.out}: {total['passed']} passed, {total['raised']} raised, {total['wrong']} wrong, "
         f"{total['strides']} with other strides"
     )
+
+
+def main():
+    update_table(__doc__.splitlines()[0], "opinfo-sweep.md", run_sweep, format_table)
 
 
 if __name__ == "__main__":

@@ -25,16 +25,10 @@ from torch.testing._internal.common_modules import FunctionInput, ModuleInfo, Mo
 
 from conftest import PROVIDER
 
-TABLE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "docs", "module-sweep.md")
-EXPECTED = opinfo_sweep.parse_table(open(TABLE).read()) if os.path.exists(TABLE) else {}
+TABLE = "docs/module-sweep.md"
+EXPECTED = opinfo_sweep.expected_table("module-sweep.md")
 MODULES = module_sweep.sweep_modules()
-STRIDE = int(os.environ["MYCELYA_SWEEP_STRIDE"]) if os.environ.get("MYCELYA_SWEEP_STRIDE") else None
-if STRIDE is None:
-    ROTATION = None
-elif os.environ.get("MYCELYA_SWEEP_ROTATION"):
-    ROTATION = opinfo_sweep.Rotation(int(os.environ["MYCELYA_SWEEP_ROTATION"]), STRIDE)
-else:
-    ROTATION = opinfo_sweep.Rotation.of_the_day(STRIDE)
+ROTATION = opinfo_sweep.rotation_from_environment()
 SCOPE = f" [{ROTATION}]" if ROTATION else ""
 results = {}
 
