@@ -19,6 +19,7 @@
 #include <unordered_map>
 #include <unordered_set>
 
+#include "core/meta_inference.h"
 #include "core/registration.h"
 #include "core/remote_tensor.h"
 
@@ -71,6 +72,11 @@ const PolicyTable& cuda_policies() {
   return table;
 }
 
+std::string op_key(const c10::OperatorName& name) {
+  const std::string bare = name.name.substr(6);  // without "aten::"
+  return name.overload_name.empty() ? bare : bare + "." + name.overload_name;
+}
+
 const PolicyTable& cpu_policies() {
   static const PolicyTable table = [] {
     PolicyTable t;
@@ -79,9 +85,7 @@ const PolicyTable& cpu_policies() {
       if (name.name.rfind("aten::", 0) != 0) continue;
       const auto op = c10::Dispatcher::singleton().findOp(name);
       if (!op || !op->hasKernelForDispatchKey(c10::DispatchKey::AutocastCPU)) continue;
-      const std::string bare = name.name.substr(6);
-      t.emplace(name.overload_name.empty() ? bare : bare + "." + name.overload_name,
-                CastPolicy::kFloat32);
+      t.emplace(op_key(name), CastPolicy::kFloat32);
     }
     for (const char* lower : {"conv1d",
                               "conv1d.padding",
@@ -117,26 +121,6 @@ const PolicyTable& cpu_policies() {
   return table;
 }
 
-std::string op_key(const c10::OperatorName& name) {
-  const std::string bare = name.name.substr(6);  // without "aten::"
-  return name.overload_name.empty() ? bare : bare + "." + name.overload_name;
-}
-
-// The first mycelya tensor among the arguments, in lists too.
-const at::Tensor* first_mycelya_tensor(const torch::jit::Stack& stack) {
-  for (const c10::IValue& value : stack) {
-    if (value.isTensor() && value.toTensor().defined() && value.toTensor().is_privateuseone()) {
-      return &value.toTensor();
-    }
-    if (value.isTensorList()) {
-      for (const c10::IValue& item : value.toListRef()) {
-        if (item.isTensor() && item.toTensor().is_privateuseone()) return &item.toTensor();
-      }
-    }
-  }
-  return nullptr;
-}
-
 // Applies `cast` to every tensor argument, in lists and optionals too.
 template <typename Cast>
 void cast_tensors(torch::jit::Stack* stack, Cast cast) {
@@ -164,8 +148,7 @@ void cast_tensors(torch::jit::Stack* stack, Cast cast) {
 }
 
 bool eligible(const at::Tensor& t) {
-  return t.defined() && t.is_privateuseone() && t.is_floating_point() &&
-         t.scalar_type() != at::kDouble;
+  return at::autocast::is_eligible(t, c10::DeviceType::PrivateUse1);
 }
 
 void apply_policy(CastPolicy policy, const c10::OperatorHandle& op, torch::jit::Stack* stack) {
@@ -223,10 +206,10 @@ void apply_policy(CastPolicy policy, const c10::OperatorHandle& op, torch::jit::
 void autocast_kernel(const c10::OperatorHandle& op, torch::jit::Stack* stack) {
   const size_t count = op.schema().arguments().size();
   torch::jit::Stack arguments(stack->end() - count, stack->end());
-  const at::Tensor* mycelya = first_mycelya_tensor(arguments);
-  if (mycelya) {
+  const std::vector<at::Tensor> mycelya = mycelya_inputs(arguments);
+  if (!mycelya.empty()) {
     const PolicyTable& table =
-        is_remote_cpu(*device_entry(*mycelya)) ? cpu_policies() : cuda_policies();
+        is_remote_cpu(*device_entry(mycelya.front())) ? cpu_policies() : cuda_policies();
     const auto it = table.find(op_key(op.schema().operator_name()));
     if (it != table.end()) {
       apply_policy(it->second, op, &arguments);
