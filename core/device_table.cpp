@@ -27,7 +27,20 @@ Table& table() {
 }  // namespace
 
 std::vector<DeviceRef> register_machine(const std::shared_ptr<Machine>& machine,
-                                        const std::vector<std::string>& devices) {
+                                        const std::vector<std::string>& devices,
+                                        const std::vector<std::string>& properties) {
+  std::vector<wire::DeviceProperties> decoded(devices.size());
+  if (properties.size() != devices.size()) {
+    throw std::runtime_error("Machine " + machine->id() + " serves " +
+                             std::to_string(devices.size()) + " devices but describes " +
+                             std::to_string(properties.size()));
+  }
+  for (size_t slot = 0; slot < devices.size(); ++slot) {
+    if (!decoded[slot].ParseFromString(properties[slot])) {
+      throw std::runtime_error("Machine " + machine->id() + " sent an unreadable description of " +
+                               devices[slot]);
+    }
+  }
   Table& t = table();
   std::lock_guard<std::mutex> lock(t.mu);
   std::vector<c10::DeviceIndex> free;
@@ -44,8 +57,8 @@ std::vector<DeviceRef> register_machine(const std::shared_ptr<Machine>& machine,
   std::vector<DeviceRef> entries;
   for (size_t slot = 0; slot < devices.size(); ++slot) {
     const c10::DeviceIndex index = free[slot];
-    auto entry =
-        std::make_shared<const DeviceEntry>(machine, static_cast<int>(slot), devices[slot], index);
+    auto entry = std::make_shared<const DeviceEntry>(machine, static_cast<int>(slot), devices[slot],
+                                                     decoded[slot], index);
     t.entries[index] = entry;
     entries.push_back(std::move(entry));
   }

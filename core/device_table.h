@@ -23,6 +23,8 @@
 #include <string>
 #include <vector>
 
+#include "proto/mycelya.pb.h"
+
 namespace mycelya {
 
 class Machine;
@@ -31,16 +33,19 @@ constexpr c10::DeviceIndex kMaxDevices = 32;
 
 struct DeviceEntry {
   DeviceEntry(std::shared_ptr<Machine> machine, int slot, std::string remote_name,
-              c10::DeviceIndex index)
+              wire::DeviceProperties properties, c10::DeviceIndex index)
       : machine(std::move(machine)),
         slot(slot),
         remote_name(std::move(remote_name)),
+        properties(std::move(properties)),
         index(index) {}
 
   const std::shared_ptr<Machine> machine;
   const int slot;                 // in machine->devices()
   const std::string remote_name;  // "cuda:0", "cpu"
-  const c10::DeviceIndex index;   // k of "mycelya:k"
+  // What the machine's Hello said of the device (a GPU's name, capability).
+  const wire::DeviceProperties properties;
+  const c10::DeviceIndex index;  // k of "mycelya:k"
   // Set once the machine stops: what this entry's tensors held is gone.
   mutable std::atomic<bool> stopped{false};
 };
@@ -53,10 +58,12 @@ inline bool is_remote_cpu(const DeviceEntry& entry) {
   return entry.remote_name.rfind("cpu", 0) == 0;
 }
 
-// Takes an index for each of `devices` (the machine's, by slot). Throws
-// std::runtime_error, taking none, when too few indices are free.
+// Takes an index for each of `devices` (the machine's, by slot, with their
+// encoded wire::DeviceProperties). Throws std::runtime_error, taking none,
+// when too few indices are free or the properties do not describe the devices.
 std::vector<DeviceRef> register_machine(const std::shared_ptr<Machine>& machine,
-                                        const std::vector<std::string>& devices);
+                                        const std::vector<std::string>& devices,
+                                        const std::vector<std::string>& properties);
 
 // Makes the machine's default device (its first cuda device, else its cpu)
 // this thread's current device, when the current one names no running

@@ -42,6 +42,9 @@ class GatedSession final : public Session {
   explicit GatedSession(ExecutorOptions options) : executor_(std::move(options)) {}
 
   std::vector<std::string> devices() const override { return executor_.options().device_names; }
+  std::vector<std::string> device_properties() const override {
+    return executor_.encoded_device_properties();
+  }
 
   void wait_until_ready() override {
     std::unique_lock<std::mutex> lock(gate().mu);

@@ -97,7 +97,7 @@ bool Machine::start_session_submit_locked(std::vector<DeviceRef>* started) {
   std::vector<std::string> devices = session->devices();
   std::vector<DeviceRef> entries;
   try {
-    entries = register_machine(shared_from_this(), devices);
+    entries = register_machine(shared_from_this(), devices, session->device_properties());
   } catch (...) {
     session->stop();
     throw;

@@ -18,7 +18,7 @@ namespace mycelya {
 
 // Bumped whenever this header changes incompatibly; the loader refuses a plugin
 // built against another version.
-constexpr int kProviderAbiVersion = 7;
+constexpr int kProviderAbiVersion = 8;
 
 // What the user asked for in RemoteMachine(provider, gpu_type, ...).
 struct MachineSpec {
@@ -61,6 +61,9 @@ class Session {
 
   // Devices the machine serves, e.g. {"cuda:0", "cpu"}; slot i is devices()[i].
   virtual std::vector<std::string> devices() const = 0;
+  // What each device is (name, memory, compute capability): an encoded
+  // wire::DeviceProperties per slot, as the machine's Hello gave them.
+  virtual std::vector<std::string> device_properties() const = 0;
 
   // Fire-and-forget: queue the batch behind everything sent before. Must not
   // wait for execution. Throws std::runtime_error if the machine is lost.

@@ -141,6 +141,24 @@ void bind_devices(py::module_& m) {
   m.def(
       "remote_device_name",
       [](int index) { return lookup_device(running_index(index))->remote_name; }, py::arg("index"));
+  // What the machine's Hello said of the device (torch.mycelya.get_device_properties).
+  m.def(
+      "device_properties",
+      [](int index) {
+        const DeviceRef entry = lookup_device(running_index(index));
+        const wire::DeviceProperties& properties = entry->properties;
+        py::dict result;
+        result["remote_device"] = entry->remote_name;
+        result["name"] = properties.name();
+        result["total_memory"] = properties.total_memory();
+        result["major"] = properties.major();
+        result["minor"] = properties.minor();
+        result["multi_processor_count"] = properties.multi_processor_count();
+        result["bf16_supported"] = properties.bf16_supported();
+        result["fp16_supported"] = properties.fp16_supported();
+        return result;
+      },
+      py::arg("index"));
   m.def("current_device", [] { return static_cast<int>(guard().getDevice().index()); });
   m.def(
       "set_device", [](int index) { guard().setDevice(device(running_index(index))); },

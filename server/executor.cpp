@@ -15,6 +15,7 @@
 #include "proto/remote_error.h"
 #include "proto/storage_ids.h"
 #include "proto/tensor_geometry.h"
+#include "server/device_properties.h"
 #include "server/error_text.h"
 #include "server/wire_decoding.h"
 
@@ -80,19 +81,31 @@ uint64_t default_memory_limit() {
 
 namespace {
 
-ExecutorOptions with_default_limit(ExecutorOptions options) {
+ExecutorOptions with_defaults(ExecutorOptions options) {
   if (options.memory_limit_bytes == 0) options.memory_limit_bytes = default_memory_limit();
+  for (size_t slot = options.device_properties.size(); slot < options.devices.size(); ++slot) {
+    options.device_properties.push_back(
+        device_properties(options.devices[slot], options.memory_limit_bytes));
+  }
   return options;
 }
 
 }  // namespace
 
 Executor::Executor(ExecutorOptions options)
-    : options_(with_default_limit(std::move(options))),
+    : options_(with_defaults(std::move(options))),
       storages_(options_.memory_limit_bytes, options_.server_budget, options_.max_storages),
       generators_(options_.devices) {}
 
 Executor::~Executor() = default;
+
+std::vector<std::string> Executor::encoded_device_properties() const {
+  std::vector<std::string> encoded;
+  for (const wire::DeviceProperties& properties : options_.device_properties) {
+    encoded.push_back(properties.SerializeAsString());
+  }
+  return encoded;
+}
 
 namespace {
 

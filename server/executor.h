@@ -63,6 +63,10 @@ struct ExecutorOptions {
   // null: calls fail with `no_calls_reason`.
   std::shared_ptr<CallRunner> calls;
   std::string no_calls_reason = "this machine does not run Python functions";
+  // What each device's Hello says of it, by slot; the executor reads the
+  // devices it is not given (server/device_properties.h). mock gives its
+  // emulated GPUs' here.
+  std::vector<wire::DeviceProperties> device_properties;
 };
 
 // A response's bulk bytes (a download), kept as the contiguous CPU tensor they
@@ -107,6 +111,8 @@ class Executor {
   Executor& operator=(const Executor&) = delete;
 
   const ExecutorOptions& options() const { return options_; }
+  // options().device_properties, each encoded, as Session::device_properties gives them.
+  std::vector<std::string> encoded_device_properties() const;
 
   // Runs an encoded Batch. Never throws: failures, commands of a kind the
   // executor does not know included, become the pending error.

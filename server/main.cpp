@@ -25,6 +25,7 @@
 
 #include "proto/listening_line.h"
 #include "proto/transport_tuning.h"
+#include "server/device_properties.h"
 #include "server/flags.h"
 #include "server/grpc_log.h"
 #include "server/log.h"
@@ -155,6 +156,18 @@ int run(int argc, char** argv) {
     config.executor.no_calls_reason = config.no_python_reason;
   }
 
+  // Every session's Hello describes the devices: read them once, so that a
+  // GPU the driver cannot describe is a start-up error, not every session's.
+  try {
+    for (const c10::Device& device : config.executor.devices) {
+      config.executor.device_properties.push_back(
+          device_properties(device, config.executor.memory_limit_bytes));
+    }
+  } catch (const std::exception& e) {
+    log("cannot describe the devices: ", e.what());
+    return 1;
+  }
+
   ParentWatch parent_watch(parent);
   if (config.exit_with_parent) parent_watch.start();
 
@@ -185,8 +198,9 @@ int run(int argc, char** argv) {
   }
 
   std::string devices;
-  for (const std::string& name : config.executor.device_names) {
-    devices += (devices.empty() ? "" : ",") + name;
+  for (size_t slot = 0; slot < config.executor.device_names.size(); ++slot) {
+    devices += (devices.empty() ? "" : ", ") + config.executor.device_names[slot] + " (" +
+               config.executor.device_properties[slot].name() + ")";
   }
   log("devices ", devices, "; ", config.executor.server_budget->limit(),
       " bytes of storage in all, ", config.executor.memory_limit_bytes, " per session, at most ",

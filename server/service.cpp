@@ -317,11 +317,15 @@ ExecutorOptions MycelyaService::executor_options(const std::string& state_key) c
   return executor_options;
 }
 
-bool MycelyaService::send_hello(Stream* stream, const std::string& session_key) const {
+bool MycelyaService::send_hello(Stream* stream, const Executor& executor,
+                                const std::string& session_key) const {
   wire::ServerMessage hello;
   hello.mutable_hello()->set_version(wire::PROTOCOL_VERSION_CURRENT);
-  for (const std::string& name : options_.executor.device_names) {
+  for (const std::string& name : executor.options().device_names) {
     hello.mutable_hello()->add_devices(name);
+  }
+  for (const wire::DeviceProperties& properties : executor.options().device_properties) {
+    *hello.mutable_hello()->add_device_properties() = properties;
   }
   hello.mutable_hello()->set_session_key(session_key);
   hello.mutable_hello()->set_torch_version(torch_version());
@@ -350,9 +354,10 @@ grpc::Status MycelyaService::serve_session(uint64_t id, grpc::ServerContext* con
                      (failure.empty() ? "" : ": " + failure));
   });
   log("session ", id, " from ", context->peer(), " opened (", open_sessions_.load(), " open)");
-  const grpc::Status status = send_hello(stream, key) ? serve(executor, *early_reads, stream,
-                                                              working_, [this] { note_activity(); })
-                                                      : stream_broken();
+  const grpc::Status status =
+      send_hello(stream, executor, key)
+          ? serve(executor, *early_reads, stream, working_, [this] { note_activity(); })
+          : stream_broken();
   if (!status.ok()) failure = status.error_message();
   // A client that vanished (or a server stopping, --idle-timeout included)
   // cancels the session: its storages are saved for a resume, where the

@@ -102,7 +102,7 @@ class MycelyaService final : public wire::Mycelya::Service {
   // its end, and saves a cancelled session for a resume.
   grpc::Status serve_session(uint64_t id, grpc::ServerContext* context, Executor& executor,
                              Stream* stream);
-  bool send_hello(Stream* stream, const std::string& session_key) const;
+  bool send_hello(Stream* stream, const Executor& executor, const std::string& session_key) const;
   // Saves a session that ended without its client closing it, where the
   // server keeps state (--state-dir).
   static void save_for_resume(uint64_t id, Executor& executor, EarlyReads& early_reads);

@@ -90,6 +90,9 @@ GrpcSession::GrpcSession(const GrpcTarget& target, std::chrono::milliseconds con
     throw std::runtime_error(*mismatch);
   }
   devices_.assign(hello.hello().devices().begin(), hello.hello().devices().end());
+  for (const wire::DeviceProperties& properties : hello.hello().device_properties()) {
+    device_properties_.push_back(properties.SerializeAsString());
+  }
   session_key_ = hello.hello().session_key();
   reader_ = std::thread([this] { reader_loop(); });
 }

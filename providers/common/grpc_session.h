@@ -75,6 +75,7 @@ class GrpcSession final : public Session {
   ~GrpcSession() override;
 
   std::vector<std::string> devices() const override { return devices_; }
+  std::vector<std::string> device_properties() const override { return device_properties_; }
   void submit(EncodedBatch& batch) override;
   void wait_until_ready() override { wait_for_free_slot(); }
   std::string request(const std::string& request, std::string* payload) override;
@@ -103,6 +104,7 @@ class GrpcSession final : public Session {
   std::unique_ptr<grpc::ClientContext> context_ = std::make_unique<grpc::ClientContext>();
   std::unique_ptr<grpc::ClientReaderWriter<wire::ClientMessage, wire::ServerMessage>> stream_;
   std::vector<std::string> devices_;
+  std::vector<std::string> device_properties_;  // encoded, from the Hello
   std::string token_;
   std::string session_key_;  // empty: the server has no Read
   bool can_pause_ = false;
@@ -135,6 +137,7 @@ class GrpcSession final : public Session {
 class GrpcBackedSession : public Session {
  public:
   std::vector<std::string> devices() const override { return grpc_->devices(); }
+  std::vector<std::string> device_properties() const override { return grpc_->device_properties(); }
   void submit(EncodedBatch& batch) override { grpc_->submit(batch); }
   void wait_until_ready() override { grpc_->wait_until_ready(); }
   std::string request(const std::string& request, std::string* payload) override {

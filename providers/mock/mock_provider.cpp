@@ -20,6 +20,7 @@
 
 #include "core/provider.h"
 #include "providers/common/local_state.h"
+#include "providers/mock/emulated_gpus.h"
 #include "server/executor.h"
 #include "server/fuzz/fuzz_case.h"
 #include "server/python_calls_loader.h"
@@ -32,6 +33,9 @@ class MockSession final : public Session {
   explicit MockSession(ExecutorOptions options) : executor_(std::move(options)) {}
 
   std::vector<std::string> devices() const override { return executor_.options().device_names; }
+  std::vector<std::string> device_properties() const override {
+    return executor_.encoded_device_properties();
+  }
 
   void submit(EncodedBatch& batch) override {
     std::lock_guard<std::mutex> lock(mu_);
@@ -91,6 +95,7 @@ class MockProvider final : public Provider {
       for (int i = 0; i < spec.gpu_count; ++i) {
         options.devices.emplace_back(c10::kCPU);
         options.device_names.push_back("cuda:" + std::to_string(i));
+        options.device_properties.push_back(emulated_gpu_properties(spec.gpu_type));
       }
     }
     options.devices.emplace_back(c10::kCPU);

@@ -33,9 +33,13 @@ __all__ = [
     "device_count",
     "empty_cache",
     "get_amp_supported_dtype",
+    "get_device_capability",
+    "get_device_name",
+    "get_device_properties",
     "get_rng_state",
     "initial_seed",
     "is_available",
+    "is_bf16_supported",
     "manual_seed",
     "manual_seed_all",
     "max_memory_allocated",
@@ -239,6 +243,70 @@ def mem_get_info(device=None):
 def empty_cache():
     """Asks the current device's machine to give its GPUs' unused cached memory back."""
     torch.accelerator.empty_cache()
+
+
+class _DeviceProperties:
+    """What ``get_device_properties`` returns: the attributes scripts read of
+    ``torch.cuda.get_device_properties``, as the machine reported them when
+    it started. ``remote_device`` is the machine's own name for the device
+    ("cuda:0", "cpu")."""
+
+    __slots__ = (
+        "name",
+        "total_memory",
+        "major",
+        "minor",
+        "multi_processor_count",
+        "remote_device",
+        "_bf16_supported",
+    )
+
+    def __init__(self, reported):
+        self.name = reported["name"]
+        self.total_memory = reported["total_memory"]
+        self.major = reported["major"]
+        self.minor = reported["minor"]
+        self.multi_processor_count = reported["multi_processor_count"]
+        self.remote_device = reported["remote_device"]
+        self._bf16_supported = reported["bf16_supported"]
+
+    def __repr__(self):
+        return (
+            f"_MycelyaDeviceProperties(name='{self.name}', major={self.major}, "
+            f"minor={self.minor}, total_memory={self.total_memory // (1 << 20)}MB, "
+            f"multi_processor_count={self.multi_processor_count}, "
+            f"remote_device='{self.remote_device}')"
+        )
+
+
+def get_device_properties(device=None):
+    """The properties of ``device`` (default: the current one), as
+    ``torch.cuda.get_device_properties`` gives them: on a remote GPU the GPU's
+    own name, memory, compute capability and multiprocessor count; on a cpu
+    device the processor's name, the memory a session may hold there,
+    capability 0.0 and the threads its ops run on. No round trip."""
+    return _DeviceProperties(_C.device_properties(_device_index(device)))
+
+
+def get_device_name(device=None):
+    """The name of ``device``'s hardware, e.g. "NVIDIA H100 80GB HBM3"."""
+    return get_device_properties(device).name
+
+
+def get_device_capability(device=None):
+    """``(major, minor)``: a remote GPU's CUDA compute capability, (0, 0) on a cpu device."""
+    properties = get_device_properties(device)
+    return properties.major, properties.minor
+
+
+def is_bf16_supported(including_emulation=True):
+    """Whether the current device computes in bfloat16, as
+    ``torch.cuda.is_bf16_supported``: natively (a GPU of compute capability
+    8.0 or more, or a cpu device), or with ``including_emulation`` wherever
+    bfloat16 tensors can be made, which is every mycelya device."""
+    if including_emulation:
+        return True
+    return get_device_properties()._bf16_supported
 
 
 def get_amp_supported_dtype():
