@@ -45,8 +45,7 @@ struct CudaDriver {
     driver.device_get = reinterpret_cast<DeviceGet>(dlsym(library, "cuDeviceGet"));
     driver.get_name = reinterpret_cast<GetName>(dlsym(library, "cuDeviceGetName"));
     driver.total_mem = reinterpret_cast<TotalMem>(dlsym(library, "cuDeviceTotalMem_v2"));
-    driver.get_attribute =
-        reinterpret_cast<GetAttribute>(dlsym(library, "cuDeviceGetAttribute"));
+    driver.get_attribute = reinterpret_cast<GetAttribute>(dlsym(library, "cuDeviceGetAttribute"));
     return driver;
   }
 };

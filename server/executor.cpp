@@ -176,6 +176,14 @@ void Executor::run_command(const wire::Command& command, PayloadSource& payloads
       case wire::Command::kAdoptCallStorages:
         adopt_call_storages(command.adopt_call_storages());
         break;
+      case wire::Command::kRecordEvent:
+        events_.record(command.record_event().event_id(),
+                       device_for(command.record_event().device()),
+                       command.record_event().timing());
+        break;
+      case wire::Command::kDestroyEvent:
+        events_.destroy(command.destroy_event().event_id());
+        break;
       default:
         // Skipping a command would leave its outputs unwritten with no error
         // at all; the client learns of it at its next sync point instead.
@@ -597,6 +605,14 @@ std::string Executor::handle_request(const std::string& encoded, Payload* payloa
           break;
         case wire::Request::kStats:
           session_stats(request.stats(), response.mutable_stats());
+          break;
+        case wire::Request::kEvent:
+          if (request.event().elapsed()) {
+            response.set_elapsed_ms(
+                events_.elapsed_ms(request.event().event_id(), request.event().end_event_id()));
+          } else {
+            response.set_event_done(events_.done(request.event().event_id()));
+          }
           break;
         default:
           // An empty answer would pass for a sync the client never asked for.

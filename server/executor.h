@@ -40,6 +40,7 @@
 #include "server/call_runner.h"
 #include "server/cpu_rnn_cells.h"
 #include "server/memory_budget.h"
+#include "server/session_events.h"
 #include "server/session_generators.h"
 #include "server/storage_table.h"
 
@@ -253,6 +254,7 @@ class Executor {
   StorageTable storages_;
   std::vector<std::optional<KnownOp>> ops_;  // by op_id
   SessionGenerators generators_;
+  SessionEvents events_;
   std::optional<wire::Error> pending_error_;
   uint64_t commands_run_ = 0;
   bool commands_counted_ = true;

@@ -15,6 +15,7 @@
 #include <cstring>
 #include <limits>
 #include <memory>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -1327,6 +1328,91 @@ TEST(ExecutorProcessTest, ProtobufAndTorchInOneProcess) {
   EXPECT_FALSE(response.has_error());
   EXPECT_FALSE(response.has_pending_error());
   EXPECT_EQ(payload, bytes_of(a));
+}
+
+// torch.Event on the machine (server/session_events.h).
+class EventExecutorTest : public ExecutorTest {
+ protected:
+  static void record(wire::Batch* batch, uint64_t id, int device = 0, bool timing = true) {
+    wire::RecordEvent* event = batch->add_commands()->mutable_record_event();
+    event->set_event_id(id);
+    event->set_device(device);
+    event->set_timing(timing);
+  }
+  void run(const wire::Batch& batch) { executor_.run_batch(batch.SerializeAsString(), {}); }
+  wire::Response event_request(uint64_t id, std::optional<uint64_t> end = std::nullopt) {
+    wire::Request req;
+    req.mutable_event()->set_event_id(id);
+    if (end) {
+      req.mutable_event()->set_end_event_id(*end);
+      req.mutable_event()->set_elapsed(true);
+    }
+    return request(req);
+  }
+};
+
+TEST_F(EventExecutorTest, EventsTimeTheCommandsBetweenThem) {
+  wire::Batch batch;
+  record(&batch, 1);
+  record(&batch, 2);
+  record(&batch, 3);
+  run(batch);
+  const wire::Response first = event_request(1, 2);
+  ASSERT_FALSE(first.has_error()) << first.error().message();
+  const wire::Response second = event_request(2, 3);
+  const wire::Response whole = event_request(1, 3);
+  EXPECT_GE(first.elapsed_ms(), 0.0);
+  EXPECT_GE(second.elapsed_ms(), 0.0);
+  EXPECT_NEAR(whole.elapsed_ms(), first.elapsed_ms() + second.elapsed_ms(), 1e-6);
+  EXPECT_TRUE(event_request(1).event_done());
+  // Never recorded: done, as an unrecorded CUDA event is.
+  EXPECT_TRUE(event_request(99).event_done());
+}
+
+TEST_F(EventExecutorTest, ElapsedNeedsRecordedTimedEventsOfOneDevice) {
+  wire::Batch batch;
+  record(&batch, 1);
+  record(&batch, 2, 0, /*timing=*/false);
+  run(batch);
+  EXPECT_TRUE(Contains(event_request(1, 7).error().message(), "never recorded"));
+  EXPECT_TRUE(Contains(event_request(1, 2).error().message(), "enable_timing=True"));
+  wire::Batch destroy;
+  destroy.add_commands()->mutable_destroy_event()->set_event_id(1);
+  run(destroy);
+  EXPECT_TRUE(Contains(event_request(1, 1).error().message(), "never recorded"));
+  EXPECT_FALSE(sync().has_pending_error());
+}
+
+TEST_F(EventExecutorTest, AnEventOnAMissingDeviceIsAPendingError) {
+  wire::Batch batch;
+  record(&batch, 1, /*device=*/5);
+  record(&batch, 2, /*device=*/-1);
+  run(batch);
+  const wire::Response response = sync();
+  ASSERT_TRUE(response.has_pending_error());
+  EXPECT_TRUE(Contains(response.pending_error().message(), "device slot 5 does not exist"));
+  EXPECT_TRUE(event_request(1).event_done());  // nothing was recorded
+  EXPECT_TRUE(Contains(event_request(1, 1).error().message(), "never recorded"));
+}
+
+TEST_F(EventExecutorTest, ASessionHoldsAtMostKMaxEvents) {
+  wire::Batch batch;
+  for (uint64_t id = 1; id <= SessionEvents::kMaxEvents; ++id) record(&batch, id);
+  run(batch);
+  ASSERT_FALSE(sync().has_pending_error());
+  wire::Batch more;
+  record(&more, 1);  // recording one again is fine
+  record(&more, SessionEvents::kMaxEvents + 1);
+  run(more);
+  const wire::Response response = sync();
+  ASSERT_TRUE(response.has_pending_error());
+  EXPECT_TRUE(Contains(response.pending_error().message(), "at most 65536 events"));
+  wire::Batch freed;
+  freed.add_commands()->mutable_destroy_event()->set_event_id(2);
+  record(&freed, SessionEvents::kMaxEvents + 1);
+  run(freed);
+  EXPECT_FALSE(sync().has_pending_error());
+  EXPECT_FALSE(event_request(1, SessionEvents::kMaxEvents + 1).has_error());
 }
 
 }  // namespace

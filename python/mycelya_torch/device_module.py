@@ -22,13 +22,19 @@ machines started later; ``manual_seed``, ``get_rng_state`` and
 makes further generators on a device's machine.
 """
 
+import contextlib
+
 import torch
 
 from . import _C
 
 __all__ = [
+    "Event",
+    "Stream",
     "current_device",
+    "current_stream",
     "default_generator",
+    "default_stream",
     "device",
     "device_count",
     "empty_cache",
@@ -52,6 +58,8 @@ __all__ = [
     "seed",
     "set_device",
     "set_rng_state",
+    "set_stream",
+    "stream",
     "synchronize",
 ]
 
@@ -197,6 +205,65 @@ def synchronize(device=None):
         if machine.machine_id not in seen:
             seen.add(machine.machine_id)
             machine.synchronize()
+
+
+class Stream(torch.Stream):
+    """A stream of a mycelya device (default: the current one), as
+    ``torch.cuda.Stream``; ``with stream:`` makes it current. Every stream of
+    a device runs its work in one order, the order ops were queued, so work is
+    ordered at least as CUDA orders it and ``wait_stream``/``wait_event``
+    need nothing more. Priorities are accepted and have no effect."""
+
+    def __new__(cls, device=None, priority=0, **kwargs):
+        if "stream_id" in kwargs:  # torch rebuilding a stream it knows
+            return super().__new__(cls, **kwargs)
+        index = _device_index(device)
+        return super().__new__(cls, device=torch.device("mycelya", index), priority=priority)
+
+
+class _EventType(type):
+    # torch.Event's methods take only torch.Event itself as the other event,
+    # so Event makes one; isinstance still answers for it.
+    def __instancecheck__(cls, instance):
+        return isinstance(instance, torch.Event) and instance.device.type == "mycelya"
+
+
+class Event(metaclass=_EventType):
+    """An event on a mycelya device (a ``torch.Event``), as
+    ``torch.cuda.Event``: ``record()`` is queued like an op, and the event
+    lives on the machine, which times it (CUDA events on a GPU, the
+    executor's clock on a cpu device). ``query()`` and ``elapsed_time()`` are
+    one round trip each; ``synchronize()`` waits for the machine."""
+
+    def __new__(cls, enable_timing=False, blocking=False, interprocess=False):
+        return torch.Event(
+            device=torch.device("mycelya", current_device()),
+            enable_timing=enable_timing,
+            blocking=blocking,
+            interprocess=interprocess,
+        )
+
+
+def current_stream(device=None):
+    """This thread's current stream of ``device`` (default: the current device)."""
+    return torch.accelerator.current_stream(_device_index(device))
+
+
+def default_stream(device=None):
+    """The default stream of ``device``: the one current until another is set."""
+    current = current_stream(device)
+    return torch.Stream(stream_id=0, device_index=current.device_index, device_type=current.device_type)
+
+
+def set_stream(stream):
+    """Makes ``stream`` current on its device for this thread."""
+    if stream is not None:
+        torch.accelerator.set_stream(stream)
+
+
+def stream(stream):
+    """Context manager that makes ``stream`` current, as ``torch.cuda.stream``; None changes nothing."""
+    return contextlib.nullcontext() if stream is None else stream
 
 
 def memory_stats(device=None):
