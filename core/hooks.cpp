@@ -9,6 +9,7 @@
 #include "core/allocator.h"
 #include "core/device_table.h"
 #include "core/generator.h"
+#include "core/pinned_allocator.h"
 #include "core/registration.h"
 
 namespace mycelya {
@@ -26,11 +27,9 @@ struct RemoteHooks final : public at::PrivateUse1HooksInterface {
     return c10::impl::getDeviceGuardImpl(c10::DeviceType::PrivateUse1)->getDevice();
   }
 
-  // Pinned host memory is ordinary memory here: uploads copy it anyway.
-  bool isPinnedPtr(const void*) const override { return false; }
-  c10::Allocator* getPinnedMemoryAllocator() const override {
-    return c10::GetAllocator(c10::DeviceType::CPU);
-  }
+  // Pinned host memory is ordinary memory that is_pinned() knows (core/pinned_allocator.h).
+  bool isPinnedPtr(const void* data) const override { return is_pinned_pointer(data); }
+  c10::Allocator* getPinnedMemoryAllocator() const override { return pinned_memory_allocator(); }
 
   const at::Generator& getDefaultGenerator(c10::DeviceIndex device) const override {
     return default_generator(device);
