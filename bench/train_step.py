@@ -4,6 +4,7 @@ machine's cpu device and in plain local PyTorch, with the ratio between them.
 
     bazel run //bench:train_step                          # local-cuda (a real server process)
     bazel run //bench:train_step -- --provider mock
+    bazel run //bench:train_step -- --autocast bf16       # both sides under bf16 autocast
 Each step ends with loss.item(), the one sync point; the script prints the
 median step times, the batches sent and the blocking round trips per step.
 Local and remote steps run in alternating rounds (--rounds of --steps each).
@@ -39,12 +40,15 @@ def transformer_block():
     return model, lambda: (torch.randn(16, 16, 128), torch.randint(0, 10, (16,)))
 
 
-def make_step(model, device):
+def make_step(model, device, amp_dtype):
     optimizer = torch.optim.AdamW(model.parameters())
+    # Local steps autocast as "cpu", remote ones as "mycelya" (the machine's cpu policy).
+    autocast = torch.autocast(torch.device(device).type, dtype=amp_dtype, enabled=amp_dtype is not None)
 
     def step(data, target):
         optimizer.zero_grad()
-        loss = nn.functional.cross_entropy(model(data.to(device)), target.to(device))
+        with autocast:
+            loss = nn.functional.cross_entropy(model(data.to(device)), target.to(device))
         loss.backward()
         optimizer.step()
         return loss.item()
@@ -69,18 +73,21 @@ def main():
     parser.add_argument("--provider", default="local-cuda")
     parser.add_argument("--steps", type=int, default=10, help="steps per round, on each side")
     parser.add_argument("--rounds", type=int, default=20)
+    parser.add_argument("--autocast", choices=["none", "bf16", "fp16"], default="none")
     args = parser.parse_args()
+    amp_dtype = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.autocast]
     torch.manual_seed(0)
     machine = mycelya_torch.RemoteMachine(args.provider)
     device = machine.device("cpu")
     print(
-        f"provider {args.provider}, device {device} ({machine.devices()}), {torch.get_num_threads()} threads"
+        f"provider {args.provider}, device {device} ({machine.devices()}), "
+        f"{torch.get_num_threads()} threads, autocast {args.autocast}"
     )
     for name, make in (("mlp", mlp), ("transformer block", transformer_block)):
         model, make_batch = make()
         batches = [make_batch() for _ in range(args.steps)]
-        local_step = make_step(copy.deepcopy(model), "cpu")
-        remote_step = make_step(model.to(device), device)
+        local_step = make_step(copy.deepcopy(model), "cpu", amp_dtype)
+        remote_step = make_step(model.to(device), device, amp_dtype)
         for step in (local_step, remote_step):  # warm up: optimizer state, caches
             step(*batches[0])
         # Rounds of local and remote steps in turn, so that a slow spell of this

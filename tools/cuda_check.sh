@@ -94,12 +94,27 @@ if gpus > 0:
     x = torch.randn(512, 512, device=machine.device("cuda"))
     torch.testing.assert_close((x @ x).cpu(), x.cpu() @ x.cpu(), rtol=1e-3, atol=1e-3)
     print("cuda_check: 6. a matrix product on cuda:0 matches the CPU")
+    gpu = machine.device("cuda")
+    reported = torch.mycelya.get_device_properties(gpu)
+    local = torch.cuda.get_device_properties(0)
+    fields = ("name", "major", "minor", "multi_processor_count", "total_memory")
+    assert [getattr(reported, f) for f in fields] == [getattr(local, f) for f in fields], (reported, local)
+    print(f"cuda_check: 7. the Hello describes cuda:0 as torch.cuda does: {reported}")
+    start = torch.Event(device=gpu, enable_timing=True)
+    end = torch.Event(device=gpu, enable_timing=True)
+    start.record()
+    for _ in range(50):
+        x = x @ x / 512
+    end.record()
+    end.synchronize()
+    assert end.query() and 0 < start.elapsed_time(end) < 60_000
+    print(f"cuda_check: 8. CUDA events time work on the machine: {start.elapsed_time(end):.3f} ms")
 else:
     assert devices == ["cpu"], devices
 machine.stop()
 EOF
 if [ "$gpus" -eq 0 ]; then
-  echo "cuda_check: no GPU here: only item 1 ran (the wheel loads against CUDA torch); items 2 to 6 need one"
+  echo "cuda_check: no GPU here: only item 1 ran (the wheel loads against CUDA torch); items 2 to 8 need one"
   exit 0
 fi
 
