@@ -68,8 +68,8 @@ double event_elapsed_ms(const RemoteEvent* start, const RemoteEvent* end) {
   TORCH_CHECK(start->timing && end->timing,
               "elapsed_time needs both events made with enable_timing=True");
   TORCH_CHECK(start->device == end->device, "elapsed_time needs both events on one device, not ",
-              "mycelya:", static_cast<int>(start->device->index), " and mycelya:",
-              static_cast<int>(end->device->index));
+              "mycelya:", static_cast<int>(start->device->index),
+              " and mycelya:", static_cast<int>(end->device->index));
   return ask(*start, end).elapsed_ms();
 }
 

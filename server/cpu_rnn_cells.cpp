@@ -162,7 +162,7 @@ void gru_cell_backward(torch::jit::Stack* stack) {
 
 }  // namespace
 
-CpuStandIn cpu_stand_in(const std::string& op_name) {
+StandIn cpu_stand_in(const std::string& op_name) {
   if (op_name == "aten::_thnn_fused_lstm_cell") return &lstm_cell;
   if (op_name == "aten::_thnn_fused_lstm_cell_backward_impl") return &lstm_cell_backward;
   if (op_name == "aten::_thnn_fused_gru_cell") return &gru_cell;

@@ -17,10 +17,10 @@
 namespace mycelya {
 
 // A boxed kernel: the op's arguments on the stack in, its results out.
-using CpuStandIn = void (*)(torch::jit::Stack* stack);
+using StandIn = void (*)(torch::jit::Stack* stack);
 
 // The CPU stand-in for `op_name` ("aten::_thnn_fused_lstm_cell"), or nullptr
 // for an op that has CPU kernels of its own.
-CpuStandIn cpu_stand_in(const std::string& op_name);
+StandIn cpu_stand_in(const std::string& op_name);
 
 }  // namespace mycelya

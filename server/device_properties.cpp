@@ -2,6 +2,7 @@
 #include "server/device_properties.h"
 
 #include <ATen/Parallel.h>
+#include <ATen/detail/CUDAHooksInterface.h>
 #include <dlfcn.h>
 
 #include <fstream>
@@ -105,6 +106,11 @@ wire::DeviceProperties cuda_device_properties(c10::DeviceIndex index) {
   // torch.cuda.is_bf16_supported(including_emulation=False): Ampere and later.
   properties.set_bf16_supported(major >= 8);
   properties.set_fp16_supported(major > 5 || (major == 5 && minor >= 3));
+  try {
+    properties.set_cudnn_version(at::detail::getCUDAHooks().versionRuntimeCuDNN());
+  } catch (const c10::Error&) {
+    // A torch built without cuDNN: none.
+  }
   return properties;
 }
 

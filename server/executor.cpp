@@ -15,6 +15,7 @@
 #include "proto/remote_error.h"
 #include "proto/storage_ids.h"
 #include "proto/tensor_geometry.h"
+#include "server/cuda_flash_attention.h"
 #include "server/device_properties.h"
 #include "server/error_text.h"
 #include "server/wire_decoding.h"
@@ -36,13 +37,13 @@ uint64_t cgroup_limit() {
   return 0;
 }
 
-// Whether the first tensor among an op's arguments lives on the CPU: where
-// an op's CPU stand-in runs instead of its (CUDA) kernels.
-bool first_tensor_on_cpu(const torch::jit::Stack& stack) {
+// The device type of the first tensor among an op's arguments: where an op's
+// stand-in for that device type runs instead of kernels it lacks.
+std::optional<c10::DeviceType> first_tensor_device_type(const torch::jit::Stack& stack) {
   for (const c10::IValue& value : stack) {
-    if (value.isTensor() && value.toTensor().defined()) return value.toTensor().is_cpu();
+    if (value.isTensor() && value.toTensor().defined()) return value.toTensor().device().type();
   }
-  return false;
+  return std::nullopt;
 }
 
 // The kind of a command or request this executor does not know, for its
@@ -217,9 +218,12 @@ const Executor::KnownOp& Executor::op_for(const wire::OpRecord& record) {
     const auto& arguments = handle.schema().arguments();
     const bool in_place = !arguments.empty() && arguments[0].name() == "self" &&
                           arguments[0].alias_info() && arguments[0].alias_info()->isWrite();
-    const CpuStandIn stand_in =
+    const StandIn on_cpu =
         handle.hasKernelForDispatchKey(c10::DispatchKey::CPU) ? nullptr : cpu_stand_in(name);
-    ops_[id] = KnownOp{std::move(handle), name, in_place, name == "aten::native_dropout", stand_in};
+    const StandIn on_cuda =
+        handle.hasKernelForDispatchKey(c10::DispatchKey::CUDA) ? nullptr : cuda_stand_in(name);
+    ops_[id] =
+        KnownOp{std::move(handle), name, in_place, name == "aten::native_dropout", on_cpu, on_cuda};
   }
   return *ops_[id];
 }
@@ -320,8 +324,10 @@ torch::jit::Stack Executor::decode_and_call(const KnownOp& op, const wire::OpRec
     at::AutoDispatchBelowADInplaceOrView below_autograd;
     if (op.native_dropout) {
       run_native_dropout(&stack);
-    } else if (op.cpu_stand_in && first_tensor_on_cpu(stack)) {
+    } else if (op.cpu_stand_in && first_tensor_device_type(stack) == c10::kCPU) {
       op.cpu_stand_in(&stack);
+    } else if (op.cuda_stand_in && first_tensor_device_type(stack) == c10::kCUDA) {
+      op.cuda_stand_in(&stack);
     } else {
       op.handle.callBoxed(&stack);
     }

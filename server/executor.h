@@ -163,7 +163,10 @@ class Executor {
     bool native_dropout = false;
     // Ops PyTorch implements only for CUDA that the executor runs itself on
     // a tensor on the CPU (server/cpu_rnn_cells.h); nullptr for the rest.
-    CpuStandIn cpu_stand_in = nullptr;
+    StandIn cpu_stand_in = nullptr;
+    // Ops PyTorch implements only for the CPU that the executor runs with
+    // CUDA's kernels on a GPU tensor (server/cuda_flash_attention.h).
+    StandIn cuda_stand_in = nullptr;
   };
   // The storage IDs one op record reads and writes.
   struct StorageUse {

@@ -109,12 +109,37 @@ if gpus > 0:
     end.synchronize()
     assert end.query() and 0 < start.elapsed_time(end) < 60_000
     print(f"cuda_check: 8. CUDA events time work on the machine: {start.elapsed_time(end):.3f} ms")
+    import torch.nn.attention
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class RecordOps(TorchDispatchMode):
+        names = set()
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.names.add(func.__name__)
+            return func(*args, **(kwargs or {}))
+
+    q, k, v = (torch.randn(2, 4, 128, 60, dtype=torch.bfloat16, requires_grad=True) for _ in range(3))
+    remote = [t.detach().to(gpu).requires_grad_() for t in (q, k, v)]
+    local = [t.detach().cuda().requires_grad_() for t in (q, k, v)]
+    # Flash on both sides (a recent cuDNN would take the local call otherwise).
+    with torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend.FLASH_ATTENTION):
+        with RecordOps() as recorded:
+            out = torch.nn.functional.scaled_dot_product_attention(*remote, is_causal=True)
+            out.float().square().sum().backward()
+        expected = torch.nn.functional.scaled_dot_product_attention(*local, is_causal=True)
+        expected.float().square().sum().backward()
+    assert "_scaled_dot_product_flash_attention_for_cpu.default" in recorded.names, recorded.names
+    torch.testing.assert_close(out.cpu(), expected.cpu())
+    for r, loc in zip(remote, local):
+        torch.testing.assert_close(r.grad.cpu(), loc.grad.cpu())
+    print("cuda_check: 9. attention on cuda:0 runs CUDA's flash kernels (head dim padded) as torch.cuda does")
 else:
     assert devices == ["cpu"], devices
 machine.stop()
 EOF
 if [ "$gpus" -eq 0 ]; then
-  echo "cuda_check: no GPU here: only item 1 ran (the wheel loads against CUDA torch); items 2 to 8 need one"
+  echo "cuda_check: no GPU here: only item 1 ran (the wheel loads against CUDA torch); items 2 to 9 need one"
   exit 0
 fi
 
