@@ -119,11 +119,11 @@ bool cudnn_fits(const sdp::sdp_params& params, const CudaDevice& device) {
 std::array<at::SDPBackend, at::num_sdp_backends> priority_order(const CudaDevice& device) {
   std::array<at::SDPBackend, at::num_sdp_backends> order = at::globalContext().sDPPriorityOrder();
   const std::array<at::SDPBackend, at::num_sdp_backends> default_order{
-      at::SDPBackend::flash_attention, at::SDPBackend::efficient_attention,
-      at::SDPBackend::math, at::SDPBackend::cudnn_attention, at::SDPBackend::overrideable};
+      at::SDPBackend::flash_attention, at::SDPBackend::efficient_attention, at::SDPBackend::math,
+      at::SDPBackend::cudnn_attention, at::SDPBackend::overrideable};
   const char* deprioritized = std::getenv("TORCH_CUDNN_SDPA_DEPRIORITIZED");
-  const bool cudnn_deprioritized = deprioritized && std::string(deprioritized) != "0" &&
-                                   std::string(deprioritized) != "";
+  const bool cudnn_deprioritized =
+      deprioritized && std::string(deprioritized) != "0" && std::string(deprioritized) != "";
   if (order == default_order && !cudnn_deprioritized && device.cudnn_version > 91500 &&
       (device.major == 9 || device.major == 10)) {
     order = {at::SDPBackend::cudnn_attention, at::SDPBackend::flash_attention,

@@ -68,8 +68,7 @@ TEST_F(CudaSdpRulesTest, WhatFlashCannotTakeGoesToMemEfficient) {
   causal.is_causal = true;
   EXPECT_EQ(cuda_sdp_backend(causal.params(), kA100), at::SDPBackend::efficient_attention);
   // Turing has no flash kernel.
-  EXPECT_EQ(cuda_sdp_backend(inputs(at::kHalf).params(), kT4),
-            at::SDPBackend::efficient_attention);
+  EXPECT_EQ(cuda_sdp_backend(inputs(at::kHalf).params(), kT4), at::SDPBackend::efficient_attention);
   EXPECT_FALSE(cuda_flash_fits(inputs(at::kHalf).params(), kT4));
 }
 
@@ -113,9 +112,9 @@ TEST_F(CudaSdpRulesTest, EnableFlagsAreHonoured) {
       message_of<c10::Error>([&] { cuda_sdp_backend(inputs(at::kFloat).params(), kA100); }),
       "No available kernel"));
   context.setSDPUseFlash(false);
-  EXPECT_TRUE(Contains(
-      message_of<c10::Error>([&] { cuda_sdp_backend(inputs(at::kHalf).params(), kA100); }),
-      "No viable backend"));
+  EXPECT_TRUE(
+      Contains(message_of<c10::Error>([&] { cuda_sdp_backend(inputs(at::kHalf).params(), kA100); }),
+               "No viable backend"));
 }
 
 }  // namespace

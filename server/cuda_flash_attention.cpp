@@ -17,7 +17,8 @@ constexpr int64_t kFlashHeadDimMultiple = 8;
 // give zero output columns).
 at::Tensor padded(const at::Tensor& tensor) {
   const int64_t size = tensor.size(-1);
-  const int64_t extra = (kFlashHeadDimMultiple - size % kFlashHeadDimMultiple) % kFlashHeadDimMultiple;
+  const int64_t extra =
+      (kFlashHeadDimMultiple - size % kFlashHeadDimMultiple) % kFlashHeadDimMultiple;
   return extra == 0 ? tensor : at::constant_pad_nd(tensor, {0, extra}, 0);
 }
 
@@ -48,9 +49,8 @@ void flash_forward(torch::jit::Stack* stack) {
   const auto attn_mask = (*stack)[5].toOptional<at::Tensor>();
   const auto scale = (*stack)[6].toOptional<double>();
   check_flash_arguments(query, dropout_p, attn_mask);
-  const auto results =
-      at::_scaled_dot_product_flash_attention(padded(query), padded(key), padded(value), 0.0,
-                                              is_causal, false, scale_for(query, scale));
+  const auto results = at::_scaled_dot_product_flash_attention(
+      padded(query), padded(key), padded(value), 0.0, is_causal, false, scale_for(query, scale));
   // The CPU op's layouts, which the client planned: output like the query,
   // logsumexp (B, H, L) stored as (B, L, H).
   at::Tensor output = at::empty_like(query);
