@@ -11,8 +11,8 @@ match the same attention on this CPU.
 import pytest
 import torch
 import torch.nn.functional as F
+from record_ops import RecordOps
 from torch.nn.attention import SDPBackend, sdpa_kernel
-from torch.utils._python_dispatch import TorchDispatchMode
 
 import mycelya_torch
 from conftest import PROVIDER
@@ -21,16 +21,6 @@ pytestmark = pytest.mark.skipif(PROVIDER != "mock", reason="mock's emulated GPUs
 
 FLASH = "_scaled_dot_product_flash_attention_for_cpu.default"
 FLASH_BACKWARD = "_scaled_dot_product_flash_attention_for_cpu_backward.default"
-
-
-class RecordOps(TorchDispatchMode):
-    def __init__(self):
-        super().__init__()
-        self.names = set()
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.names.add(func.__name__)
-        return func(*args, **(kwargs or {}))
 
 
 @pytest.fixture(scope="module")

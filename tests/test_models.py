@@ -8,8 +8,8 @@ import io
 import pytest
 import torch
 import torch.nn as nn
+from record_ops import RecordOps
 from torch.nn.attention import SDPBackend, sdpa_kernel
-from torch.utils._python_dispatch import TorchDispatchMode
 
 
 def _train_and_compare(device, model, make_input, optimizer_cls, steps=3, **optimizer_kwargs):
@@ -130,16 +130,6 @@ def test_state_dict_saves_and_loads_onto_mycelya_and_cpu(device):
     torch.testing.assert_close(fresh.eval()(x.to(device)).cpu(), remote.eval()(x.to(device)).cpu())
 
 
-class _RecordOps(TorchDispatchMode):
-    def __init__(self):
-        super().__init__()
-        self.names = set()
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.names.add(func.__name__)
-        return func(*args, **(kwargs or {}))
-
-
 @pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
 def test_attention_on_a_remote_cpu_runs_the_fused_cpu_kernel(machine, causal):
     # The machine's cpu device picks the backend CPU picks: one fused kernel
@@ -150,7 +140,7 @@ def test_attention_on_a_remote_cpu_runs_the_fused_cpu_kernel(machine, causal):
     expected.sum().backward()
 
     remote = [t.detach().to(device).requires_grad_() for t in (q, k, v)]
-    with _RecordOps() as recorded:
+    with RecordOps() as recorded:
         actual = nn.functional.scaled_dot_product_attention(*remote, is_causal=causal)
         actual.sum().backward()
     assert "_scaled_dot_product_flash_attention_for_cpu.default" in recorded.names
@@ -164,7 +154,7 @@ def test_attention_on_a_remote_cpu_runs_the_fused_cpu_kernel(machine, causal):
 def test_attention_keeps_the_backend_the_user_picked(machine):
     device = machine.device("cpu")
     q, k, v = (torch.randn(2, 4, 8, 16) for _ in range(3))
-    with sdpa_kernel(SDPBackend.MATH), _RecordOps() as recorded:
+    with sdpa_kernel(SDPBackend.MATH), RecordOps() as recorded:
         actual = nn.functional.scaled_dot_product_attention(q.to(device), k.to(device), v.to(device))
     assert "_scaled_dot_product_flash_attention_for_cpu.default" not in recorded.names
     with sdpa_kernel(SDPBackend.MATH):
